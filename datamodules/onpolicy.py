@@ -1,0 +1,181 @@
+"""The on-policy datamodule: env -> TorchRL collector -> one rollout TensorDict per iteration.
+
+DESIGN.md, "One iteration", step 1. One Lightning epoch is one iteration: the train loader
+has length 1 (so Lightning prefetches nothing) and collects only when asked, with the
+module's behaviour policy. The validation loader runs evaluation episodes with the
+module's deployment policy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase, RewardSum, TransformedEnv
+
+from hcmarl.envs import check_env_name, make_env
+from hcmarl.envs.base import EnvInfo
+from hcmarl.errors import ConfigError
+from hcmarl.keys import EPISODE_RETURN, REWARD
+
+RANK_SEED_STRIDE = 100_003
+
+
+class _OneBatch:
+    """An iterable of length one whose single item is made on demand."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        yield self._make()
+
+
+def episode_returns(reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return and length of each env's first episode in a rollout ``[E, T, 1]`` (steps after its end are ignored)."""
+    done = done.squeeze(-1)
+    ended_before = (done.long().cumsum(dim=1) - done.long()) > 0
+    live = (~ended_before).to(reward.dtype)
+    return (reward.squeeze(-1) * live).sum(dim=1), live.sum(dim=1)
+
+
+class OnPolicyDataModule(L.LightningDataModule):
+    """Owns the training and evaluation envs and the collector.
+
+    Args:
+        env: ``family/task`` name, e.g. ``coordsum/3x10`` or ``vmas/balance``.
+        num_envs: environments stepped in parallel (per DDP rank).
+        rollout_steps: steps per env per iteration; an iteration is ``num_envs * rollout_steps`` frames.
+        total_frames: training length in env frames (per rank).
+        seed: base seed; rank r uses ``seed + r * 100003``, evaluation a seed of its own.
+        eval_episodes: episodes per evaluation (one env each).
+        eval_every: iterations between evaluations.
+        env_kwargs: extra arguments for the env (e.g. ``{n_agents: 4}`` for VMAS).
+    """
+
+    def __init__(
+        self,
+        env: str = "coordsum/3x10",
+        num_envs: int = 16,
+        rollout_steps: int = 128,
+        total_frames: int = 1_000_000,
+        seed: int = 0,
+        eval_episodes: int = 32,
+        eval_every: int = 10,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_env_name(env)
+        for key, value in (("num_envs", num_envs), ("rollout_steps", rollout_steps), ("eval_episodes", eval_episodes), ("eval_every", eval_every)):
+            if value < 1:
+                raise ConfigError(f"data.{key} must be at least 1, got {value}")
+        if total_frames < num_envs * rollout_steps:
+            raise ConfigError(
+                f"data.total_frames={total_frames} is less than one iteration (num_envs * rollout_steps = "
+                f"{num_envs * rollout_steps}); raise total_frames or lower num_envs/rollout_steps"
+            )
+        self.env_name = env
+        self.num_envs = num_envs
+        self.rollout_steps = rollout_steps
+        self.total_frames = total_frames
+        self.seed = seed
+        self.eval_episodes = eval_episodes
+        self.eval_every = eval_every
+        self.env_kwargs = dict(env_kwargs or {})
+        self.frames = 0
+        self.last_collect_seconds = float("nan")
+        self.env_info: EnvInfo | None = None
+        self.train_env: EnvBase | None = None
+        self.eval_env: EnvBase | None = None
+        self._collector: Collector | None = None
+        self._rollouts: Iterator[TensorDictBase] | None = None
+
+    @property
+    def frames_per_batch(self) -> int:
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def iterations(self) -> int:
+        """Iterations needed for ``total_frames``."""
+        return math.ceil(self.total_frames / self.frames_per_batch)
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "_trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _rank(self) -> int:
+        trainer = getattr(self, "_trainer", None)
+        return trainer.global_rank if trainer is not None else 0
+
+    def setup(self, stage: str) -> None:
+        device, rank = self._device(), self._rank()
+        if self.eval_env is None:
+            self.eval_env = make_env(
+                self.env_name, self.eval_episodes, self.seed + 7 + rank * RANK_SEED_STRIDE + 50_021, device, **self.env_kwargs
+            )
+            self.env_info = self.eval_env.info
+        if stage == "fit" and self.train_env is None:
+            base = make_env(self.env_name, self.num_envs, self.seed + rank * RANK_SEED_STRIDE, device, **self.env_kwargs)
+            self.train_env = TransformedEnv(base, RewardSum(in_keys=[REWARD], out_keys=[EPISODE_RETURN]))
+
+    # ---- training data --------------------------------------------------------------------
+    def train_dataloader(self) -> _OneBatch:
+        return _OneBatch(self.collect)
+
+    def collect(self) -> TensorDictBase:
+        """One rollout ``[num_envs, rollout_steps]`` with the module's behaviour policy."""
+        if self._rollouts is None:
+            self._collector = Collector(
+                self.train_env,
+                self.trainer.lightning_module.behaviour_policy(),
+                frames_per_batch=self.frames_per_batch,
+                total_frames=-1,
+                device=self._device(),
+                trust_policy=True,
+            )
+            self._rollouts = iter(self._collector)
+        start = time.perf_counter()
+        batch = next(self._rollouts)
+        self.last_collect_seconds = time.perf_counter() - start
+        self.frames += batch.numel()
+        return batch
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def val_dataloader(self) -> _OneBatch:
+        return _OneBatch(lambda: self.evaluate(self.trainer.lightning_module.deployment_policy()))
+
+    @torch.no_grad()
+    def evaluate(self, policy: Any) -> TensorDict:
+        """``eval_episodes`` episodes, one per env, with ``policy``: returns, lengths (and wins)."""
+        rollout = self.eval_env.rollout(self.env_info.max_steps, policy, break_when_any_done=False)
+        returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
+        out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
+        if self.env_info.has_win:
+            out.set("win", rollout.get(("next", "win")).squeeze(-1).any(dim=1))
+        return out
+
+    # ---- resume ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames, "env": self.env_name}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("env") != self.env_name:
+            raise ConfigError(
+                f"--ckpt_path: the checkpoint was trained on {state_dict.get('env')!r}, this recipe uses "
+                f"data.env={self.env_name!r}"
+            )
+        self.frames = int(state_dict["frames"])
+
+    def teardown(self, stage: str) -> None:
+        if self._collector is not None and stage == "fit":
+            self._collector.shutdown()
+            self._collector = None
+            self._rollouts = None

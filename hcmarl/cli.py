@@ -1,0 +1,144 @@
+"""The ``hcmarl`` command: Lightning's CLI over ``MARLModule`` and ``OnPolicyDataModule``.
+
+``hcmarl fit|validate|bench --config recipes/<algorithm>/<family>_<task>.yaml [overrides]``.
+Recipes may use OmegaConf interpolation (``${data.env}``), resolved after command-line
+overrides. Errors a user can fix end with one message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from hcmarl.errors import HcmarlError
+
+
+def _iterations(total_frames: int, num_envs: int, rollout_steps: int) -> int:
+    return math.ceil(total_frames / (num_envs * rollout_steps))
+
+
+def _seed(seed_everything: Any) -> int:
+    return 0 if isinstance(seed_everything, bool) or seed_everything is None else int(seed_everything)
+
+
+class HcmarlTrainer(Trainer):
+    """Lightning's Trainer plus ``bench``: time collection and update over a few iterations."""
+
+    def bench(self, model: LightningModule, datamodule: LightningDataModule, iterations: int = 5, warmup: int = 1) -> dict[str, float]:
+        """Run ``warmup + iterations`` iterations and print collection, update and end-to-end frames/s.
+
+        Args:
+            iterations: measured iterations.
+            warmup: iterations run first and not measured.
+        """
+        from hcmarl.modules.callbacks import ThroughputMeter
+
+        meter = ThroughputMeter()
+        self.callbacks = [c for c in self.callbacks if not isinstance(c, ModelCheckpoint)] + [meter]
+        self.fit_loop.max_epochs = warmup + iterations
+        self.check_val_every_n_epoch = None
+        self.limit_val_batches = 0
+        self.fit(model, datamodule=datamodule)
+        measured = meter.records[warmup:]
+        frames = datamodule.frames_per_batch
+        collect = sum(r["collect_s"] for r in measured) / len(measured)
+        update = sum(r["update_s"] for r in measured) / len(measured)
+        walls = [r["wall_s"] for r in measured if not math.isnan(r["wall_s"])]
+        wall = sum(walls) / len(walls) if walls else collect + update
+        result = {
+            "frames_per_iteration": frames,
+            "collect_s": collect,
+            "update_s": update,
+            "iteration_s": wall,
+            "collect_fps": frames / collect,
+            "update_fps": frames / update,
+            "end_to_end_fps": frames / wall,
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in meter.records),
+        }
+        if self.is_global_zero:
+            print(f"\nhcmarl bench: {datamodule.env_name}, {frames} frames per iteration, {len(measured)} measured iterations")
+            for key, value in result.items():
+                print(f"  {key:>22}: {value:,.3f}")
+        return result
+
+
+class HcmarlCLI(LightningCLI):
+    """LightningCLI with frames-based run length, interpolation after overrides, and a final evaluation."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        commands = LightningCLI.subcommands()
+        commands["bench"] = {"model", "datamodule"}
+        return {k: v for k, v in commands.items() if k in ("fit", "validate", "bench")}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(("data.total_frames", "data.num_envs", "data.rollout_steps"), "trainer.max_epochs", compute_fn=_iterations)
+        parser.link_arguments("data.eval_every", "trainer.check_val_every_n_epoch")
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed)
+
+    def after_fit(self) -> None:
+        """Evaluate the final policy, print the result and write ``final_eval.json`` into the run folder."""
+        if self.trainer.interrupted:
+            return
+        results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        if not self.trainer.is_global_zero or not results:
+            return
+        metrics = {k: float(v) for k, v in results[0].items()}
+        metrics["frames"] = self.datamodule.frames
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "final_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        shown = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items() if k.startswith("eval/"))
+        print(f"\nFinal evaluation of the deployment policy after {metrics['frames']:,} frames: {shown}")
+        print(f"Results written to {run_dir / 'final_eval.json'}; metrics in {run_dir / 'metrics.csv'}")
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
+    """The CLI object (``run=False`` only parses and instantiates, for tests and Python use)."""
+    from hcmarl.datamodules import OnPolicyDataModule
+    from hcmarl.modules import MARLModule
+    from hcmarl.modules.callbacks import FramesProgressBar
+
+    # recipes write ${data.env}, not ${fit.data.env}: interpolation is relative to the subcommand
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    return HcmarlCLI(
+        MARLModule,
+        OnPolicyDataModule,
+        trainer_class=HcmarlTrainer,
+        seed_everything_default=0,
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        trainer_defaults={
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+            "enable_model_summary": False,
+            "callbacks": [FramesProgressBar()],
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hcmarl"}},
+        },
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: errors a user can fix print one line and exit with code 2."""
+    torch.set_float32_matmul_precision("high")
+    try:
+        build_cli(args)
+    except HcmarlError as err:
+        print(f"hcmarl: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

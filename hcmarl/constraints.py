@@ -1,0 +1,92 @@
+"""Constraints: how one policy's parameters move given a surrogate (ALGORITHMS.md section 1).
+
+A constraint sees tensors, not roles: ``evaluate(indices)`` returns the new per-agent
+log-probabilities and entropies ``[b, n]`` of the samples at ``indices`` for the agents being
+updated; ``old_log_prob`` and ``advantage`` are ``[B, n]``; ``factor`` is ``[B, 1]`` or None.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+
+from hcmarl.optim import GradientStep, minibatch_indices
+
+Evaluate = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def clip_ppo_objective(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantage: torch.Tensor,
+    eps: float,
+    factor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample PPO-clip objective (to maximise), ALGORITHMS.md section 1, ``ClipPPO``.
+
+    factor * min(rho * A, clip(rho, 1 - eps, 1 + eps) * A), rho = exp(log_prob - old_log_prob);
+    ``factor`` multiplies outside the clip and is never clipped (HAPPO's convention).
+    """
+    ratio = torch.exp(log_prob - old_log_prob)
+    objective = torch.min(ratio * advantage, ratio.clamp(1.0 - eps, 1.0 + eps) * advantage)
+    return objective if factor is None else factor * objective
+
+
+class Constraint(ABC):
+    """Moves a policy's parameters under some rule, returning diagnostics as detached tensors."""
+
+    @abstractmethod
+    def update(
+        self,
+        evaluate: Evaluate,
+        old_log_prob: torch.Tensor,
+        advantage: torch.Tensor,
+        factor: torch.Tensor | None,
+        step: GradientStep,
+    ) -> dict[str, torch.Tensor]: ...
+
+
+class ClipPPO(Constraint):
+    """PPO-clip by Adam over ``epochs`` x ``minibatches`` (ALGORITHMS.md section 1, ``ClipPPO``).
+
+    Args:
+        eps: clip range of the probability ratio.
+        epochs: passes over the batch.
+        minibatches: minibatches per pass.
+        ent_coef: weight of the entropy bonus.
+        max_grad_norm: gradient-norm clip (None or 0: no clip).
+    """
+
+    def __init__(
+        self, eps: float = 0.2, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0
+    ) -> None:
+        self.eps = eps
+        self.epochs = epochs
+        self.minibatches = minibatches
+        self.ent_coef = ent_coef
+        self.max_grad_norm = max_grad_norm
+
+    def update(
+        self,
+        evaluate: Evaluate,
+        old_log_prob: torch.Tensor,
+        advantage: torch.Tensor,
+        factor: torch.Tensor | None,
+        step: GradientStep,
+    ) -> dict[str, torch.Tensor]:
+        sums = torch.zeros(4, device=advantage.device)  # loss, entropy, clip fraction, approx. KL
+        for _ in range(self.epochs):
+            for idx in minibatch_indices(advantage.shape[0], self.minibatches, advantage.device):
+                log_prob, entropy = evaluate(idx)
+                mb_factor = None if factor is None else factor[idx]
+                objective = clip_ppo_objective(log_prob, old_log_prob[idx], advantage[idx], self.eps, mb_factor)
+                loss = -objective.mean() - self.ent_coef * entropy.mean()
+                step(loss, self.max_grad_norm)
+                with torch.no_grad():
+                    log_ratio = log_prob - old_log_prob[idx]
+                    clipped = (log_ratio.exp() - 1.0).abs() > self.eps
+                    sums += torch.stack([loss, entropy.mean(), clipped.float().mean(), (-log_ratio).mean()])
+        sums /= self.epochs * self.minibatches
+        return dict(zip(("policy_loss", "entropy", "clip_frac", "approx_kl"), sums.detach()))

@@ -1,0 +1,52 @@
+"""The layout every hcmarl environment exposes (DESIGN.md, "Conventions").
+
+Every env is a TorchRL ``EnvBase`` with ``batch_size = [num_envs]`` and these keys:
+
+- ``("agents", "observation")``: float32 ``[E, N, obs_dim]`` (padded to the largest agent);
+- ``("agents", "action_mask")``: bool ``[E, N, n_actions]``, categorical envs whose actions
+  can be unavailable (or whose agents have different action counts);
+- ``("agents", "action")``: int64 ``[E, N]`` (categorical) or float32 ``[E, N, act_dim]``;
+- ``"state"``: float32 ``[E, state_dim]``, the global state;
+- ``"reward"``: float32 ``[E, 1]``, the team reward (under ``"next"``);
+- ``"done"``, ``"terminated"``, ``"truncated"``: bool ``[E, 1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hcmarl.keys import ACTION, ACTION_MASK, OBSERVATION, REWARD, STATE
+
+__all__ = ["EnvInfo", "team_reward_from_agents", "ACTION", "ACTION_MASK", "OBSERVATION", "REWARD", "STATE"]
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What a network needs to know about an env to build itself."""
+
+    name: str
+    n_agents: int
+    obs_dim: int
+    state_dim: int
+    action_kind: str  # "categorical" or "continuous"
+    action_dim: int  # number of actions (categorical) or action dimensions (continuous)
+    max_steps: int
+    has_action_mask: bool = False
+    has_win: bool = False
+    action_low: float = -1.0
+    action_high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.action_kind not in ("categorical", "continuous"):
+            raise ValueError(f"action_kind must be 'categorical' or 'continuous', got {self.action_kind!r}")
+
+    @property
+    def categorical(self) -> bool:
+        return self.action_kind == "categorical"
+
+
+def team_reward_from_agents(rewards: torch.Tensor) -> torch.Tensor:
+    """Team reward ``[E, 1]`` from per-agent rewards ``[E, N]``: their mean (shared rewards pass unchanged)."""
+    return rewards.mean(dim=-1, keepdim=True)

@@ -1,0 +1,29 @@
+"""The errors hcmarl raises for things a user can fix; the CLI prints them as one message."""
+
+from __future__ import annotations
+
+
+class HcmarlError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+
+class ConfigError(HcmarlError, ValueError):
+    """A recipe is inconsistent; the message names the key at fault and the fix."""
+
+
+class UnknownEnvError(ConfigError):
+    """An env name that no family knows."""
+
+
+class MissingDependencyError(HcmarlError, ImportError):
+    """An optional package is not installed; the message names the pip extra."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the package '{package}', which is not installed. "
+            f"Install it with: pip install 'hcmarl[{extra}]'"
+        )
+
+
+class NonFiniteLossError(HcmarlError, FloatingPointError):
+    """A loss became NaN or infinite; training stops and the last checkpoint is kept."""

@@ -1,0 +1,11 @@
+"""TensorDict keys shared by envs, collectors and losses (DESIGN.md, "Conventions")."""
+
+OBSERVATION = ("agents", "observation")
+ACTION = ("agents", "action")
+ACTION_MASK = ("agents", "action_mask")
+LOG_PROB = ("agents", "log_prob")
+ADVANTAGE = ("agents", "advantage")
+VALUE_TARGET = ("agents", "value_target")
+STATE = "state"
+REWARD = "reward"
+EPISODE_RETURN = "episode_return"

@@ -1,0 +1,65 @@
+"""Value networks (ALGORITHMS.md section 1): central V(s) and per-agent V(o_i).
+
+Both return values of shape ``[..., N]`` (the central value is repeated for every agent),
+so every advantage and loss indexes agents the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tensordict import TensorDictBase
+from torch import nn
+
+from hcmarl.envs.base import OBSERVATION, STATE, EnvInfo
+from hcmarl.nn.actors import agent_id_features
+from hcmarl.nn.layers import AgentMLP
+
+
+class _ValueNet(nn.Module):
+    def __init__(self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh") -> None:
+        super().__init__()
+        self.hidden_sizes = list(hidden_sizes)
+        self.activation = activation
+        self.net: AgentMLP | None = None
+        self.n_agents = 0
+
+    def _check_built(self) -> AgentMLP:
+        if self.net is None:
+            raise RuntimeError(f"{type(self).__name__}.build(env_info) must be called before use")
+        return self.net
+
+
+class CentralValue(_ValueNet):
+    """V(s) on the global state ``state``, repeated over the N agents."""
+
+    def build(self, info: EnvInfo) -> None:
+        self.n_agents = info.n_agents
+        self.net = AgentMLP(info.state_dim, self.hidden_sizes, 1, 1, self.activation)
+
+    def forward(self, td: TensorDictBase) -> torch.Tensor:
+        value = self._check_built()(td.get(STATE).unsqueeze(-2))  # [..., 1, 1]
+        return value.squeeze(-1).expand(*value.shape[:-2], self.n_agents)
+
+
+class AgentValue(_ValueNet):
+    """V(o_i) for each agent on its own observation (IPPO), shared or per-agent parameters."""
+
+    def __init__(
+        self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", share_params: bool = True, agent_id: bool = False
+    ) -> None:
+        super().__init__(hidden_sizes, activation)
+        self.share_params = share_params
+        self.agent_id = agent_id
+
+    def build(self, info: EnvInfo) -> None:
+        self.n_agents = info.n_agents
+        in_dim = info.obs_dim + (info.n_agents if self.agent_id else 0)
+        self.net = AgentMLP(in_dim, self.hidden_sizes, 1, 1 if self.share_params else info.n_agents, self.activation)
+
+    def forward(self, td: TensorDictBase) -> torch.Tensor:
+        obs = td.get(OBSERVATION)
+        if self.agent_id:
+            obs = agent_id_features(obs)
+        return self._check_built()(obs).squeeze(-1)

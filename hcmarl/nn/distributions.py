@@ -1,0 +1,31 @@
+"""Action distributions over ``[..., N]`` agents (ALGORITHMS.md section 1, "Policies").
+
+Both return per-agent log-probabilities and entropies of shape ``[..., N]``: a Gaussian's
+are summed over action dimensions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Categorical, Independent, Normal
+
+# exp(MASKED_LOGIT - logsumexp) underflows to exactly 0 in float32 and float64, and
+# 0 * MASKED_LOGIT stays 0 in the entropy (an -inf would give NaN there).
+MASKED_LOGIT = -1e30
+
+
+def masked_categorical(logits: torch.Tensor, action_mask: torch.Tensor | None = None) -> Categorical:
+    """Categorical whose unavailable actions (``action_mask`` False) have probability exactly 0."""
+    if action_mask is not None:
+        logits = logits.masked_fill(~action_mask, MASKED_LOGIT)
+    return Categorical(logits=logits)
+
+
+def diagonal_gaussian(mean: torch.Tensor, log_std: torch.Tensor) -> Independent:
+    """Gaussian with a state-independent log-std, independent over the last (action) dimension."""
+    return Independent(Normal(mean, log_std.exp().expand_as(mean)), 1)
+
+
+def kl_divergence(p: torch.distributions.Distribution, q: torch.distributions.Distribution) -> torch.Tensor:
+    """True KL(p || q) per agent, ``[..., N]`` (categorical or Gaussian)."""
+    return torch.distributions.kl_divergence(p, q)

@@ -1,0 +1,60 @@
+"""Per-agent linear layers and MLPs, vectorised over agents (ALGORITHMS.md section 1, "Policies").
+
+One parameter set shared by all agents (``n_groups = 1``) or one set per agent
+(``n_groups = N``) evaluated in one batched matmul: no Python loop over agents.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+def activation_class(name: str) -> type[nn.Module]:
+    """The activation module class for ``name``, or a ValueError naming the choices."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class AgentLinear(nn.Module):
+    """``y[..., i, :] = x[..., i, :] @ W[g(i)] + b[g(i)]`` with ``g(i) = i`` per agent or ``0`` shared."""
+
+    def __init__(self, in_features: int, out_features: int, n_groups: int = 1, gain: float = math.sqrt(2)) -> None:
+        super().__init__()
+        self.n_groups = n_groups
+        self.weight = nn.Parameter(torch.empty(n_groups, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(n_groups, out_features))
+        for g in range(n_groups):
+            nn.init.orthogonal_(self.weight.data[g].T, gain=gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_groups == 1:
+            return x @ self.weight[0] + self.bias[0]
+        return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
+
+
+class AgentMLP(nn.Sequential):
+    """An MLP over the last dimension whose layers are ``AgentLinear`` (agents on dimension -2)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: Sequence[int],
+        out_features: int,
+        n_groups: int = 1,
+        activation: str = "tanh",
+        out_gain: float = 1.0,
+    ) -> None:
+        act = activation_class(activation)
+        layers: list[nn.Module] = []
+        sizes = [in_features, *hidden_sizes]
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [AgentLinear(a, b, n_groups), act()]
+        layers.append(AgentLinear(sizes[-1], out_features, n_groups, gain=out_gain))
+        super().__init__(*layers)

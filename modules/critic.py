@@ -1,0 +1,96 @@
+"""The critic role: a value network trained on lambda-returns (ALGORITHMS.md section 1, "Critic loss")."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDictBase
+from torch import nn
+
+from hcmarl.advantages import ValueNorm
+from hcmarl.envs.base import EnvInfo
+from hcmarl.keys import VALUE_TARGET
+from hcmarl.nn.critics import CentralValue
+from hcmarl.optim import GradientStep, minibatch_indices
+
+OLD_VALUE = ("agents", "old_value_normalized")
+
+
+class Critic(nn.Module):
+    """Trains ``network`` (V(s) or V(o_i)) towards ``("agents", "value_target")``.
+
+    Args:
+        network: the value block, ``hcmarl.nn.CentralValue`` or ``hcmarl.nn.AgentValue``.
+        lr: Adam learning rate.
+        epochs: passes over the batch per iteration.
+        minibatches: minibatches per pass.
+        loss: ``huber`` (delta ``huber_delta``) or ``mse``.
+        clip_value: clip the new prediction to old +- this (None: no clipping).
+        value_norm: predict normalised values with a running normaliser (HARL's ValueNorm).
+        max_grad_norm: gradient-norm clip (None or 0: no clip).
+    """
+
+    def __init__(
+        self,
+        network: CentralValue,
+        lr: float = 5e-4,
+        epochs: int = 5,
+        minibatches: int = 1,
+        loss: Literal["huber", "mse"] = "huber",
+        huber_delta: float = 10.0,
+        clip_value: float | None = None,
+        value_norm: bool = True,
+        max_grad_norm: float | None = 10.0,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.lr = lr
+        self.epochs = epochs
+        self.minibatches = minibatches
+        self.loss = loss
+        self.huber_delta = huber_delta
+        self.clip_value = clip_value
+        self.value_norm = ValueNorm() if value_norm else None
+        self.max_grad_norm = max_grad_norm
+
+    def build(self, info: EnvInfo) -> None:
+        self.network.build(info)
+
+    def value(self, td: TensorDictBase) -> torch.Tensor:
+        """Value in return units, ``[..., N]``."""
+        v = self.network(td)
+        return v if self.value_norm is None else self.value_norm.denormalize(v)
+
+    def _element_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.loss == "huber":
+            return F.huber_loss(prediction, target, delta=self.huber_delta, reduction="none")
+        return F.mse_loss(prediction, target, reduction="none")
+
+    def update(self, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
+        """Fit the flat batch's value targets; returns the mean loss and explained variance."""
+        target = batch.get(VALUE_TARGET)
+        if self.value_norm is not None:
+            self.value_norm.update(target)
+            target = self.value_norm.normalize(target)
+        if self.clip_value is not None:
+            with torch.no_grad():
+                batch.set(OLD_VALUE, self.network(batch))
+        total = torch.zeros((), device=target.device)
+        for _ in range(self.epochs):
+            for idx in minibatch_indices(target.shape[0], self.minibatches, target.device):
+                minibatch = batch[idx]
+                prediction = self.network(minibatch)
+                loss = self._element_loss(prediction, target[idx])
+                if self.clip_value is not None:
+                    old = minibatch.get(OLD_VALUE)
+                    clipped = old + (prediction - old).clamp(-self.clip_value, self.clip_value)
+                    loss = torch.max(loss, self._element_loss(clipped, target[idx]))
+                loss = loss.mean()
+                step(loss, self.max_grad_norm)
+                total += loss.detach()
+        with torch.no_grad():
+            residual = target - self.network(batch)
+            explained_variance = 1.0 - residual.var() / target.var().clamp_min(1e-8)
+        return {"value_loss": total / (self.epochs * self.minibatches), "explained_variance": explained_variance}
