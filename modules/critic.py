@@ -12,7 +12,7 @@ from torch import nn
 from hcmarl.advantages import ValueNorm
 from hcmarl.envs.base import EnvInfo
 from hcmarl.keys import VALUE_TARGET
-from hcmarl.nn.critics import CentralValue
+from hcmarl.nn.critics import ValueNetwork
 from hcmarl.optim import GradientStep, minibatch_indices
 
 OLD_VALUE = ("agents", "old_value_normalized")
@@ -34,7 +34,7 @@ class Critic(nn.Module):
 
     def __init__(
         self,
-        network: CentralValue,
+        network: ValueNetwork,
         lr: float = 5e-4,
         epochs: int = 5,
         minibatches: int = 1,

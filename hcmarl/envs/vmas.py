@@ -76,8 +76,8 @@ class VmasMultiAgentEnv(EnvBase):
         self.obs_dim = max(self._obs_sizes)
         self.act_dim = max(self._act_sizes)
         self._u_range = max(float(a.u_range) for a in agents)
-        self._make_specs()
         self._action_mask = self._build_action_mask()
+        self._make_specs()
 
     @property
     def info(self) -> EnvInfo:
@@ -113,7 +113,7 @@ class VmasMultiAgentEnv(EnvBase):
         if self.continuous_actions:
             action = Bounded(low=-self._u_range, high=self._u_range, shape=(E, N, self.act_dim), device=self.device)
         else:
-            action = Categorical(n=self.act_dim, shape=(E, N), dtype=torch.int64, device=self.device)
+            action = Categorical(n=self.act_dim, shape=(E, N), dtype=torch.int64, device=self.device, mask=self._action_mask)
         self.action_spec = Composite(agents=Composite(action=action, shape=(E, N), device=self.device), shape=(E,), device=self.device)
         self.reward_spec = Composite(reward=Unbounded(shape=(E, 1), device=self.device), shape=(E,), device=self.device)
         self.done_spec = Composite(

@@ -17,7 +17,9 @@ from hcmarl.nn.actors import agent_id_features
 from hcmarl.nn.layers import AgentMLP
 
 
-class _ValueNet(nn.Module):
+class ValueNetwork(nn.Module):
+    """Base of value blocks: ``build(info)`` then ``forward(td) -> [..., N]``."""
+
     def __init__(self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh") -> None:
         super().__init__()
         self.hidden_sizes = list(hidden_sizes)
@@ -31,7 +33,7 @@ class _ValueNet(nn.Module):
         return self.net
 
 
-class CentralValue(_ValueNet):
+class CentralValue(ValueNetwork):
     """V(s) on the global state ``state``, repeated over the N agents."""
 
     def build(self, info: EnvInfo) -> None:
@@ -43,7 +45,7 @@ class CentralValue(_ValueNet):
         return value.squeeze(-1).expand(*value.shape[:-2], self.n_agents)
 
 
-class AgentValue(_ValueNet):
+class AgentValue(ValueNetwork):
     """V(o_i) for each agent on its own observation (IPPO), shared or per-agent parameters."""
 
     def __init__(

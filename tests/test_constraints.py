@@ -1,0 +1,168 @@
+"""Tests of the PPO-clip surrogate and ClipPPO constraint (ALGORITHMS.md section 1), and of the
+optimiser plumbing it uses (``GradientStep``, ``minibatch_indices``).
+
+The surrogate is checked against TorchRL's own ``ClipPPOLoss`` on the same batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torch.distributions import Categorical
+from torchrl.modules import ProbabilisticActor, ValueOperator
+from torchrl.objectives import ClipPPOLoss
+
+from hcmarl.constraints import ClipPPO, clip_ppo_objective
+from hcmarl.optim import GradientStep, minibatch_indices
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.2])
+def test_clip_ppo_objective_matches_torchrl(eps: float) -> None:
+    torch.manual_seed(0)
+    B, D, K = 256, 4, 5
+    linear = nn.Linear(D, K)
+    actor = ProbabilisticActor(
+        TensorDictModule(linear, in_keys=["observation"], out_keys=["logits"]),
+        in_keys=["logits"],
+        distribution_class=Categorical,
+        return_log_prob=True,
+    )
+    value = ValueOperator(nn.Linear(D, 1), in_keys=["observation"])
+    loss_module = ClipPPOLoss(actor, value, clip_epsilon=eps, entropy_bonus=False, normalize_advantage=False)
+    lp_key = loss_module.tensor_keys.sample_log_prob
+
+    td = TensorDict({"observation": torch.randn(B, D)}, [B])
+    with torch.no_grad():
+        actor(td)  # samples action and stores the behaviour log-prob under lp_key
+    old_log_prob = td.get(lp_key).clone()
+    g = torch.Generator().manual_seed(1)
+    advantage = torch.randn(B, 1, generator=g)
+    td.set(loss_module.tensor_keys.advantage, advantage)
+    td.set(loss_module.tensor_keys.value_target, torch.zeros(B, 1))
+    td.exclude("logits", inplace=True)
+
+    with torch.no_grad():  # move the policy so ratios leave the clip range on both sides
+        linear.weight.add_(0.4 * torch.randn(linear.weight.shape, generator=g))
+        linear.bias.add_(0.4 * torch.randn(linear.bias.shape, generator=g))
+
+    new_log_prob = actor.get_dist(td.clone()).log_prob(td.get("action"))
+    ratio = (new_log_prob - old_log_prob).exp().detach()
+    adv = advantage.squeeze(-1)
+    assert ((ratio > 1 + eps) & (adv > 0)).any() and ((ratio > 1 + eps) & (adv < 0)).any()
+    assert ((ratio < 1 - eps) & (adv > 0)).any() and ((ratio < 1 - eps) & (adv < 0)).any()
+    assert ((ratio > 1 - eps) & (ratio < 1 + eps)).any()
+
+    torchrl_loss = loss_module(td.clone())["loss_objective"]
+    ours = -clip_ppo_objective(new_log_prob, old_log_prob, adv, eps).mean()
+    torch.testing.assert_close(ours, torchrl_loss, atol=1e-6, rtol=1e-5)
+
+    # and the gradients with respect to the policy parameters agree
+    grad_torchrl = torch.autograd.grad(torchrl_loss, [linear.weight, linear.bias])
+    new_log_prob = actor.get_dist(td.clone()).log_prob(td.get("action"))
+    ours = -clip_ppo_objective(new_log_prob, old_log_prob, adv, eps).mean()
+    grad_ours = torch.autograd.grad(ours, [linear.weight, linear.bias])
+    for a, b in zip(grad_ours, grad_torchrl):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_clip_ppo_objective_against_direct_formula() -> None:
+    eps = 0.2
+    log_prob = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5, 1.1, 1.1]))
+    old = torch.zeros(6)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0, -2.0])
+    got = clip_ppo_objective(log_prob, old, adv, eps)
+    rho = [1.5, 1.5, 0.5, 0.5, 1.1, 1.1]
+    expected = [min(r * a, min(max(r, 1 - eps), 1 + eps) * a) for r, a in zip(rho, adv.tolist())]
+    torch.testing.assert_close(got, torch.tensor(expected), atol=1e-6, rtol=1e-6)
+
+
+def test_factor_multiplies_outside_the_clip() -> None:
+    g = torch.Generator().manual_seed(2)
+    B, N, eps = 64, 3, 0.2
+    old = torch.randn(B, N, generator=g)
+    log_prob = (old + 0.5 * torch.randn(B, N, generator=g)).requires_grad_()
+    adv = torch.randn(B, N, generator=g)
+    factor = torch.rand(B, 1, generator=g) * 3 + 0.1  # positive, often far from 1: never clipped
+
+    plain = clip_ppo_objective(log_prob, old, adv, eps)
+    weighted = clip_ppo_objective(log_prob, old, adv, eps, factor)
+    torch.testing.assert_close(weighted, factor * plain, atol=1e-6, rtol=1e-6)
+
+    (grad_plain,) = torch.autograd.grad(plain.sum(), log_prob)
+    (grad_weighted,) = torch.autograd.grad(clip_ppo_objective(log_prob, old, adv, eps, factor).sum(), log_prob)
+    torch.testing.assert_close(grad_weighted, factor * grad_plain, atol=1e-6, rtol=1e-6)
+    # the clip is on rho alone: samples clipped without the factor have zero gradient with it too,
+    # unclipped ones keep a nonzero gradient
+    ratio = (log_prob - old).exp().detach()
+    clipped = ((ratio > 1 + eps) & (adv > 0)) | ((ratio < 1 - eps) & (adv < 0))
+    assert clipped.any() and (~clipped).any()
+    assert torch.all(grad_weighted[clipped] == 0)
+    assert torch.all(grad_weighted[~clipped] != 0)
+
+
+def test_clip_ppo_update_moves_toy_policy() -> None:
+    torch.manual_seed(0)
+    B, N, K = 64, 2, 3
+    logits = nn.Parameter(torch.zeros(N, K))
+    actions = torch.randint(0, K, (B, N))
+    old_log_prob = torch.full((B, N), -math.log(K))
+    advantage = torch.where(actions == 0, 1.0, -1.0)
+
+    def evaluate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = Categorical(logits=logits.expand(idx.shape[0], N, K))
+        return dist.log_prob(actions[idx]), dist.entropy()
+
+    before = torch.softmax(logits.detach(), dim=-1)[:, 0].clone()
+    step = GradientStep(torch.optim.Adam([logits], lr=0.05))
+    metrics = ClipPPO(eps=0.2, epochs=5, minibatches=2, ent_coef=0.0).update(evaluate, old_log_prob, advantage, None, step)
+    after = torch.softmax(logits.detach(), dim=-1)[:, 0]
+    assert torch.all(after > before + 0.01), (before, after)
+    assert set(metrics) == {"policy_loss", "entropy", "clip_frac", "approx_kl"}
+    for name, v in metrics.items():
+        assert torch.is_tensor(v) and v.numel() == 1 and torch.isfinite(v).all(), name
+        assert not v.requires_grad, name
+    assert 0.0 <= metrics["clip_frac"].item() <= 1.0
+    assert metrics["entropy"].item() == pytest.approx(math.log(K), abs=0.1)
+
+
+@pytest.mark.parametrize("batch_size,minibatches", [(10, 1), (10, 3), (10, 10), (7, 2)])
+def test_minibatch_indices_partition(batch_size: int, minibatches: int) -> None:
+    for _ in range(3):
+        pieces = list(minibatch_indices(batch_size, minibatches, torch.device("cpu")))
+        assert len(pieces) == minibatches
+        assert all(p.numel() > 0 for p in pieces)
+        assert max(p.numel() for p in pieces) - min(p.numel() for p in pieces) <= 1
+        assert sorted(torch.cat(pieces).tolist()) == list(range(batch_size))
+
+
+@pytest.mark.parametrize("minibatches", [0, -1, 11])
+def test_minibatch_indices_rejects_bad_counts(minibatches: int) -> None:
+    with pytest.raises(ValueError):
+        list(minibatch_indices(10, minibatches, torch.device("cpu")))
+
+
+def _sgd_step(max_grad_norm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    a = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    b = nn.Parameter(torch.tensor([[0.3, 0.1], [-0.4, 2.0]]))
+    before = torch.cat([a.detach().flatten(), b.detach().flatten()]).clone()
+    w_a, w_b = torch.tensor([3.0, -1.0, 2.0]), torch.tensor([[1.0, -4.0], [0.5, 2.0]])
+    loss = (a * w_a).sum() + (b * w_b).sum()  # gradient = (w_a, w_b), norm ~ 5.9
+    GradientStep(torch.optim.SGD([a, b], lr=1.0))(loss, max_grad_norm)
+    after = torch.cat([a.detach().flatten(), b.detach().flatten()])
+    return after - before, -torch.cat([w_a.flatten(), w_b.flatten()])
+
+
+def test_gradient_step_clips_gradient_norm() -> None:
+    step, full = _sgd_step(0.1)
+    assert step.norm().item() <= 0.1 + 1e-6
+    assert step.norm().item() == pytest.approx(0.1, rel=1e-3)  # clipped, not zeroed
+    torch.testing.assert_close(step / step.norm(), full / full.norm(), atol=1e-5, rtol=1e-5)
+    # without a clip (None or 0) the whole gradient is applied
+    for no_clip in (None, 0.0):
+        step, full = _sgd_step(no_clip)
+        torch.testing.assert_close(step, full, atol=1e-6, rtol=1e-6)
