@@ -140,6 +140,7 @@ class OnPolicyDataModule(L.LightningDataModule):
                 total_frames=-1,
                 device=self._device(),
                 trust_policy=True,
+                auto_register_policy_transforms=False,
             )
             self._rollouts = iter(self._collector)
         start = time.perf_counter()

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.strategies import DDPStrategy
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -30,8 +31,22 @@ def _seed(seed_everything: Any) -> int:
     return 0 if isinstance(seed_everything, bool) or seed_everything is None else int(seed_everything)
 
 
+DDP_NAMES = {"ddp": "popen", "ddp_spawn": "spawn"}
+
+
 class HcmarlTrainer(Trainer):
-    """Lightning's Trainer plus ``bench``: time collection and update over a few iterations."""
+    """Lightning's Trainer plus ``bench``, with DDP set up for per-role updates.
+
+    Each role's backward pass touches only that role's parameters, so ``strategy: ddp``
+    (or ``ddp_spawn``) becomes DDP with ``find_unused_parameters=True``.
+    """
+
+    def __init__(self, *args: Any, strategy: Any = "auto", **kwargs: Any) -> None:
+        if isinstance(strategy, str) and strategy in DDP_NAMES:
+            strategy = DDPStrategy(find_unused_parameters=True, start_method=DDP_NAMES[strategy])
+        if kwargs.get("enable_progress_bar") is False and kwargs.get("callbacks"):
+            kwargs["callbacks"] = [c for c in kwargs["callbacks"] if not isinstance(c, ProgressBar)]
+        super().__init__(*args, strategy=strategy, **kwargs)
 
     def bench(self, model: LightningModule, datamodule: LightningDataModule, iterations: int = 5, warmup: int = 1) -> dict[str, float]:
         """Run ``warmup + iterations`` iterations and print collection, update and end-to-end frames/s.
@@ -90,11 +105,11 @@ class HcmarlCLI(LightningCLI):
         if self.trainer.interrupted:
             return
         results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: every rank asks
         if not self.trainer.is_global_zero or not results:
             return
         metrics = {k: float(v) for k, v in results[0].items()}
         metrics["frames"] = self.datamodule.frames
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "final_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
         shown = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items() if k.startswith("eval/"))
@@ -120,7 +135,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
             "log_every_n_steps": 1,
             "num_sanity_val_steps": 0,
             "enable_model_summary": False,
-            "callbacks": [FramesProgressBar()],
+            "callbacks": [FramesProgressBar(), ModelCheckpoint(save_on_train_epoch_end=True, save_last=True)],
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hcmarl"}},
         },
         save_config_kwargs={"overwrite": True},

@@ -1,0 +1,37 @@
+"""Shared fixtures: run the ``hcmarl`` CLI in-process inside a temporary folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hcmarl.cli import main
+from hcmarl.recipes import RECIPES_DIR
+
+TINY = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--data.eval_episodes", "2", "--trainer.enable_progress_bar", "false"]
+
+
+def recipe(name: str) -> str:
+    return str(RECIPES_DIR / f"{name}.yaml")
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``run_cli(subcommand, recipe_name, *overrides)`` runs ``hcmarl`` with tiny settings in ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(subcommand: str, name: str, *overrides: str, tiny: bool = True) -> None:
+        main([subcommand, "--config", recipe(name), *(TINY if tiny else []), *overrides])
+
+    return run
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run folders (those holding metrics.csv) under ``root``, oldest first."""
+    return sorted((p.parent for p in root.rglob("metrics.csv")), key=lambda p: p.stat().st_mtime)
+
+
+def final_eval(run_dir: Path) -> dict:
+    return json.loads((run_dir / "final_eval.json").read_text())

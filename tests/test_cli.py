@@ -1,0 +1,146 @@
+"""The ``hcmarl`` command end to end: recipes, overrides, interpolation, resume, validate, bench."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import final_eval, recipe, run_dirs
+
+from hcmarl.cli import build_cli, main
+from hcmarl.recipes import recipe_paths
+
+FRAMES_PER_ITERATION = 4 * 8  # TINY: 4 envs x 8 steps
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def logged(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def test_package_maps_top_level_folders() -> None:
+    import hcmarl.datamodules
+    import hcmarl.modules
+    import hcmarl.recipes
+
+    assert Path(hcmarl.modules.__file__).parent.name == "modules"
+    assert Path(hcmarl.datamodules.__file__).parent.name == "datamodules"
+    assert len(recipe_paths()) >= 8
+
+
+@pytest.mark.parametrize("path", recipe_paths(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_recipe_runs_two_iterations(path: Path, run_cli, tmp_path: Path) -> None:
+    name = f"{path.parent.name}/{path.stem}"
+    run_cli("fit", name, "--data.total_frames", str(2 * FRAMES_PER_ITERATION), "--data.eval_every", "1")
+    (run_dir,) = run_dirs(tmp_path)
+    rows = read_metrics(run_dir)
+    assert logged(rows, "frames") == [FRAMES_PER_ITERATION, 2 * FRAMES_PER_ITERATION]
+    assert all(math.isfinite(v) for v in logged(rows, "learner/policy_loss") + logged(rows, "critic/value_loss"))
+    result = final_eval(run_dir)
+    assert math.isfinite(result["eval/return"]) and result["frames"] == 2 * FRAMES_PER_ITERATION
+
+
+def test_print_config_resolves_interpolation_after_overrides(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", recipe("mappo/coordsum_3x10"), "--data.env", "vmas/navigation", "--trainer.devices", "2", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "name: mappo/vmas/navigation" in printed
+    assert "env: vmas/navigation" in printed and ("devices: 2" in printed or "devices: '2'" in printed)
+
+
+def test_total_frames_sets_the_number_of_iterations() -> None:
+    cli = build_cli(["--config", recipe("mappo/coordsum_3x10"), "--data.total_frames", "200000"], run=False)
+    assert cli.trainer.max_epochs == math.ceil(200000 / (64 * 128))
+
+
+def test_block_swapped_by_class_path() -> None:
+    cli = build_cli(
+        ["--config", recipe("mappo/coordsum_3x10"), "--model.critic.init_args.network", "hcmarl.nn.AgentValue"], run=False
+    )
+    from hcmarl.nn import AgentValue
+
+    assert isinstance(cli.model.critic.network, AgentValue)
+
+
+def test_recipe_equals_python_construction() -> None:
+    """Config as code: the recipe's objects equal the same constructors called in Python."""
+    from hcmarl.constraints import ClipPPO
+    from hcmarl.datamodules import OnPolicyDataModule
+    from hcmarl.modules import Critic, Learner, MARLModule
+    from hcmarl.nn import CentralValue, MLPActor
+    from hcmarl.schedules import Simultaneous
+
+    cli = build_cli(["--config", recipe("mappo/coordsum_3x10")], run=False)
+    torch.manual_seed(0)
+    python_model = MARLModule(
+        learner=Learner(
+            actor=MLPActor(hidden_sizes=[64, 64], activation="tanh", share_params=True, agent_id=True),
+            constraint=ClipPPO(eps=0.2, epochs=5, minibatches=2, ent_coef=0.01, max_grad_norm=10.0),
+            schedule=Simultaneous(),
+            lr=5e-4,
+        ),
+        critic=Critic(network=CentralValue(hidden_sizes=[64, 64]), lr=5e-4, epochs=5, minibatches=2),
+        gamma=0.99,
+        gae_lambda=0.95,
+    )
+    python_data = OnPolicyDataModule(env="coordsum/3x10", num_envs=64, rollout_steps=128, total_frames=20_000_000, eval_episodes=32, eval_every=10)
+    assert vars(cli.model.learner.constraint) == vars(python_model.learner.constraint)
+    assert type(cli.model.learner.schedule) is type(python_model.learner.schedule)
+    for attr in ("hidden_sizes", "activation", "share_params", "agent_id", "distribution_kind"):
+        assert getattr(cli.model.learner.actor, attr) == getattr(python_model.learner.actor, attr)
+    for attr in ("lr", "epochs", "minibatches", "loss", "huber_delta", "clip_value", "max_grad_norm"):
+        assert getattr(cli.model.critic, attr) == getattr(python_model.critic, attr)
+    for attr in ("env_name", "num_envs", "rollout_steps", "total_frames", "eval_episodes", "eval_every", "seed"):
+        assert getattr(cli.datamodule, attr) == getattr(python_data, attr)
+    # built for the same env from the same seed, the networks are identical
+    from hcmarl.envs import make_env
+
+    info = make_env("coordsum/3x10").info
+    torch.manual_seed(0)
+    cli.model.build(info)
+    torch.manual_seed(0)
+    python_model.build(info)
+    for (k1, v1), (k2, v2) in zip(cli.model.state_dict().items(), python_model.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def _last_checkpoint(root: Path) -> Path:
+    (path,) = root.rglob("last.ckpt")
+    return path
+
+
+def test_resume_continues_frames_and_weights(run_cli, tmp_path: Path) -> None:
+    run_cli("fit", "mappo/coordsum_3x10", "--data.total_frames", str(2 * FRAMES_PER_ITERATION))
+    ckpt = _last_checkpoint(tmp_path)
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["OnPolicyDataModule"]["frames"] == 2 * FRAMES_PER_ITERATION
+    run_cli("fit", "mappo/coordsum_3x10", "--data.total_frames", str(4 * FRAMES_PER_ITERATION), "--ckpt_path", str(ckpt))
+    first, second = run_dirs(tmp_path)
+    assert logged(read_metrics(second), "frames") == [3 * FRAMES_PER_ITERATION, 4 * FRAMES_PER_ITERATION]
+    assert final_eval(second)["frames"] == 4 * FRAMES_PER_ITERATION
+    resumed = torch.load(_last_checkpoint(second), weights_only=False)
+    assert resumed["epoch"] == 3 and resumed["OnPolicyDataModule"]["frames"] == 4 * FRAMES_PER_ITERATION
+
+
+def test_validate_evaluates_a_checkpoint(run_cli, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_cli("fit", "ippo/coordsum_3x10", "--data.total_frames", str(FRAMES_PER_ITERATION))
+    ckpt = _last_checkpoint(tmp_path)
+    capsys.readouterr()
+    run_cli("validate", "ippo/coordsum_3x10", "--ckpt_path", str(ckpt), "--data.eval_episodes", "7")
+    printed = capsys.readouterr().out
+    assert "eval/return" in printed and "eval/episodes" in printed and "7" in printed
+
+
+def test_bench_prints_throughput(run_cli, capsys: pytest.CaptureFixture) -> None:
+    run_cli("bench", "mappo/coordsum_3x10", "--iterations", "2", "--warmup", "1")
+    printed = capsys.readouterr().out
+    for key in ("collect_fps", "update_fps", "end_to_end_fps", "peak_rss_mib"):
+        assert key in printed
