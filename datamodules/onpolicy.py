@@ -108,12 +108,10 @@ class OnPolicyDataModule(L.LightningDataModule):
         return math.ceil(self.total_frames / self.frames_per_batch)
 
     def _device(self) -> torch.device:
-        trainer = getattr(self, "_trainer", None)
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def _rank(self) -> int:
-        trainer = getattr(self, "_trainer", None)
-        return trainer.global_rank if trainer is not None else 0
+        return self.trainer.global_rank if self.trainer is not None else 0
 
     def setup(self, stage: str) -> None:
         device, rank = self._device(), self._rank()

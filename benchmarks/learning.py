@@ -1,0 +1,112 @@
+"""Learning benchmark: train a recipe over several seeds and write a table and a curve plot into docs/.
+
+Not a test: it trains for minutes to hours. Example:
+
+    python benchmarks/learning.py --recipe mappo/coordsum_3x10 --seeds 0 1 2 --frames 5000000 --parallel 2
+
+Each seed runs ``hcmarl fit`` in its own process (one torch thread each); the evaluation
+curves are read back from each run's ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_seed(recipe: str, seed: int, frames: int, out: Path, extra: list[str]) -> Path:
+    """Train one seed; returns its run folder."""
+    save_dir = out / "runs"
+    name = f"{recipe}/seed{seed}"
+    cmd = [
+        sys.executable, "-m", "hcmarl.cli", "fit", "--config", str(ROOT / "recipes" / f"{recipe}.yaml"),
+        "--seed_everything", str(seed), "--data.total_frames", str(frames),
+        "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", name,
+        "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false", *extra,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    log = out / f"{recipe.replace('/', '_')}_seed{seed}.log"
+    with open(log, "w") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=out)
+    return save_dir / name / "version_0"
+
+
+def eval_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(frames, eval/return) pairs of a run, in order."""
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    frames_at_epoch = {r["epoch"]: float(r["frames"]) for r in rows if r.get("frames")}
+    return [(frames_at_epoch[r["epoch"]], float(r["eval/return"])) for r in rows if r.get("eval/return") and r["epoch"] in frames_at_epoch]
+
+
+def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -> str:
+    finals = {seed: json.loads((d / "final_eval.json").read_text())["eval/return"] for seed, d in runs.items()}
+    curves = {seed: eval_curve(d) for seed, d in runs.items()}
+    first = {seed: c[0][1] for seed, c in curves.items() if c}
+    mean = statistics.mean(finals.values())
+    std = statistics.stdev(finals.values()) if len(finals) > 1 else 0.0
+    frames = max(json.loads((d / "final_eval.json").read_text())["frames"] for d in runs.values())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for seed, curve in curves.items():
+        ax.plot([f / 1e6 for f, _ in curve], [r for _, r in curve], label=f"seed {seed}")
+    ax.set_xlabel("environment frames (millions)")
+    ax.set_ylabel("evaluation return (32 episodes)")
+    ax.set_title(recipe)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    lines = [
+        f"### {recipe}",
+        "",
+        f"{len(runs)} seeds, {frames:,} frames each; evaluation over 32 episodes with the deployment policy.",
+        "",
+        "| seed | first evaluation | final evaluation |",
+        "|---|---|---|",
+        *[f"| {s} | {first.get(s, float('nan')):.2f} | {finals[s]:.2f} |" for s in sorted(runs)],
+        f"| **mean (std)** | {statistics.mean(first.values()):.2f} | **{mean:.2f} ({std:.2f})** |",
+        "",
+        f"![{recipe} learning curves]({out_png.name})",
+        "",
+    ]
+    text = "\n".join(lines)
+    out_md.write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", required=True, help="e.g. mappo/coordsum_3x10")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--frames", type=int, required=True)
+    parser.add_argument("--parallel", type=int, default=2, help="seeds trained at once")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hcmarl-bench"), help="where runs are written")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument("overrides", nargs="*", help="extra hcmarl fit arguments, after --")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(args.parallel) as pool:
+        futures = {s: pool.submit(run_seed, args.recipe, s, args.frames, args.work, args.overrides) for s in args.seeds}
+        runs = {s: f.result() for s, f in futures.items()}
+    stem = args.recipe.replace("/", "_")
+    print(summarise(args.recipe, runs, args.docs / f"{stem}.md", args.docs / f"{stem}.png"))
+
+
+if __name__ == "__main__":
+    main()

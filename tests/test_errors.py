@@ -1,0 +1,108 @@
+"""Bad input ends in one clear message and exit code 2 (DESIGN.md, "Conventions"; issue: "Bad input")."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import hcmarl.constraints
+
+FRAMES = "32"
+
+
+def exit_message(run_cli, capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(*args)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    return captured.err + captured.out
+
+
+def test_unknown_config_key(run_cli, capsys) -> None:
+    message = exit_message(run_cli, capsys, "fit", "mappo/coordsum_3x10", "--model.no_such_key", "1")
+    assert "no_such_key" in message
+
+
+def test_unknown_key_in_recipe_file(capsys, tmp_path: Path, monkeypatch) -> None:
+    from conftest import recipe
+
+    from hcmarl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(recipe("mappo/coordsum_3x10")).read_text().replace("  gamma: 0.99", "  gama: 0.99"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(bad)])
+    assert exit_info.value.code == 2
+    assert "gama" in capsys.readouterr().err
+
+
+def test_unknown_env_lists_known_names(run_cli, capsys) -> None:
+    message = exit_message(run_cli, capsys, "fit", "mappo/coordsum_3x10", "--data.env", "coordsum/9x9")
+    assert "coordsum/9x9" in message and "coordsum/3x10" in message and "vmas/balance" in message
+
+
+def test_categorical_actor_on_continuous_env(run_cli, capsys) -> None:
+    message = exit_message(
+        run_cli, capsys, "fit", "mappo/vmas_balance", "--data.total_frames", FRAMES,
+        "--model.learner.init_args.actor.init_args.distribution", "categorical",
+    )
+    assert "hcmarl: error:" in message and "distribution='categorical'" in message and "continuous" in message
+
+
+def test_missing_optional_package_names_the_extra(run_cli, capsys, monkeypatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vmas" else real_find_spec(name, *a))
+    message = exit_message(run_cli, capsys, "fit", "mappo/vmas_balance", "--data.total_frames", FRAMES)
+    assert "pip install 'hcmarl[vmas]'" in message
+
+
+def test_checkpoint_from_another_recipe(run_cli, capsys, tmp_path: Path) -> None:
+    run_cli("fit", "mappo/coordsum_3x10", "--data.total_frames", FRAMES)
+    (ckpt,) = tmp_path.rglob("last.ckpt")
+    message = exit_message(run_cli, capsys, "validate", "mappo/vmas_simple_spread", "--ckpt_path", str(ckpt))
+    assert "hcmarl: error:" in message and "coordsum/3x10" in message and "recipe" in message
+
+
+def test_nan_loss_stops_with_iteration_and_loss_named(run_cli, capsys, monkeypatch, tmp_path: Path) -> None:
+    calls = {"n": 0}
+    real = hcmarl.constraints.clip_ppo_objective
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] > 1 else out  # iteration 0 is clean, iteration 1 is not
+
+    monkeypatch.setattr(hcmarl.constraints, "clip_ppo_objective", poisoned)
+    message = exit_message(
+        run_cli, capsys, "fit", "mappo/coordsum_3x10", "--data.total_frames", "96",
+        "--model.learner.init_args.constraint.init_args.epochs", "1",
+        "--model.learner.init_args.constraint.init_args.minibatches", "1",
+    )
+    assert "iteration 1" in message and "learner/policy_loss" in message and "NaN" in message
+    (ckpt,) = tmp_path.rglob("last.ckpt")  # the checkpoint of the clean iteration is kept
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_total_frames_below_one_iteration(run_cli, capsys) -> None:
+    message = exit_message(run_cli, capsys, "fit", "mappo/coordsum_3x10", "--data.total_frames", "8")
+    assert "total_frames" in message
+
+
+def test_wandb_runs_offline_without_credentials(run_cli, capsys, monkeypatch, tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    run_cli(
+        "fit", "mappo/coordsum_3x10", "--data.total_frames", FRAMES,
+        "--trainer.logger", "hcmarl.modules.loggers.WandbLogger", "--trainer.logger.init_args.save_dir", str(tmp_path / "wb"),
+    )
+    captured = capsys.readouterr()
+    assert "wandb sync" in captured.err
+    assert list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
