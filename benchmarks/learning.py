@@ -29,37 +29,52 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_seed(recipe: str, seed: int, frames: int, out: Path, extra: list[str]) -> Path:
-    """Train one seed; returns its run folder."""
-    save_dir = out / "runs"
-    name = f"{recipe}/seed{seed}"
+    """Train one seed, continuing from its last checkpoint if an earlier call was cut short; returns the seed's folder."""
+    seed_dir = out / "runs" / recipe / f"seed{seed}"
+    previous = sorted(seed_dir.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    if previous and (previous[-1] / "final_eval.json").exists() and json.loads((previous[-1] / "final_eval.json").read_text())["frames"] >= frames:
+        return seed_dir
+    resume = [c for v in previous for c in v.glob("checkpoints/last.ckpt")]
     cmd = [
         sys.executable, "-m", "hcmarl.cli", "fit", "--config", str(ROOT / "recipes" / f"{recipe}.yaml"),
         "--seed_everything", str(seed), "--data.total_frames", str(frames),
-        "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", name,
-        "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false", *extra,
+        "--trainer.logger.init_args.save_dir", str(out / "runs"), "--trainer.logger.init_args.name", f"{recipe}/seed{seed}",
+        "--trainer.logger.init_args.version", str(len(previous)), "--trainer.enable_progress_bar", "false",
+        *(["--ckpt_path", str(resume[-1])] if resume else []), *extra,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = out / f"{recipe.replace('/', '_')}_seed{seed}.log"
-    with open(log, "w") as f:
+    with open(log, "a") as f:
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=out)
-    return save_dir / name / "version_0"
+    return seed_dir
 
 
-def eval_curve(run_dir: Path) -> list[tuple[float, float]]:
-    """(frames, eval/return) pairs of a run, in order."""
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    frames_at_epoch = {r["epoch"]: float(r["frames"]) for r in rows if r.get("frames")}
-    return [(frames_at_epoch[r["epoch"]], float(r["eval/return"])) for r in rows if r.get("eval/return") and r["epoch"] in frames_at_epoch]
+def _versions(seed_dir: Path) -> list[Path]:
+    return sorted(seed_dir.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def eval_curve(seed_dir: Path) -> list[tuple[float, float]]:
+    """(frames, eval/return) pairs of a seed over all its (resumed) runs, in frame order."""
+    points: dict[float, float] = {}
+    for version in _versions(seed_dir):
+        with open(version / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        frames_at_epoch = {r["epoch"]: float(r["frames"]) for r in rows if r.get("frames")}
+        points |= {frames_at_epoch[r["epoch"]]: float(r["eval/return"]) for r in rows if r.get("eval/return") and r["epoch"] in frames_at_epoch}
+    return sorted(points.items())
+
+
+def final_result(seed_dir: Path) -> dict:
+    return json.loads((_versions(seed_dir)[-1] / "final_eval.json").read_text())
 
 
 def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -> str:
-    finals = {seed: json.loads((d / "final_eval.json").read_text())["eval/return"] for seed, d in runs.items()}
+    finals = {seed: final_result(d)["eval/return"] for seed, d in runs.items()}
     curves = {seed: eval_curve(d) for seed, d in runs.items()}
     first = {seed: c[0][1] for seed, c in curves.items() if c}
     mean = statistics.mean(finals.values())
     std = statistics.stdev(finals.values()) if len(finals) > 1 else 0.0
-    frames = max(json.loads((d / "final_eval.json").read_text())["frames"] for d in runs.values())
+    frames = max(final_result(d)["frames"] for d in runs.values())
     fig, ax = plt.subplots(figsize=(6, 4))
     for seed, curve in curves.items():
         ax.plot([f / 1e6 for f, _ in curve], [r for _, r in curve], label=f"seed {seed}")
