@@ -83,11 +83,11 @@ def test_recipe_equals_python_construction() -> None:
     python_model = MARLModule(
         learner=Learner(
             actor=MLPActor(hidden_sizes=[64, 64], activation="tanh", share_params=True, agent_id=True),
-            constraint=ClipPPO(eps=0.2, epochs=5, minibatches=2, ent_coef=0.01, max_grad_norm=10.0),
+            constraint=ClipPPO(eps=0.2, epochs=10, minibatches=4, ent_coef=0.01, max_grad_norm=10.0),
             schedule=Simultaneous(),
             lr=5e-4,
         ),
-        critic=Critic(network=CentralValue(hidden_sizes=[64, 64]), lr=5e-4, epochs=5, minibatches=2),
+        critic=Critic(network=CentralValue(hidden_sizes=[64, 64]), lr=5e-4, epochs=10, minibatches=4),
         gamma=0.99,
         gae_lambda=0.95,
     )
