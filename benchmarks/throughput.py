@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from hcmarl.cli import main as hcmarl_main
+from hcmarl.cli import build_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 N_AGENTS, NUM_ENVS, STEPS, EPOCHS, MINIBATCHES, HIDDEN = 4, 10, 600, 3, 15, [256, 256]
@@ -42,21 +42,8 @@ def benchmarl_like_overrides() -> list[str]:
 
 
 def hcmarl_bench(iterations: int) -> dict[str, float]:
-    from hcmarl.cli import HcmarlTrainer
-
-    captured: dict[str, float] = {}
-    original = HcmarlTrainer.bench
-
-    def keep(self, *args, **kwargs):
-        captured.update(original(self, *args, **kwargs))
-        return captured
-
-    HcmarlTrainer.bench = keep
-    try:
-        hcmarl_main(["bench", "--config", str(ROOT / "recipes/mappo/vmas_balance.yaml"), "--iterations", str(iterations), *benchmarl_like_overrides()])
-    finally:
-        HcmarlTrainer.bench = original
-    return captured
+    cli = build_cli(["bench", "--config", str(ROOT / "recipes/mappo/vmas_balance.yaml"), "--iterations", str(iterations), *benchmarl_like_overrides()])
+    return cli.trainer.bench_result
 
 
 def bare_update_seconds(obs_dim: int, state_dim: int, act_dim: int) -> float:

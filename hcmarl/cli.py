@@ -51,6 +51,8 @@ class HcmarlTrainer(Trainer):
     def bench(self, model: LightningModule, datamodule: LightningDataModule, iterations: int = 5, warmup: int = 1) -> dict[str, float]:
         """Run ``warmup + iterations`` iterations and print collection, update and end-to-end frames/s.
 
+        The figures are returned and kept as ``self.bench_result``.
+
         Args:
             iterations: measured iterations.
             warmup: iterations run first and not measured.
@@ -79,6 +81,7 @@ class HcmarlTrainer(Trainer):
             "end_to_end_fps": frames / wall,
             "peak_rss_mib": max(r["peak_rss_mib"] for r in meter.records),
         }
+        self.bench_result = result
         if self.is_global_zero:
             print(f"\nhcmarl bench: {datamodule.env_name}, {frames} frames per iteration, {len(measured)} measured iterations")
             for key, value in result.items():
