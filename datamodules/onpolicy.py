@@ -93,10 +93,11 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.frames = 0
         self.last_collect_seconds = float("nan")
         self.env_info: EnvInfo | None = None
-        self.train_env: EnvBase | None = None
-        self.eval_env: EnvBase | None = None
+        self.train_env: TransformedEnv | None = None
+        self.eval_env: TransformedEnv | None = None
         self._collector: Collector | None = None
         self._rollouts: Iterator[TensorDictBase] | None = None
+        self._prepared_envs: list[EnvBase] = []
 
     @property
     def frames_per_batch(self) -> int:
@@ -116,10 +117,9 @@ class OnPolicyDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         device, rank = self._device(), self._rank()
         if self.eval_env is None:
-            self.eval_env = make_env(
-                self.env_name, self.eval_episodes, self.seed + 7 + rank * RANK_SEED_STRIDE + 50_021, device, **self.env_kwargs
-            )
-            self.env_info = self.eval_env.info
+            base = make_env(self.env_name, self.eval_episodes, self.seed + 7 + rank * RANK_SEED_STRIDE + 50_021, device, **self.env_kwargs)
+            self.env_info = base.info
+            self.eval_env = TransformedEnv(base)
         if stage == "fit" and self.train_env is None:
             base = make_env(self.env_name, self.num_envs, self.seed + rank * RANK_SEED_STRIDE, device, **self.env_kwargs)
             self.train_env = TransformedEnv(base, RewardSum(in_keys=[REWARD], out_keys=[EPISODE_RETURN]))
@@ -131,6 +131,7 @@ class OnPolicyDataModule(L.LightningDataModule):
     def collect(self) -> TensorDictBase:
         """One rollout ``[num_envs, rollout_steps]`` with the module's behaviour policy."""
         if self._rollouts is None:
+            self._add_policy_transforms(self.train_env)
             self._collector = Collector(
                 self.train_env,
                 self.trainer.lightning_module.behaviour_policy(),
@@ -147,6 +148,13 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.frames += batch.numel()
         return batch
 
+    def _add_policy_transforms(self, env: TransformedEnv) -> None:
+        """Append, once per env, the transforms the module's policies need (e.g. a recurrent state primer)."""
+        if env not in self._prepared_envs:
+            for transform in self.trainer.lightning_module.env_transforms():
+                env.append_transform(transform)
+            self._prepared_envs.append(env)
+
     # ---- evaluation -----------------------------------------------------------------------
     def val_dataloader(self) -> _OneBatch:
         return _OneBatch(lambda: self.evaluate(self.trainer.lightning_module.deployment_policy()))
@@ -154,6 +162,7 @@ class OnPolicyDataModule(L.LightningDataModule):
     @torch.no_grad()
     def evaluate(self, policy: Any) -> TensorDict:
         """``eval_episodes`` episodes, one per env, with ``policy``: returns, lengths (and wins)."""
+        self._add_policy_transforms(self.eval_env)
         rollout = self.eval_env.rollout(self.env_info.max_steps, policy, break_when_any_done=False)
         returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
         out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)

@@ -9,3 +9,5 @@ VALUE_TARGET = ("agents", "value_target")
 STATE = "state"
 REWARD = "reward"
 EPISODE_RETURN = "episode_return"
+RNN_STATE = "agents_rnn_state"  # top level [E, N, H]: a nested spec under "agents" breaks TorchRL's collector buffers
+IS_INIT = "is_init"

@@ -12,8 +12,8 @@ from torch import nn
 from hcmarl.constraints import Constraint
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ACTION_MASK, LOG_PROB, OBSERVATION
-from hcmarl.nn.actors import MLPActor
+from hcmarl.keys import ACTION, ACTION_MASK, LOG_PROB, OBSERVATION, RNN_STATE
+from hcmarl.nn.actors import Actor
 from hcmarl.optim import GradientStep
 from hcmarl.schedules import Schedule
 
@@ -22,13 +22,13 @@ class Learner(nn.Module):
     """Decentralised actors: each agent acts on its own observation.
 
     Args:
-        actor: the actor network block (e.g. ``hcmarl.nn.MLPActor``).
+        actor: the actor network block (``hcmarl.nn.MLPActor`` or ``hcmarl.nn.GRUActor``).
         constraint: how the actor's parameters move (e.g. ``hcmarl.constraints.ClipPPO``).
         schedule: which agents move when (e.g. ``hcmarl.schedules.Simultaneous``).
         lr: Adam learning rate of the actor.
     """
 
-    def __init__(self, actor: MLPActor, constraint: Constraint, schedule: Schedule, lr: float = 5e-4) -> None:
+    def __init__(self, actor: Actor, constraint: Constraint, schedule: Schedule, lr: float = 5e-4) -> None:
         super().__init__()
         self.actor = actor
         self.constraint = constraint
@@ -43,18 +43,36 @@ class Learner(nn.Module):
             )
         self.actor.build(info)
 
+    def check_batch(self, num_envs: int, frames_per_batch: int) -> None:
+        """A ConfigError if the constraint asks for more minibatches than the batch has units.
+
+        A recurrent actor's minibatches are whole env rollouts, a feed-forward actor's single frames.
+        """
+        minibatches = getattr(self.constraint, "minibatches", 1)
+        units, unit = (num_envs, "data.num_envs") if self.actor.recurrent else (frames_per_batch, "frames per iteration")
+        if minibatches > units:
+            raise ConfigError(
+                f"model.learner.constraint.minibatches={minibatches} exceeds {unit}={units}"
+                + (" (a recurrent actor's minibatches are whole env rollouts)" if self.actor.recurrent else "")
+                + f"; lower minibatches or raise {unit}"
+            )
+
     def in_keys(self) -> list:
-        return [OBSERVATION, ACTION_MASK]
+        return [OBSERVATION, ACTION_MASK, *([RNN_STATE] if self.actor.recurrent else [])]
 
     @torch.no_grad()
     def act(self, td: TensorDictBase, deterministic: bool = False) -> TensorDictBase:
         """Sample (or take the mode of) every agent's action; write the action and its log-probability."""
-        dist = self.actor(td)
+        dist = self.actor.step(td)
         action = dist.mode if deterministic else dist.sample()
         td.set(ACTION, action)
         td.set(LOG_PROB, dist.log_prob(action))
         return td
 
     def update(self, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
-        """One policy update on a flat batch ``[B]`` holding advantages; returns detached diagnostics."""
+        """One policy update on a batch holding advantages; returns detached diagnostics.
+
+        The batch is flat ``[B]`` for feed-forward actors and ``[envs, time]`` for recurrent ones
+        (minibatches are then drawn over envs, and each env's rollout is replayed whole).
+        """
         return self.schedule.update(self.actor, self.constraint, batch, step)

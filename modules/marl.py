@@ -59,14 +59,21 @@ class MARLModule(L.LightningModule):
 
     # ---- building -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
         if self.env_info is None:
-            self.build(self.trainer.datamodule.env_info)
+            self.build(dm.env_info)
+        if stage == "fit":
+            self.learner.check_batch(dm.num_envs, dm.frames_per_batch)
 
     def build(self, info: EnvInfo) -> None:
         """Create every role's networks for the env described by ``info``."""
         self.env_info = info
         self.learner.build(info)
         self.critic.build(info)
+
+    def env_transforms(self) -> list:
+        """TorchRL transforms the envs need for this module's policies (e.g. a recurrent state primer)."""
+        return self.learner.actor.env_transforms()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
@@ -110,7 +117,8 @@ class MARLModule(L.LightningModule):
         actor_opt, critic_opt = self.optimizers()
         self.compute_advantages(batch)
         flat = batch.reshape(-1)
-        metrics = {f"learner/{k}": v for k, v in self.learner.update(flat, self._gradient_step(actor_opt)).items()}
+        learner_batch = batch if self.learner.actor.recurrent else flat
+        metrics = {f"learner/{k}": v for k, v in self.learner.update(learner_batch, self._gradient_step(actor_opt)).items()}
         metrics |= {f"critic/{k}": v for k, v in self.critic.update(flat, self._gradient_step(critic_opt)).items()}
         self._check_finite(metrics)
         self._log_iteration(batch, metrics, time.perf_counter() - start)

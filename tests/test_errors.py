@@ -106,3 +106,11 @@ def test_wandb_runs_offline_without_credentials(run_cli, capsys, monkeypatch, tm
     captured = capsys.readouterr()
     assert "wandb sync" in captured.err
     assert list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+
+
+def test_recurrent_minibatches_above_num_envs(run_cli, capsys) -> None:
+    message = exit_message(
+        run_cli, capsys, "fit", "mappo/vmas_balance", "--data.total_frames", FRAMES,
+        "--model.learner.init_args.actor", "hcmarl.nn.GRUActor",
+    )
+    assert "minibatches=15" in message and "data.num_envs=4" in message

@@ -1,21 +1,28 @@
 """Per-agent actors: observation -> action distribution (ALGORITHMS.md section 1, "Policies").
 
 An actor is built in two steps: the constructor takes hyperparameters (what a recipe
-writes); ``build(info)`` creates the layers once the env's sizes are known.
+writes); ``build(info)`` creates the layers once the env's sizes are known. ``forward``
+evaluates a batch of any shape ``[...]`` (for recurrent actors: whole rollouts
+``[envs, time]``); ``step`` acts for one time step and may write the next recurrent state.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Literal, Sequence
 
 import torch
 from tensordict import TensorDictBase
 from torch import nn
+from torchrl.envs import Transform
 
-from hcmarl.envs.base import ACTION_MASK, OBSERVATION, EnvInfo
+from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
+from hcmarl.keys import ACTION_MASK, OBSERVATION
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical
 from hcmarl.nn.layers import AgentMLP
+
+Distribution = torch.distributions.Distribution
 
 
 def agent_id_features(obs: torch.Tensor) -> torch.Tensor:
@@ -25,11 +32,10 @@ def agent_id_features(obs: torch.Tensor) -> torch.Tensor:
     return torch.cat([obs, eye], dim=-1)
 
 
-class MLPActor(nn.Module):
-    """MLP actor for all agents, shared or per-agent parameters, categorical or Gaussian head.
+class Actor(nn.Module, ABC):
+    """What every actor block shares: agent-id features, the head's distribution, parameter sharing.
 
     Args:
-        hidden_sizes: widths of the hidden layers.
         activation: ``tanh``, ``relu``, ``elu`` or ``silu``.
         share_params: one parameter set for all agents (True) or one per agent, vectorised.
         agent_id: append a one-hot agent id to each observation.
@@ -37,9 +43,10 @@ class MLPActor(nn.Module):
         log_std_init: initial log-std of the Gaussian (state-independent, per agent).
     """
 
+    recurrent = False
+
     def __init__(
         self,
-        hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
         share_params: bool = True,
         agent_id: bool = False,
@@ -47,17 +54,16 @@ class MLPActor(nn.Module):
         log_std_init: float = 0.0,
     ) -> None:
         super().__init__()
-        self.hidden_sizes = list(hidden_sizes)
         self.activation = activation
         self.share_params = share_params
         self.agent_id = agent_id
         self.distribution_kind = distribution
         self.log_std_init = log_std_init
-        self.net: AgentMLP | None = None
         self.categorical = True
+        self.built = False
 
     def build(self, info: EnvInfo) -> None:
-        """Create the layers for ``info``; a head that does not fit the env's actions is a ConfigError."""
+        """Check the head fits the env's actions (a ConfigError otherwise) and create the layers."""
         kind = self.distribution_kind
         if kind == "auto":
             kind = "categorical" if info.categorical else "gaussian"
@@ -69,20 +75,63 @@ class MLPActor(nn.Module):
                 + ("" if info.categorical else " (or, for VMAS, data.env_kwargs.continuous_actions=false)")
             )
         self.categorical = kind == "categorical"
-        in_dim = info.obs_dim + (info.n_agents if self.agent_id else 0)
-        n_groups = 1 if self.share_params else info.n_agents
-        self.net = AgentMLP(in_dim, self.hidden_sizes, info.action_dim, n_groups, self.activation, out_gain=0.01)
+        self.n_groups = 1 if self.share_params else info.n_agents
         if not self.categorical:
-            self.log_std = nn.Parameter(torch.full((n_groups, info.action_dim), float(self.log_std_init)))
+            self.log_std = nn.Parameter(torch.full((self.n_groups, info.action_dim), float(self.log_std_init)))
+        self.build_layers(info, info.obs_dim + (info.n_agents if self.agent_id else 0))
+        self.built = True
 
-    def forward(self, td: TensorDictBase) -> torch.distributions.Distribution:
+    @abstractmethod
+    def build_layers(self, info: EnvInfo, in_dim: int) -> None:
+        """Create the layers for inputs of size ``in_dim``."""
+
+    @abstractmethod
+    def forward(self, td: TensorDictBase) -> Distribution:
         """The action distribution for every agent in ``td``, batch shape ``[..., N]``."""
-        if self.net is None:
-            raise RuntimeError("MLPActor.build(env_info) must be called before use")
+
+    def inputs(self, td: TensorDictBase) -> torch.Tensor:
+        if not self.built:
+            raise RuntimeError(f"{type(self).__name__}.build(env_info) must be called before use")
         obs = td.get(OBSERVATION)
-        if self.agent_id:
-            obs = agent_id_features(obs)
-        out = self.net(obs)
+        return agent_id_features(obs) if self.agent_id else obs
+
+    def distribution(self, head_out: torch.Tensor, td: TensorDictBase) -> Distribution:
         if self.categorical:
-            return masked_categorical(out, td.get(ACTION_MASK, None))
-        return diagonal_gaussian(out, self.log_std)
+            return masked_categorical(head_out, td.get(ACTION_MASK, None))
+        return diagonal_gaussian(head_out, self.log_std)
+
+    def step(self, td: TensorDictBase) -> Distribution:
+        """The distribution for one time step ``[E]`` (a feed-forward actor: the same as ``forward``)."""
+        return self(td)
+
+    def env_transforms(self) -> list[Transform]:
+        """TorchRL transforms the env needs for this actor (recurrent state primers); none by default."""
+        return []
+
+
+class MLPActor(Actor):
+    """MLP actor for all agents, shared or per-agent parameters, categorical or Gaussian head.
+
+    Args:
+        hidden_sizes: widths of the hidden layers.
+        activation, share_params, agent_id, distribution, log_std_init: see ``Actor``.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        share_params: bool = True,
+        agent_id: bool = False,
+        distribution: Literal["auto", "categorical", "gaussian"] = "auto",
+        log_std_init: float = 0.0,
+    ) -> None:
+        super().__init__(activation, share_params, agent_id, distribution, log_std_init)
+        self.hidden_sizes = list(hidden_sizes)
+
+    def build_layers(self, info: EnvInfo, in_dim: int) -> None:
+        self.net = AgentMLP(in_dim, self.hidden_sizes, info.action_dim, self.n_groups, self.activation, out_gain=0.01)
+
+    def forward(self, td: TensorDictBase) -> Distribution:
+        """The action distribution for every agent in ``td``, batch shape ``[..., N]``."""
+        return self.distribution(self.net(self.inputs(td)), td)
