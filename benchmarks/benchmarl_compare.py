@@ -1,26 +1,31 @@
 """BenchMARL 1.5.2 against hcmarl: MAPPO throughput on VMAS ``balance``, same machine, same run.
 
-BenchMARL is the reference MARL library built on TorchRL, and its MAPPO defaults for
-``vmas/balance`` are the configuration ``benchmarks/throughput.py`` copies. This script runs
-both libraries one after the other, each in a fresh process, so the figures share the machine's
-state and can be set side by side:
+BenchMARL is the reference MARL library built on TorchRL. This script runs its MAPPO with its
+own yaml defaults for ``vmas/balance`` and hcmarl configured the same way, one after the other,
+each in a fresh process, so the figures share the machine's state and can be set side by side.
 
-* BenchMARL 1.5.2, from its own yaml defaults (``base_experiment.yaml``, ``mappo.yaml``,
-  ``vmas/balance.yaml``, ``layers/mlp.yaml``): 6000 frames per iteration from 10 VMAS envs,
-  45 minibatches of 400 frames, MLP 256x256 tanh, 4 agents, 100 steps per episode; CPU, no
-  loggers, no evaluation, no checkpoints. Its own timers (``timers/collection_time``,
-  ``timers/training_time``, ``timers/iteration_time``) are read off the dict it hands its
-  logger at the end of each iteration.
-* hcmarl, through ``hcmarl_bench`` of ``benchmarks/throughput.py`` (the same configuration).
+The configuration, BenchMARL's defaults (``base_experiment.yaml``, ``mappo.yaml``,
+``vmas/balance.yaml``, ``layers/mlp.yaml``): 6000 frames per iteration from 10 VMAS envs,
+4 agents, 100 steps per episode, MLP 256x256 tanh, and ``on_policy_n_minibatch_iters: 45``
+passes over the batch, each split into 15 minibatches of 400 frames: 675 actor and 675 critic
+Adam steps per iteration. (``benchmarks/throughput.py`` reads the 45 as 3 epochs x 15
+minibatches; here hcmarl gets the 45 x 15 that BenchMARL runs.) The BenchMARL side checks its
+defaults are these before it starts.
 
-Both run one warm-up iteration that is not measured, then ``--iterations`` measured ones;
+* BenchMARL runs on CPU with no loggers, no evaluation and no checkpoints. Its own timers
+  (``timers/collection_time``, ``timers/training_time``, ``timers/iteration_time``) are read
+  off the dict it hands its logger at the end of each iteration.
+* hcmarl runs ``hcmarl bench`` with the overrides of ``benchmarks/throughput.py`` and
+  45 epochs for the actor and the critic.
+
+Both run one warm-up iteration that is not measured, then ``--iterations`` measured ones; the
 figures are means over the measured iterations, and peak resident memory is the process's
 ``ru_maxrss``. Collection is one batch from the collector; training is everything from the
 batch to the updated policy (advantages, minibatch updates, weight sync).
 
-BenchMARL needs torchrl < 0.12, while hcmarl uses a newer one, so BenchMARL is installed into its
-own virtual environment (``/tmp/benchmarl-venv``, created on first use) and is never a
-dependency of hcmarl.
+BenchMARL 1.5.2 needs torchrl < 0.12 while hcmarl uses a newer one, so BenchMARL lives in its own
+virtual environment (``/tmp/benchmarl-venv``, created on first use) and is never a dependency
+of hcmarl.
 
     python benchmarks/benchmarl_compare.py --iterations 3 --out docs/benchmarks/benchmarl_compare.md
 """
@@ -39,8 +44,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path("/tmp/benchmarl-venv")
 VENV_PYTHON = VENV / "bin" / "python"
-CHILD_PROGRAM = Path("/tmp/benchmarl_compare_child.py")
-FRAMES = 6000
+BENCHMARL_CHILD = Path("/tmp/benchmarl_compare_child.py")
+
+FRAMES, MINIBATCH, PASSES = 6000, 400, 45
+BENCHMARL_DEFAULTS = {
+    "frames per batch": FRAMES,
+    "envs": 10,
+    "passes over the batch": PASSES,
+    "minibatch size": MINIBATCH,
+    "hidden": [256, 256],
+    "activation": "Tanh",
+    "n_agents": 4,
+    "max_steps": 100,
+}
 
 # torch is pinned in every pip command so that pip never swaps it for another (CUDA) build.
 # BenchMARL 1.5.2 requires torchrl>=0.10,<0.12; torchvision 0.28.0 is the one built for torch 2.13.0;
@@ -55,7 +71,10 @@ PINS = {
 }
 
 BENCHMARL_PROGRAM = '''
-"""Run BenchMARL's default MAPPO on vmas/balance and write its per-iteration timers as JSON."""
+"""BenchMARL's default MAPPO on vmas/balance; writes its per-iteration timers and peak RSS as JSON.
+
+Usage: python benchmarl_compare_child.py EXPECTED_DEFAULTS_JSON TOTAL_ITERATIONS RESULT_PATH
+"""
 import json
 import resource
 import sys
@@ -67,41 +86,39 @@ from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models.mlp import MlpConfig
 
-total_iterations, result_path = int(sys.argv[1]), sys.argv[2]
+expected, total_iterations, result_path = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 TIMERS = ("timers/collection_time", "timers/training_time", "timers/iteration_time")
 
-experiment_config = ExperimentConfig.get_from_yaml()
+config = ExperimentConfig.get_from_yaml()
 task = VmasTask.BALANCE.get_from_yaml()
 model_config = MlpConfig.get_from_yaml()
 defaults = {
-    "frames per batch": experiment_config.on_policy_collected_frames_per_batch,
-    "envs": experiment_config.on_policy_n_envs_per_worker,
-    "minibatch iterations": experiment_config.on_policy_n_minibatch_iters,
-    "minibatch size": experiment_config.on_policy_minibatch_size,
+    "frames per batch": config.on_policy_collected_frames_per_batch,
+    "envs": config.on_policy_n_envs_per_worker,
+    "passes over the batch": config.on_policy_n_minibatch_iters,
+    "minibatch size": config.on_policy_minibatch_size,
     "hidden": list(model_config.num_cells),
     "activation": model_config.activation_class.__name__,
     "n_agents": task.config["n_agents"],
     "max_steps": task.config["max_steps"],
 }
-expected = {"frames per batch": 6000, "envs": 10, "minibatch iterations": 45, "minibatch size": 400,
-            "hidden": [256, 256], "activation": "Tanh", "n_agents": 4, "max_steps": 100}
 if defaults != expected:
     sys.exit(f"BenchMARL's defaults {defaults} differ from the configuration hcmarl is run with {expected}")
 
-experiment_config.sampling_device = experiment_config.train_device = experiment_config.buffer_device = "cpu"
-experiment_config.loggers = []
-experiment_config.create_json = False
-experiment_config.evaluation = False
-experiment_config.render = False
-experiment_config.checkpoint_interval = 0
-experiment_config.checkpoint_at_end = False
-experiment_config.max_n_frames = None
-experiment_config.max_n_iters = total_iterations
+config.sampling_device = config.train_device = config.buffer_device = "cpu"
+config.loggers = []
+config.create_json = False
+config.evaluation = False
+config.render = False
+config.checkpoint_interval = 0
+config.checkpoint_at_end = False
+config.max_n_frames = None
+config.max_n_iters = total_iterations
 
 with tempfile.TemporaryDirectory() as folder:
-    experiment_config.save_folder = folder
+    config.save_folder = folder
     experiment = Experiment(task=task, algorithm_config=MappoConfig.get_from_yaml(), model_config=model_config,
-                            seed=0, config=experiment_config)
+                            seed=0, config=config)
     records = []
     log = experiment.logger.log
 
@@ -121,10 +138,18 @@ with open(result_path, "w") as f:
 HCMARL_PROGRAM = """
 import json, sys, torch
 sys.path.insert(0, "benchmarks")
-from throughput import hcmarl_bench
-result = hcmarl_bench(int(sys.argv[1]))
-with open(sys.argv[2], "w") as f:
-    json.dump({**result, "threads": torch.get_num_threads()}, f)
+from throughput import ROOT, benchmarl_like_overrides
+from hcmarl.cli import build_cli
+
+passes, iterations, result_path = sys.argv[1], sys.argv[2], sys.argv[3]
+del sys.argv[1:]  # LightningCLI gets its arguments from build_cli only
+cli = build_cli([
+    "bench", "--config", str(ROOT / "recipes/mappo/vmas_balance.yaml"), "--iterations", iterations,
+    *benchmarl_like_overrides(),
+    "--model.learner.init_args.constraint.init_args.epochs", passes, "--model.critic.init_args.epochs", passes,
+])
+with open(result_path, "w") as f:
+    json.dump({**cli.trainer.bench_result, "threads": torch.get_num_threads()}, f)
 """
 
 
@@ -145,7 +170,7 @@ def ensure_venv() -> None:
         print(f"[1/4] {VENV} already has " + ", ".join(f"{n} {v}" for n, v in versions.items()), flush=True)
         return
     pip = [str(VENV_PYTHON), "-m", "pip", "install", "--quiet"]
-    print("[1/4] installing torch==2.13.0 (the local CPU wheel)", flush=True)
+    print(f"[1/4] installing torch=={PINS['torch']} (the local CPU wheel)", flush=True)
     subprocess.run([*pip, f"torch=={PINS['torch']}"], check=True)
     print("[1/4] installing " + " ".join(f"{n}=={v}" for n, v in PINS.items()), flush=True)
     subprocess.run([*pip, *(f"{n}=={v}" for n, v in PINS.items())], check=True)
@@ -161,9 +186,9 @@ def run_child(step: str, command: list[str], iterations: int) -> dict:
 
 
 def benchmarl_figures(iterations: int) -> dict[str, float]:
-    CHILD_PROGRAM.write_text(BENCHMARL_PROGRAM)
+    BENCHMARL_CHILD.write_text(BENCHMARL_PROGRAM)
     step = f"[2/4] BenchMARL {PINS['benchmarl']}: 1 warm-up + {iterations} iterations"
-    raw = run_child(step, [str(VENV_PYTHON), str(CHILD_PROGRAM)], 1 + iterations)
+    raw = run_child(step, [str(VENV_PYTHON), str(BENCHMARL_CHILD), json.dumps(BENCHMARL_DEFAULTS)], 1 + iterations)
     measured = raw["records"][1:]
 
     def mean(key: str) -> float:
@@ -179,7 +204,8 @@ def benchmarl_figures(iterations: int) -> dict[str, float]:
 
 
 def hcmarl_figures(iterations: int) -> dict[str, float]:
-    return run_child(f"[3/4] hcmarl: 1 warm-up + {iterations} iterations", [sys.executable, "-c", HCMARL_PROGRAM], iterations)
+    step = f"[3/4] hcmarl: 1 warm-up + {iterations} iterations"
+    return run_child(step, [sys.executable, "-c", HCMARL_PROGRAM, str(PASSES)], iterations)
 
 
 def table(benchmarl: dict[str, float], hcmarl: dict[str, float]) -> str:
@@ -206,19 +232,22 @@ def main() -> None:
     ensure_venv()
     benchmarl = benchmarl_figures(args.iterations)
     hcmarl = hcmarl_figures(args.iterations)
-    threads = f"{benchmarl['threads']}" if benchmarl["threads"] == hcmarl["threads"] else f"BenchMARL {benchmarl['threads']}, hcmarl {hcmarl['threads']}"
+    same_threads = benchmarl["threads"] == hcmarl["threads"]
+    threads = f"{hcmarl['threads']}" if same_threads else f"BenchMARL {benchmarl['threads']}, hcmarl {hcmarl['threads']}"
     command = shlex.join(["python", "benchmarks/benchmarl_compare.py", *sys.argv[1:]])
     report = (
-        f"`{command}`, CPU, torch threads {threads}, {datetime.date.today().isoformat()}; "
-        f"{FRAMES} frames per iteration, mean of {args.iterations} iterations after one warm-up; "
-        f"BenchMARL with " + ", ".join(f"{n} {v}" for n, v in PINS.items() if n != "benchmarl") + ".\n\n"
+        f"`{command}`, CPU, torch threads {threads}, {datetime.date.today().isoformat()}.\n\n"
+        f"{FRAMES} frames per iteration; {PASSES} passes x {FRAMES // MINIBATCH} minibatches of {MINIBATCH} "
+        f"= {PASSES * FRAMES // MINIBATCH} actor and critic steps per iteration; "
+        f"mean of {args.iterations} iterations after one warm-up. "
+        "BenchMARL with " + ", ".join(f"{n} {v}" for n, v in PINS.items() if n != "benchmarl") + ".\n\n"
         + table(benchmarl, hcmarl)
         + "\n"
     )
     print("[4/4] results\n\n" + report, flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("# MAPPO on vmas/balance: BenchMARL's defaults, BenchMARL against hcmarl\n\n" + report)
+        args.out.write_text("# MAPPO on vmas/balance with BenchMARL's defaults: BenchMARL against hcmarl\n\n" + report)
         print(f"written to {args.out}")
 
 

@@ -166,6 +166,7 @@ class MARLModule(L.LightningModule):
             "env": None if self.env_info is None else self.env_info.name,
             "shapes": {k: tuple(v.shape) for k, v in self.state_dict().items()},
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -181,3 +182,5 @@ class MARLModule(L.LightningModule):
                 f"(env {env!r}); differing parameters: {differing}. Use the recipe the checkpoint was trained with."
             )
         torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])

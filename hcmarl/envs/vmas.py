@@ -134,9 +134,12 @@ class VmasMultiAgentEnv(EnvBase):
 
     def _observation(self, obs: list[torch.Tensor]) -> TensorDict:
         E = self.batch_size[0]
-        padded = torch.zeros(E, self.n_agents, self.obs_dim, device=self.device)
-        for i, o in enumerate(obs):
-            padded[:, i, : o.shape[-1]] = o
+        if len(set(self._obs_sizes)) == 1:
+            padded = torch.stack(obs, dim=1)
+        else:
+            padded = torch.zeros(E, self.n_agents, self.obs_dim, device=self.device)
+            for i, o in enumerate(obs):
+                padded[:, i, : o.shape[-1]] = o
         agents = {"observation": padded}
         if self._action_mask is not None:
             agents["action_mask"] = self._action_mask.clone()
