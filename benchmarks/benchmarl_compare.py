@@ -15,8 +15,7 @@ defaults are these before it starts.
 * BenchMARL runs on CPU with no loggers, no evaluation and no checkpoints. Its own timers
   (``timers/collection_time``, ``timers/training_time``, ``timers/iteration_time``) are read
   off the dict it hands its logger at the end of each iteration.
-* hcmarl runs ``hcmarl bench`` with the overrides of ``benchmarks/throughput.py`` and
-  45 epochs for the actor and the critic.
+* hcmarl runs ``hcmarl bench`` with the overrides of ``benchmarks/throughput.py``.
 
 Both run one warm-up iteration that is not measured, then ``--iterations`` measured ones; the
 figures are means over the measured iterations, and peak resident memory is the process's
@@ -137,16 +136,15 @@ with open(result_path, "w") as f:
 
 HCMARL_PROGRAM = """
 import json, sys, torch
-sys.path.insert(0, "benchmarks")
+benchmarks, iterations, result_path = sys.argv[1:4]
+sys.path.insert(0, benchmarks)
 from throughput import ROOT, benchmarl_like_overrides
 from hcmarl.cli import build_cli
 
-passes, iterations, result_path = sys.argv[1], sys.argv[2], sys.argv[3]
 del sys.argv[1:]  # LightningCLI gets its arguments from build_cli only
 cli = build_cli([
     "bench", "--config", str(ROOT / "recipes/mappo/vmas_balance.yaml"), "--iterations", iterations,
     *benchmarl_like_overrides(),
-    "--model.learner.init_args.constraint.init_args.epochs", passes, "--model.critic.init_args.epochs", passes,
 ])
 with open(result_path, "w") as f:
     json.dump({**cli.trainer.bench_result, "threads": torch.get_num_threads()}, f)
@@ -177,11 +175,15 @@ def ensure_venv() -> None:
 
 
 def run_child(step: str, command: list[str], iterations: int) -> dict:
-    """Run ``command ITERATIONS RESULT_PATH`` from the repository root and return the JSON it writes there."""
+    """Run ``command ITERATIONS RESULT_PATH`` and return the JSON it writes there.
+
+    It runs in a scratch folder, so what the libraries write into the working directory
+    (Lightning's ``config.yaml``, BenchMARL's experiment folder) lands outside the repository.
+    """
     print(step, flush=True)
     with tempfile.TemporaryDirectory() as folder:
         result = Path(folder) / "result.json"
-        subprocess.run([*command, str(iterations), str(result)], cwd=ROOT, check=True)
+        subprocess.run([*command, str(iterations), str(result)], cwd=folder, check=True)
         return json.loads(result.read_text())
 
 
@@ -205,7 +207,7 @@ def benchmarl_figures(iterations: int) -> dict[str, float]:
 
 def hcmarl_figures(iterations: int) -> dict[str, float]:
     step = f"[3/4] hcmarl: 1 warm-up + {iterations} iterations"
-    return run_child(step, [sys.executable, "-c", HCMARL_PROGRAM, str(PASSES)], iterations)
+    return run_child(step, [sys.executable, "-c", HCMARL_PROGRAM, str(ROOT / "benchmarks")], iterations)
 
 
 def table(benchmarl: dict[str, float], hcmarl: dict[str, float]) -> str:
@@ -239,7 +241,7 @@ def main() -> None:
         f"`{command}`, CPU, torch threads {threads}, {datetime.date.today().isoformat()}.\n\n"
         f"{FRAMES} frames per iteration; {PASSES} passes x {FRAMES // MINIBATCH} minibatches of {MINIBATCH} "
         f"= {PASSES * FRAMES // MINIBATCH} actor and critic steps per iteration; "
-        f"mean of {args.iterations} iterations after one warm-up. "
+        f"mean of {args.iterations} measured iteration{'s' if args.iterations != 1 else ''} after one warm-up. "
         "BenchMARL with " + ", ".join(f"{n} {v}" for n, v in PINS.items() if n != "benchmarl") + ".\n\n"
         + table(benchmarl, hcmarl)
         + "\n"

@@ -2,7 +2,8 @@
 
 Measures, in one process and one run (so the ratios are comparable on a noisy machine):
 1. ``hcmarl bench``: collection, update and end-to-end frames/s with 6000 frames per batch
-   from 10 envs, 3 epochs x 15 minibatches of 400 (= BenchMARL's 45 minibatch passes),
+   from 10 envs, 45 passes over the batch x 15 minibatches of 400 (BenchMARL's
+   ``on_policy_n_minibatch_iters: 45``: 675 actor and critic steps per iteration),
    MLP 256x256 tanh, 4 agents, 100 steps per episode;
 2. the floor of the update: the same number of bare PyTorch forward/backward/Adam steps on
    the same actor and critic networks and minibatch sizes, with no hcmarl code;
@@ -23,7 +24,7 @@ import torch
 from hcmarl.cli import build_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-N_AGENTS, NUM_ENVS, STEPS, EPOCHS, MINIBATCHES, HIDDEN = 4, 10, 600, 3, 15, [256, 256]
+N_AGENTS, NUM_ENVS, STEPS, EPOCHS, MINIBATCHES, HIDDEN = 4, 10, 600, 45, 15, [256, 256]
 FRAMES = NUM_ENVS * STEPS
 
 
