@@ -71,6 +71,7 @@ class Critic(nn.Module):
     def update(self, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
         """Fit the flat batch's value targets; returns the mean loss and explained variance."""
         target = batch.get(VALUE_TARGET)
+        batch = batch.select(*self.network.in_keys, strict=False)  # minibatches index only what the network reads
         if self.value_norm is not None:
             self.value_norm.update(target)
             target = self.value_norm.normalize(target)

@@ -12,7 +12,7 @@ from torch import nn
 from hcmarl.constraints import Constraint
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ACTION_MASK, LOG_PROB, OBSERVATION, RNN_STATE
+from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
 from hcmarl.nn.actors import Actor
 from hcmarl.optim import GradientStep
 from hcmarl.schedules import Schedule
@@ -58,7 +58,7 @@ class Learner(nn.Module):
             )
 
     def in_keys(self) -> list:
-        return [OBSERVATION, ACTION_MASK, *([RNN_STATE] if self.actor.recurrent else [])]
+        return list(self.actor.in_keys)
 
     @torch.no_grad()
     def act(self, td: TensorDictBase, deterministic: bool = False) -> TensorDictBase:
@@ -75,4 +75,5 @@ class Learner(nn.Module):
         The batch is flat ``[B]`` for feed-forward actors and ``[envs, time]`` for recurrent ones
         (minibatches are then drawn over envs, and each env's rollout is replayed whole).
         """
+        batch = batch.select(*self.actor.in_keys, ACTION, LOG_PROB, ADVANTAGE, strict=False)  # minibatches index only these
         return self.schedule.update(self.actor, self.constraint, batch, step)

@@ -77,8 +77,8 @@ class MARLModule(L.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
-            torch.optim.Adam(self.learner.parameters(), lr=self.learner.lr, eps=1e-5),
-            torch.optim.Adam(self.critic.parameters(), lr=self.critic.lr, eps=1e-5),
+            torch.optim.Adam(self.learner.parameters(), lr=self.learner.lr, eps=1e-5, fused=True),
+            torch.optim.Adam(self.critic.parameters(), lr=self.critic.lr, eps=1e-5, fused=True),
         ]
 
     # ---- acting ---------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Actor(nn.Module, ABC):
     """
 
     recurrent = False
+    in_keys: list = [OBSERVATION, ACTION_MASK]
 
     def __init__(
         self,
@@ -134,4 +135,5 @@ class MLPActor(Actor):
 
     def forward(self, td: TensorDictBase) -> Distribution:
         """The action distribution for every agent in ``td``, batch shape ``[..., N]``."""
-        return self.distribution(self.net(self.inputs(td)), td)
+        x = self.inputs(td)  # raises first if build() was not called
+        return self.distribution(self.net(x), td)

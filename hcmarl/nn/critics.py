@@ -18,7 +18,9 @@ from hcmarl.nn.layers import AgentMLP
 
 
 class ValueNetwork(nn.Module):
-    """Base of value blocks: ``build(info)`` then ``forward(td) -> [..., N]``."""
+    """Base of value blocks: ``build(info)`` then ``forward(td) -> [..., N]``, reading ``in_keys``."""
+
+    in_keys: list = []
 
     def __init__(self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh") -> None:
         super().__init__()
@@ -36,6 +38,8 @@ class ValueNetwork(nn.Module):
 class CentralValue(ValueNetwork):
     """V(s) on the global state ``state``, repeated over the N agents."""
 
+    in_keys = [STATE]
+
     def build(self, info: EnvInfo) -> None:
         self.n_agents = info.n_agents
         self.net = AgentMLP(info.state_dim, self.hidden_sizes, 1, 1, self.activation)
@@ -47,6 +51,8 @@ class CentralValue(ValueNetwork):
 
 class AgentValue(ValueNetwork):
     """V(o_i) for each agent on its own observation (IPPO), shared or per-agent parameters."""
+
+    in_keys = [OBSERVATION]
 
     def __init__(
         self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", share_params: bool = True, agent_id: bool = False

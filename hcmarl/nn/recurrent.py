@@ -18,7 +18,7 @@ from torchrl.data import Unbounded
 from torchrl.envs import InitTracker, TensorDictPrimer, Transform
 
 from hcmarl.envs.base import EnvInfo
-from hcmarl.keys import IS_INIT, RNN_STATE
+from hcmarl.keys import ACTION_MASK, IS_INIT, OBSERVATION, RNN_STATE
 from hcmarl.nn.actors import Actor, Distribution
 from hcmarl.nn.layers import AgentLinear, activation_class
 
@@ -53,6 +53,7 @@ class GRUActor(Actor):
     """
 
     recurrent = True
+    in_keys = [OBSERVATION, ACTION_MASK, IS_INIT, RNN_STATE]
 
     def __init__(
         self,
