@@ -16,7 +16,8 @@ SHOWN_METRICS = {"perf/fps": "fps", "train/return": "return", "eval/return": "ev
 
 
 class FramesProgressBar(ProgressBar):
-    """One bar over ``data.total_frames``: frames done, frames/s, last train return and eval return."""
+    """One bar over the run's frames (``data.total_frames`` rounded up to whole iterations):
+    frames done, frames/s, last train return and eval return."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,7 +35,7 @@ class FramesProgressBar(ProgressBar):
             return
         dm = trainer.datamodule
         self._bar = tqdm(
-            total=dm.total_frames, initial=dm.frames, unit="frame", unit_scale=True, dynamic_ncols=True,
+            total=dm.iterations * dm.frames_per_batch, initial=dm.frames, unit="frame", unit_scale=True, dynamic_ncols=True,
             desc=dm.env_name, file=sys.stdout, smoothing=0.1,
         )
 
