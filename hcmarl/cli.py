@@ -156,6 +156,10 @@ def main(args: list[str] | None = None) -> None:
     except HcmarlError as err:
         print(f"hcmarl: error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        # Lightning leaves the DDP process group alive; gloo's threads then abort the process at exit
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
