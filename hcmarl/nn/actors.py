@@ -9,7 +9,7 @@ evaluates a batch of any shape ``[...]`` (for recurrent actors: whole rollouts
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -115,19 +115,11 @@ class MLPActor(Actor):
 
     Args:
         hidden_sizes: widths of the hidden layers.
-        activation, share_params, agent_id, distribution, log_std_init: see ``Actor``.
+        **kwargs: ``activation``, ``share_params``, ``agent_id``, ``distribution``, ``log_std_init`` of ``Actor``.
     """
 
-    def __init__(
-        self,
-        hidden_sizes: Sequence[int] = (64, 64),
-        activation: str = "tanh",
-        share_params: bool = True,
-        agent_id: bool = False,
-        distribution: Literal["auto", "categorical", "gaussian"] = "auto",
-        log_std_init: float = 0.0,
-    ) -> None:
-        super().__init__(activation, share_params, agent_id, distribution, log_std_init)
+    def __init__(self, hidden_sizes: Sequence[int] = (64, 64), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.hidden_sizes = list(hidden_sizes)
 
     def build_layers(self, info: EnvInfo, in_dim: int) -> None:

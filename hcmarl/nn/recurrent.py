@@ -9,7 +9,7 @@ the replayed log-probabilities equal the behaviour ones before any update.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -49,22 +49,15 @@ class GRUActor(Actor):
 
     Args:
         hidden_size: width of the encoder and of the GRU state.
-        activation, share_params, agent_id, distribution, log_std_init: see ``hcmarl.nn.actors.Actor``.
+        **kwargs: ``activation``, ``share_params``, ``agent_id``, ``distribution``, ``log_std_init`` of
+            ``hcmarl.nn.actors.Actor``.
     """
 
     recurrent = True
     in_keys = [OBSERVATION, ACTION_MASK, IS_INIT, RNN_STATE]
 
-    def __init__(
-        self,
-        hidden_size: int = 64,
-        activation: str = "relu",
-        share_params: bool = True,
-        agent_id: bool = False,
-        distribution: Literal["auto", "categorical", "gaussian"] = "auto",
-        log_std_init: float = 0.0,
-    ) -> None:
-        super().__init__(activation, share_params, agent_id, distribution, log_std_init)
+    def __init__(self, hidden_size: int = 64, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.n_agents = 0
 
