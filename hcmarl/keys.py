@@ -11,3 +11,4 @@ REWARD = "reward"
 EPISODE_RETURN = "episode_return"
 RNN_STATE = "agents_rnn_state"  # top level [E, N, H]: a nested spec under "agents" breaks TorchRL's collector buffers
 IS_INIT = "is_init"
+FACTOR = "factor"  # [*batch, 1]: product of already-updated agents' ratios (ALGORITHMS.md section 1, Sequential)

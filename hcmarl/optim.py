@@ -1,4 +1,4 @@
-"""One gradient step and minibatch indices: the plumbing every constraint shares."""
+"""One gradient step, minibatch indices and a per-agent Adam: the plumbing every constraint shares."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ class GradientStep:
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward
     clip: Callable[[Optimizer, float], None] = field(default=_clip_grad_norm)
 
+    def restrict_to_agent(self, agent: int | None) -> None:
+        """Let the next steps move only ``agent``'s parameter slice (None: every agent's)."""
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # under Lightning: the wrapped optimiser
+        if not isinstance(optimizer, AgentAdam):
+            raise TypeError(f"updating one agent at a time needs AgentAdam, not {type(optimizer).__name__}")
+        optimizer.active_agent = agent
+
     def __call__(self, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
@@ -39,3 +46,43 @@ def minibatch_indices(batch_size: int, minibatches: int, device: torch.device) -
     if not 1 <= minibatches <= batch_size:
         raise ValueError(f"minibatches must be in [1, {batch_size}] for a batch of {batch_size}, got {minibatches}")
     yield from torch.randperm(batch_size, device=device).tensor_split(minibatches)
+
+
+class AgentAdam(Optimizer):
+    """Adam for parameters that stack agents on dimension 0, able to step one agent alone.
+
+    With ``active_agent = i`` a step changes only slice ``i`` of every parameter and of its
+    moments, so the other agents' policies stay exactly as they are (ALGORITHMS.md section 1,
+    ``Sequential``: agents update one after another). Step counts, and so bias corrections,
+    are per agent. With ``active_agent = None`` it is plain Adam over all slices.
+    """
+
+    def __init__(self, params, lr: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-5) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self.active_agent: int | None = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        part = slice(None) if self.active_agent is None else slice(self.active_agent, self.active_agent + 1)
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros(p.shape[0], device=p.device, dtype=p.dtype)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                grad, exp_avg, exp_avg_sq, steps = p.grad[part], state["exp_avg"][part], state["exp_avg_sq"][part], state["step"][part]
+                steps += 1
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                t = steps.reshape(-1, *([1] * (p.dim() - 1)))
+                denom = (exp_avg_sq / (1 - beta2**t)).sqrt_().add_(group["eps"])
+                p[part] -= group["lr"] * (exp_avg / (1 - beta1**t)) / denom
+        return loss

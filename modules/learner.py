@@ -14,7 +14,7 @@ from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
 from hcmarl.nn.actors import Actor
-from hcmarl.optim import GradientStep
+from hcmarl.optim import AgentAdam, GradientStep
 from hcmarl.schedules import Schedule
 
 
@@ -42,6 +42,12 @@ class Learner(nn.Module):
                 "one parameter set per agent; set model.learner.actor.init_args.share_params=false"
             )
         self.actor.build(info)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the actor; per-agent ``AgentAdam`` when the schedule moves one agent at a time."""
+        if self.schedule.requires_separate_params:
+            return AgentAdam(self.parameters(), lr=self.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5, fused=True)
 
     def check_batch(self, num_envs: int, frames_per_batch: int) -> None:
         """A ConfigError if the constraint asks for more minibatches than the batch has units.

@@ -77,7 +77,7 @@ class MARLModule(L.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
-            torch.optim.Adam(self.learner.parameters(), lr=self.learner.lr, eps=1e-5, fused=True),
+            self.learner.make_optimizer(),
             torch.optim.Adam(self.critic.parameters(), lr=self.critic.lr, eps=1e-5, fused=True),
         ]
 
