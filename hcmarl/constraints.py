@@ -1,20 +1,31 @@
 """Constraints: how one policy's parameters move given a surrogate (ALGORITHMS.md section 1).
 
-A constraint sees tensors, not roles: ``evaluate(indices)`` returns the new per-agent
-log-probabilities and entropies ``[b, n]`` of the samples at ``indices`` for the agents being
-updated; ``old_log_prob`` and ``advantage`` are ``[B, n]``; ``factor`` is ``[B, 1]`` or None.
+A constraint sees tensors, not roles: ``evaluate(indices)`` returns an ``Evaluation`` (the new
+per-agent log-probabilities, entropies ``[b, n]`` and distributions of the samples at ``indices``
+for the agents being updated); ``old_log_prob`` and ``advantage`` are ``[B, n]``; ``factor`` is
+``[B, 1]`` or None. ``step`` holds the optimiser, and so the parameters being moved.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from hcmarl.optim import GradientStep, minibatch_indices
 
-Evaluate = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Evaluation(NamedTuple):
+    """The current policy on some samples, for the agents being updated."""
+
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    distribution: torch.distributions.Distribution
+
+
+Evaluate = Callable[[torch.Tensor], Evaluation]
 
 
 def clip_ppo_objective(
@@ -79,7 +90,7 @@ class ClipPPO(Constraint):
         sums = torch.zeros(4, device=advantage.device)  # loss, entropy, clip fraction, approx. KL
         for _ in range(self.epochs):
             for idx in minibatch_indices(advantage.shape[0], self.minibatches, advantage.device):
-                log_prob, entropy = evaluate(idx)
+                log_prob, entropy, _ = evaluate(idx)
                 mb_factor = None if factor is None else factor[idx]
                 objective = clip_ppo_objective(log_prob, old_log_prob[idx], advantage[idx], self.eps, mb_factor)
                 loss = -objective.mean() - self.ent_coef * entropy.mean()

@@ -8,7 +8,8 @@ from typing import Callable, Literal
 import torch
 from tensordict import TensorDictBase
 
-from hcmarl.constraints import Constraint
+from hcmarl.constraints import Constraint, Evaluation
+from hcmarl.nn.distributions import select_agents
 from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, LOG_PROB
 from hcmarl.optim import GradientStep
 
@@ -28,10 +29,10 @@ class Simultaneous(Schedule):
     """All agents' actors updated together, factor 1 (MAPPO, IPPO, MAGPO's learner)."""
 
     def update(self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
-        def evaluate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def evaluate(idx: torch.Tensor) -> Evaluation:
             minibatch = batch[idx]
             dist = policy(minibatch)
-            return dist.log_prob(minibatch.get(ACTION)), dist.entropy()
+            return Evaluation(dist.log_prob(minibatch.get(ACTION)), dist.entropy(), dist)
 
         return constraint.update(evaluate, batch.get(LOG_PROB), batch.get(ADVANTAGE), None, step)
 
@@ -67,10 +68,10 @@ class Sequential(Schedule):
         for position, agent in enumerate(order):
             own = slice(agent, agent + 1)
 
-            def evaluate(idx: torch.Tensor, own: slice = own) -> tuple[torch.Tensor, torch.Tensor]:
+            def evaluate(idx: torch.Tensor, own: slice = own) -> Evaluation:
                 minibatch = batch[idx]
                 dist = policy(minibatch)
-                return dist.log_prob(minibatch.get(ACTION))[..., own], dist.entropy()[..., own]
+                return Evaluation(dist.log_prob(minibatch.get(ACTION))[..., own], dist.entropy()[..., own], select_agents(dist, own))
 
             step.restrict_to_agent(agent)
             for key, value in constraint.update(evaluate, old_log_prob[..., own], advantage[..., own], factor, step).items():

@@ -17,7 +17,7 @@ from torch.distributions import Categorical
 from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 
-from hcmarl.constraints import ClipPPO, clip_ppo_objective
+from hcmarl.constraints import Evaluation, ClipPPO, clip_ppo_objective
 from hcmarl.optim import GradientStep, minibatch_indices
 
 
@@ -113,9 +113,9 @@ def test_clip_ppo_update_moves_toy_policy() -> None:
     old_log_prob = torch.full((B, N), -math.log(K))
     advantage = torch.where(actions == 0, 1.0, -1.0)
 
-    def evaluate(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(idx: torch.Tensor) -> Evaluation:
         dist = Categorical(logits=logits.expand(idx.shape[0], N, K))
-        return dist.log_prob(actions[idx]), dist.entropy()
+        return Evaluation(dist.log_prob(actions[idx]), dist.entropy(), dist)
 
     before = torch.softmax(logits.detach(), dim=-1)[:, 0].clone()
     step = GradientStep(torch.optim.Adam([logits], lr=0.05))

@@ -29,3 +29,12 @@ def diagonal_gaussian(mean: torch.Tensor, log_std: torch.Tensor) -> Independent:
 def kl_divergence(p: torch.distributions.Distribution, q: torch.distributions.Distribution) -> torch.Tensor:
     """True KL(p || q) per agent, ``[..., N]`` (categorical or Gaussian)."""
     return torch.distributions.kl_divergence(p, q)
+
+
+def select_agents(dist: torch.distributions.Distribution, agents: slice) -> torch.distributions.Distribution:
+    """The same distribution restricted to ``agents`` on its last batch dimension (categorical or Gaussian)."""
+    if isinstance(dist, Categorical):
+        return Categorical(logits=dist.logits[..., agents, :])
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        return Independent(Normal(dist.base_dist.loc[..., agents, :], dist.base_dist.scale[..., agents, :]), 1)
+    raise TypeError(f"select_agents does not know {type(dist).__name__}")

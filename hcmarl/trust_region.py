@@ -1,0 +1,156 @@
+"""The trust-region constraint (ALGORITHMS.md section 1, ``TrustRegion``; HATRPO, HCPO).
+
+A natural-gradient step on the linear surrogate ``L = E[factor * rho * A]``:
+g = grad L; F p = Hessian-vector product of the mean KL(pi_old || pi_theta) plus damping * p;
+x = CG(F, g); step = sqrt(2 * max_kl / x^T F x) * x; a backtracking line search takes the
+first fraction ``backtrack^k`` of the step whose KL <= max_kl, whose improvement is positive
+and at least ``accept_ratio`` of the expected one; if none qualifies the parameters are
+restored exactly. Under DDP the gradient, every F p, the KL and the improvement are averaged
+over ranks, so every rank takes the identical step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from hcmarl.constraints import Constraint, Evaluate
+from hcmarl.distributed import all_reduce_sum, world_size
+from hcmarl.nn.distributions import kl_divergence
+from hcmarl.optim import GradientStep
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10, tol: float = 1e-10) -> torch.Tensor:
+    """Solve ``A x = b`` for symmetric positive-definite ``A`` given as ``matvec`` (no matrix formed)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        Ap = matvec(p)
+        alpha = rr / (p @ Ap)
+        x += alpha * p
+        r -= alpha * Ap
+        rr_new = r @ r
+        if rr_new < tol:
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(t) / world_size()
+
+
+class _ParameterSlice:
+    """The parameters a step moves (one agent's slice of stacked per-agent parameters, or all), as one flat vector."""
+
+    def __init__(self, step: GradientStep) -> None:
+        optimizer = getattr(step.optimizer, "optimizer", step.optimizer)
+        self.params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        agent = getattr(optimizer, "active_agent", None)
+        self.part = slice(None) if agent is None else slice(agent, agent + 1)
+
+    def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t[self.part].reshape(-1) for t in tensors])
+
+    def grad(self, scalar: torch.Tensor, create_graph: bool = False, retain_graph: bool = False) -> torch.Tensor:
+        grads = torch.autograd.grad(scalar, self.params, create_graph=create_graph, retain_graph=retain_graph or create_graph, allow_unused=True)
+        return self.flat([torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)])
+
+    def get(self) -> torch.Tensor:
+        return self.flat([p.detach() for p in self.params]).clone()
+
+    @torch.no_grad()
+    def set(self, flat: torch.Tensor) -> None:
+        offset = 0
+        for p in self.params:
+            view = p[self.part]
+            view.copy_(flat[offset : offset + view.numel()].view_as(view))
+            offset += view.numel()
+
+
+class TrustRegion(Constraint):
+    """Natural-gradient step with a KL trust region and a backtracking line search.
+
+    Args:
+        max_kl: the trust region, mean KL(pi_old || pi_new) over the batch.
+        cg_iters: conjugate-gradient iterations.
+        damping: added to the Fisher-vector product (F + damping * I).
+        backtrack: step fraction multiplier per line-search try.
+        max_backtracks: line-search tries.
+        accept_ratio: minimal actual / expected improvement for acceptance.
+    """
+
+    def __init__(
+        self,
+        max_kl: float = 0.01,
+        cg_iters: int = 10,
+        damping: float = 0.1,
+        backtrack: float = 0.8,
+        max_backtracks: int = 10,
+        accept_ratio: float = 0.5,
+    ) -> None:
+        self.max_kl = max_kl
+        self.cg_iters = cg_iters
+        self.damping = damping
+        self.backtrack = backtrack
+        self.max_backtracks = max_backtracks
+        self.accept_ratio = accept_ratio
+
+    def update(
+        self,
+        evaluate: Evaluate,
+        old_log_prob: torch.Tensor,
+        advantage: torch.Tensor,
+        factor: torch.Tensor | None,
+        step: GradientStep,
+    ) -> dict[str, torch.Tensor]:
+        everything = torch.arange(advantage.shape[0], device=advantage.device)
+        weight = torch.ones_like(advantage[..., :1]) if factor is None else factor
+        params = _ParameterSlice(step)
+        with torch.no_grad():
+            old_dist = evaluate(everything).distribution
+
+        def surrogate() -> torch.Tensor:
+            return (weight * torch.exp(evaluate(everything).log_prob - old_log_prob) * advantage).mean()
+
+        def mean_kl() -> torch.Tensor:
+            return kl_divergence(old_dist, evaluate(everything).distribution).mean()
+
+        g = _mean_over_ranks(params.grad(surrogate()))
+        kl_grad = params.grad(mean_kl(), create_graph=True)
+
+        def fisher_vector_product(v: torch.Tensor) -> torch.Tensor:
+            hvp = params.grad(kl_grad @ v, retain_graph=True) if kl_grad.requires_grad else torch.zeros_like(v)
+            return _mean_over_ranks(hvp) + self.damping * v
+
+        x = conjugate_gradient(lambda v: fisher_vector_product(v).detach(), g, self.cg_iters)
+        xFx = (x @ fisher_vector_product(x)).clamp_min(1e-12)
+        full_step = torch.sqrt(2 * self.max_kl / xFx) * x
+        expected = g @ full_step
+        old_params = params.get()
+        with torch.no_grad():
+            old_value = _mean_over_ranks(surrogate())
+            accepted, kl, improvement, tries = torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0), 0
+            for tries in range(1, self.max_backtracks + 1):
+                fraction = self.backtrack ** (tries - 1)
+                params.set(old_params + fraction * full_step)
+                kl = _mean_over_ranks(mean_kl())
+                improvement = _mean_over_ranks(surrogate()) - old_value
+                if kl <= self.max_kl and improvement > 0 and improvement / (expected * fraction) > self.accept_ratio:
+                    accepted = torch.tensor(1.0)
+                    break
+            else:
+                params.set(old_params)
+                kl, improvement = torch.tensor(0.0), torch.tensor(0.0)
+        return {
+            "policy_loss": -(old_value + improvement).detach(),
+            "kl": kl.detach(),
+            "improvement": improvement.detach(),
+            "expected_improvement": expected.detach(),
+            "line_search_steps": torch.tensor(float(tries)),
+            "accepted": accepted,
+        }
