@@ -12,7 +12,7 @@ import torch
 from conftest import recipe
 
 
-@pytest.mark.parametrize("name", ["mappo/coordsum_3x10", "ippo/coordsum_3x10", "happo/coordsum_3x10"])
+@pytest.mark.parametrize("name", ["mappo/coordsum_3x10", "ippo/coordsum_3x10", "happo/coordsum_3x10", "hatrpo/coordsum_3x10"])
 def test_two_ranks_end_with_identical_parameters(name: str, tmp_path: Path) -> None:
     env = dict(os.environ, HCMARL_TEST_OUT=str(tmp_path), PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
     cmd = [
