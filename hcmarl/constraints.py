@@ -59,25 +59,31 @@ class Constraint(ABC):
     ) -> dict[str, torch.Tensor]: ...
 
 
-class ClipPPO(Constraint):
-    """PPO-clip by Adam over ``epochs`` x ``minibatches`` (ALGORITHMS.md section 1, ``ClipPPO``).
+class MinibatchConstraint(Constraint):
+    """Adam steps over ``epochs`` x ``minibatches`` maximising a per-sample objective plus an entropy bonus.
 
     Args:
-        eps: clip range of the probability ratio.
         epochs: passes over the batch.
         minibatches: minibatches per pass.
         ent_coef: weight of the entropy bonus.
         max_grad_norm: gradient-norm clip (None or 0: no clip).
     """
 
-    def __init__(
-        self, eps: float = 0.2, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0
-    ) -> None:
-        self.eps = eps
+    def __init__(self, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
         self.epochs = epochs
         self.minibatches = minibatches
         self.ent_coef = ent_coef
         self.max_grad_norm = max_grad_norm
+
+    @abstractmethod
+    def objective(
+        self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-sample objective to maximise."""
+
+    def diagnostics(self, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra per-minibatch diagnostics from log(pi_new / pi_old); none by default."""
+        return {}
 
     def update(
         self,
@@ -87,17 +93,56 @@ class ClipPPO(Constraint):
         factor: torch.Tensor | None,
         step: GradientStep,
     ) -> dict[str, torch.Tensor]:
-        sums = torch.zeros(4, device=advantage.device)  # loss, entropy, clip fraction, approx. KL
+        sums: dict[str, torch.Tensor] = {}
         for _ in range(self.epochs):
             for idx in minibatch_indices(advantage.shape[0], self.minibatches, advantage.device):
                 log_prob, entropy, _ = evaluate(idx)
                 mb_factor = None if factor is None else factor[idx]
-                objective = clip_ppo_objective(log_prob, old_log_prob[idx], advantage[idx], self.eps, mb_factor)
-                loss = -objective.mean() - self.ent_coef * entropy.mean()
+                loss = -self.objective(log_prob, old_log_prob[idx], advantage[idx], mb_factor).mean() - self.ent_coef * entropy.mean()
                 step(loss, self.max_grad_norm)
                 with torch.no_grad():
                     log_ratio = log_prob - old_log_prob[idx]
-                    clipped = (log_ratio.exp() - 1.0).abs() > self.eps
-                    sums += torch.stack([loss, entropy.mean(), clipped.float().mean(), (-log_ratio).mean()])
-        sums /= self.epochs * self.minibatches
-        return dict(zip(("policy_loss", "entropy", "clip_frac", "approx_kl"), sums.detach()))
+                    values = {"policy_loss": loss, "entropy": entropy.mean(), "approx_kl": (-log_ratio).mean(), **self.diagnostics(log_ratio)}
+                    for key, value in values.items():
+                        sums[key] = sums.get(key, 0.0) + value.detach()
+        return {key: value / (self.epochs * self.minibatches) for key, value in sums.items()}
+
+
+class ClipPPO(MinibatchConstraint):
+    """PPO-clip by Adam over ``epochs`` x ``minibatches`` (ALGORITHMS.md section 1, ``ClipPPO``).
+
+    Args:
+        eps: clip range of the probability ratio.
+        epochs, minibatches, ent_coef, max_grad_norm: see ``MinibatchConstraint``.
+    """
+
+    def __init__(
+        self, eps: float = 0.2, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0
+    ) -> None:
+        super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
+        self.eps = eps
+
+    def objective(
+        self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+    ) -> torch.Tensor:
+        return clip_ppo_objective(log_prob, old_log_prob, advantage, self.eps, factor)
+
+    def diagnostics(self, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"clip_frac": ((log_ratio.exp() - 1.0).abs() > self.eps).float().mean()}
+
+
+class A2C(MinibatchConstraint):
+    """Plain policy gradient ``E[factor * log pi(a|o) * A]`` (HAA2C; ALGORITHMS.md section 1, ``A2C``).
+
+    Args:
+        epochs, minibatches, ent_coef, max_grad_norm: see ``MinibatchConstraint`` (HAA2C: 1 epoch, 1 minibatch).
+    """
+
+    def __init__(self, epochs: int = 1, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
+        super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
+
+    def objective(
+        self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+    ) -> torch.Tensor:
+        objective = log_prob * advantage
+        return objective if factor is None else factor * objective

@@ -166,3 +166,19 @@ def test_gradient_step_clips_gradient_norm() -> None:
     for no_clip in (None, 0.0):
         step, full = _sgd_step(no_clip)
         torch.testing.assert_close(step, full, atol=1e-6, rtol=1e-6)
+
+
+def test_a2c_gradient_is_the_factor_weighted_policy_gradient() -> None:
+    """Against the analytic gradient of log softmax: d log p(a) / d logits = onehot(a) - softmax."""
+    from hcmarl.constraints import A2C
+
+    torch.manual_seed(0)
+    B, N, K = 32, 2, 4
+    logits = nn.Parameter(torch.randn(N, K))
+    actions = torch.randint(0, K, (B, N))
+    advantage, factor = torch.randn(B, N), torch.rand(B, 1) + 0.5
+    loss = -A2C().objective(Categorical(logits=logits.expand(B, N, K)).log_prob(actions), None, advantage, factor).mean()
+    (grad,) = torch.autograd.grad(loss, logits)
+    onehot = torch.nn.functional.one_hot(actions, K).float()
+    expected = -((factor * advantage).unsqueeze(-1) * (onehot - torch.softmax(logits.detach(), -1))).sum(0) / (B * N)
+    torch.testing.assert_close(grad, expected)
