@@ -18,6 +18,11 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over all ranks (in place, and returned); a no-op in one process."""
+    return all_reduce_sum(tensor).div_(world_size())
+
+
 def world_size() -> int:
     """Number of ranks (1 outside DDP)."""
     return dist.get_world_size() if is_distributed() else 1

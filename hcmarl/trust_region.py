@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from hcmarl.constraints import Constraint, Evaluate
-from hcmarl.distributed import all_reduce_sum, world_size
+from hcmarl.distributed import all_reduce_mean
 from hcmarl.nn.distributions import kl_divergence
 from hcmarl.optim import GradientStep
 
@@ -38,10 +38,6 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         p = r + (rr_new / rr) * p
         rr = rr_new
     return x
-
-
-def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    return all_reduce_sum(t) / world_size()
 
 
 class _ParameterSlice:
@@ -120,12 +116,12 @@ class TrustRegion(Constraint):
         def mean_kl() -> torch.Tensor:
             return kl_divergence(old_dist, evaluate(everything).distribution).mean()
 
-        g = _mean_over_ranks(params.grad(surrogate()))
+        g = all_reduce_mean(params.grad(surrogate()))
         kl_grad = params.grad(mean_kl(), create_graph=True)
 
         def fisher_vector_product(v: torch.Tensor) -> torch.Tensor:
             hvp = params.grad(kl_grad @ v, retain_graph=True) if kl_grad.requires_grad else torch.zeros_like(v)
-            return _mean_over_ranks(hvp) + self.damping * v
+            return all_reduce_mean(hvp) + self.damping * v
 
         x = conjugate_gradient(lambda v: fisher_vector_product(v).detach(), g, self.cg_iters)
         xFx = (x @ fisher_vector_product(x)).clamp_min(1e-12)
@@ -133,13 +129,13 @@ class TrustRegion(Constraint):
         expected = g @ full_step
         old_params = params.get()
         with torch.no_grad():
-            old_value = _mean_over_ranks(surrogate())
+            old_value = all_reduce_mean(surrogate())
             accepted, kl, improvement, tries = torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0), 0
             for tries in range(1, self.max_backtracks + 1):
                 fraction = self.backtrack ** (tries - 1)
                 params.set(old_params + fraction * full_step)
-                kl = _mean_over_ranks(mean_kl())
-                improvement = _mean_over_ranks(surrogate()) - old_value
+                kl = all_reduce_mean(mean_kl())
+                improvement = all_reduce_mean(surrogate()) - old_value
                 if kl <= self.max_kl and improvement > 0 and improvement / (expected * fraction) > self.accept_ratio:
                     accepted = torch.tensor(1.0)
                     break

@@ -58,6 +58,10 @@ class Critic(nn.Module):
     def build(self, info: EnvInfo) -> None:
         self.network.build(info)
 
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the value network (and nothing else)."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5, fused=True)
+
     def value(self, td: TensorDictBase) -> torch.Tensor:
         """Value in return units, ``[..., N]``."""
         v = self.network(td)

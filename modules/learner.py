@@ -12,7 +12,7 @@ from torch import nn
 from hcmarl.constraints import Constraint
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
+from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, LOG_PROB
 from hcmarl.nn.actors import Actor
 from hcmarl.optim import AgentAdam, GradientStep
 from hcmarl.schedules import Schedule
@@ -36,7 +36,7 @@ class Learner(nn.Module):
         self.lr = lr
 
     def build(self, info: EnvInfo) -> None:
-        if self.schedule.requires_separate_params and getattr(self.actor, "share_params", False):
+        if self.schedule.requires_separate_params and self.actor.share_params:
             raise ConfigError(
                 f"model.learner.schedule={type(self.schedule).__name__} updates agents one after another and needs "
                 "one parameter set per agent; set model.learner.actor.init_args.share_params=false"
@@ -63,9 +63,6 @@ class Learner(nn.Module):
                 + f"; lower minibatches or raise {unit}"
             )
 
-    def in_keys(self) -> list:
-        return list(self.actor.in_keys)
-
     @torch.no_grad()
     def act(self, td: TensorDictBase, deterministic: bool = False) -> TensorDictBase:
         """Sample (or take the mode of) every agent's action; write the action and its log-probability."""
@@ -81,5 +78,5 @@ class Learner(nn.Module):
         The batch is flat ``[B]`` for feed-forward actors and ``[envs, time]`` for recurrent ones
         (minibatches are then drawn over envs, and each env's rollout is replayed whole).
         """
-        batch = batch.select(*self.actor.in_keys, ACTION, LOG_PROB, ADVANTAGE, strict=False)  # minibatches index only these
+        batch = batch.select(*self.actor.in_keys, ACTION, LOG_PROB, ADVANTAGE, FACTOR, strict=False)  # minibatches index only these
         return self.schedule.update(self.actor, self.constraint, batch, step)

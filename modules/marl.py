@@ -78,18 +78,18 @@ class MARLModule(L.LightningModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
             self.learner.make_optimizer(),
-            torch.optim.Adam(self.critic.parameters(), lr=self.critic.lr, eps=1e-5, fused=True),
+            self.critic.make_optimizer(),
         ]
 
     # ---- acting ---------------------------------------------------------------------------
     def behaviour_policy(self) -> ActingPolicy:
         """What collects training data: the learner itself, sampling."""
-        return ActingPolicy(self.learner.act, self.learner.in_keys(), [ACTION, LOG_PROB])
+        return ActingPolicy(self.learner.act, self.learner.actor.in_keys, [ACTION, LOG_PROB])
 
     def deployment_policy(self) -> ActingPolicy:
         """What is evaluated and deployed: decentralised actors, reading no global state."""
         return ActingPolicy(
-            lambda td: self.learner.act(td, deterministic=self.deterministic_eval), self.learner.in_keys(), [ACTION, LOG_PROB]
+            lambda td: self.learner.act(td, deterministic=self.deterministic_eval), self.learner.actor.in_keys, [ACTION, LOG_PROB]
         )
 
     # ---- training -------------------------------------------------------------------------

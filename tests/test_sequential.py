@@ -104,3 +104,16 @@ def test_sequential_with_shared_parameters_is_a_config_error() -> None:
     sequential = Learner(MLPActor(share_params=False), ClipPPO(), Sequential())
     sequential.build(INFO)
     assert isinstance(sequential.make_optimizer(), AgentAdam)
+
+
+def test_learner_update_passes_an_upstream_factor_to_the_schedule() -> None:
+    """The learner selects the keys its update reads; an upstream role's factor must survive that."""
+    batch, _ = _batch()
+    initial = torch.rand(batch.shape[0], 1) + 0.5
+    batch.set("factor", initial)
+    batch.set("unrelated", torch.zeros(batch.shape[0]))
+    constraint = RecordingClip()
+    learner = Learner(MLPActor(share_params=False), constraint, Sequential(order="fixed"))
+    learner.build(INFO)
+    learner.update(batch, GradientStep(learner.make_optimizer()))
+    torch.testing.assert_close(constraint.factors[0], initial)
