@@ -26,6 +26,11 @@ from hcmarl.keys import EPISODE_RETURN, REWARD
 RANK_SEED_STRIDE = 100_003
 
 
+def iterations_for(total_frames: int, num_envs: int, rollout_steps: int) -> int:
+    """Iterations (Lightning epochs) a run of ``total_frames`` takes: whole iterations, rounded up."""
+    return math.ceil(total_frames / (num_envs * rollout_steps))
+
+
 class _OneBatch:
     """An iterable of length one whose single item is made on demand."""
 
@@ -106,7 +111,7 @@ class OnPolicyDataModule(L.LightningDataModule):
     @property
     def iterations(self) -> int:
         """Iterations needed for ``total_frames``."""
-        return math.ceil(self.total_frames / self.frames_per_batch)
+        return iterations_for(self.total_frames, self.num_envs, self.rollout_steps)
 
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")

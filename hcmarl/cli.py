@@ -20,11 +20,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from hcmarl.datamodules.onpolicy import iterations_for
 from hcmarl.errors import HcmarlError
-
-
-def _iterations(total_frames: int, num_envs: int, rollout_steps: int) -> int:
-    return math.ceil(total_frames / (num_envs * rollout_steps))
 
 
 def _seed(seed_everything: Any) -> int:
@@ -99,7 +96,7 @@ class HcmarlCLI(LightningCLI):
         return {k: v for k, v in commands.items() if k in ("fit", "validate", "bench")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments(("data.total_frames", "data.num_envs", "data.rollout_steps"), "trainer.max_epochs", compute_fn=_iterations)
+        parser.link_arguments(("data.total_frames", "data.num_envs", "data.rollout_steps"), "trainer.max_epochs", compute_fn=iterations_for)
         parser.link_arguments("data.eval_every", "trainer.check_val_every_n_epoch")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed)
 
