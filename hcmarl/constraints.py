@@ -8,13 +8,13 @@ for the agents being updated); ``old_log_prob`` and ``advantage`` are ``[B, n]``
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Callable, NamedTuple
 
 import torch
 
 from hcmarl.optim import GradientStep, minibatch_indices
-
 
 
 class Evaluation(NamedTuple):
@@ -57,6 +57,13 @@ class Constraint(ABC):
         factor: torch.Tensor | None,
         step: GradientStep,
     ) -> dict[str, torch.Tensor]: ...
+
+    def at_position(self, position: int, n_agents: int) -> Constraint:
+        """The constraint for the agent updated ``position``-th (1-based) of ``n_agents`` by a sequential schedule.
+
+        Itself by default; A2PO's clip range grows with the position.
+        """
+        return self
 
 
 class MinibatchConstraint(Constraint):
@@ -129,6 +136,74 @@ class ClipPPO(MinibatchConstraint):
 
     def diagnostics(self, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"clip_frac": ((log_ratio.exp() - 1.0).abs() > self.eps).float().mean()}
+
+
+def a2po_agent_eps(eps: float, position: int, n_agents: int, weight: float = 0.5) -> float:
+    """A2PO's clip range of the agent updated ``position``-th (1-based): eps * (weight * l / N + 1 - weight).
+
+    ALGORITHMS.md section 1, "A2PO variant" (weight 0.5: eps_l = eps * (0.5 * l / N + 0.5)); the last agent gets ``eps``.
+    """
+    if not 1 <= position <= n_agents:
+        raise ValueError(f"position must be in 1..{n_agents}, got {position}")
+    return eps * (weight * position / n_agents + 1.0 - weight)
+
+
+def preceding_ratio_clip_objective(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantage: torch.Tensor,
+    eps: float,
+    eps_others: float,
+    factor: torch.Tensor | None,
+) -> torch.Tensor:
+    """Per-sample A2PO objective (to maximise), ALGORITHMS.md section 1, "A2PO variant".
+
+    rho = (pi_new / pi_old) * clip(factor, 1 - eps_others, 1 + eps_others), then
+    min(rho * A, clip(rho, 1 - eps, 1 + eps) * A): the preceding agents' (detached) ratio product
+    is clipped and multiplied into the agent's ratio before the PPO clip, unlike HAPPO's factor.
+    """
+    if factor is not None:
+        log_prob = log_prob + factor.clamp(1.0 - eps_others, 1.0 + eps_others).log()
+    return clip_ppo_objective(log_prob, old_log_prob, advantage, eps)
+
+
+class A2POClip(ClipPPO):
+    """PPO-clip with A2PO's preceding-ratio clip and per-position clip range (ALGORITHMS.md section 1).
+
+    Under ``Sequential`` the agent at position l (1-based) of N clips its ratio to
+    ``a2po_agent_eps(eps, l, N, position_weight)``; outside a sequential schedule it is ``eps``.
+
+    Args:
+        eps: clip range of the last agent in the order (earlier agents get less).
+        eps_others: clip range of the preceding agents' ratio product (A2PO: 0.1).
+        position_weight: how much the clip range grows with the position (A2PO: 0.5).
+        epochs, minibatches, ent_coef, max_grad_norm: see ``MinibatchConstraint``.
+    """
+
+    def __init__(
+        self,
+        eps: float = 0.2,
+        eps_others: float = 0.1,
+        position_weight: float = 0.5,
+        epochs: int = 5,
+        minibatches: int = 1,
+        ent_coef: float = 0.01,
+        max_grad_norm: float | None = 10.0,
+    ) -> None:
+        super().__init__(eps, epochs, minibatches, ent_coef, max_grad_norm)
+        self.eps_last = eps
+        self.eps_others = eps_others
+        self.position_weight = position_weight
+
+    def at_position(self, position: int, n_agents: int) -> A2POClip:
+        placed = copy.copy(self)
+        placed.eps = a2po_agent_eps(self.eps_last, position, n_agents, self.position_weight)
+        return placed
+
+    def objective(
+        self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+    ) -> torch.Tensor:
+        return preceding_ratio_clip_objective(log_prob, old_log_prob, advantage, self.eps, self.eps_others, factor)
 
 
 class A2C(MinibatchConstraint):

@@ -6,6 +6,7 @@ ACTION_MASK = ("agents", "action_mask")
 LOG_PROB = ("agents", "log_prob")
 ADVANTAGE = ("agents", "advantage")
 VALUE_TARGET = ("agents", "value_target")
+VALUE = ("agents", "state_value")  # the old critic's V, [*batch, N], written with the advantages
 STATE = "state"
 REWARD = "reward"
 EPISODE_RETURN = "episode_return"

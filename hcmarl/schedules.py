@@ -9,8 +9,10 @@ import torch
 from tensordict import TensorDictBase
 
 from hcmarl.constraints import Constraint, Evaluation
+from hcmarl.distributed import all_reduce_mean
+from hcmarl.errors import ConfigError
+from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, LOG_PROB, VALUE
 from hcmarl.nn.distributions import select_agents
-from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, LOG_PROB
 from hcmarl.optim import GradientStep
 
 Policy = Callable[[TensorDictBase], torch.distributions.Distribution]
@@ -37,25 +39,68 @@ class Simultaneous(Schedule):
         return constraint.update(evaluate, batch.get(LOG_PROB), batch.get(ADVANTAGE), None, step)
 
 
+def semi_greedy_scores(advantage: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A2PO's per-agent score, mean over samples of |A_i / V_i| (ALGORITHMS.md section 1), ``[N]``.
+
+    ``advantage`` and ``value`` are ``[..., N]``; |V| is floored at 1e-6. Averaged over DDP
+    ranks, so every rank picks the same order.
+    """
+    n_agents = advantage.shape[-1]
+    ratio = advantage.abs() / value.abs().clamp_min(1e-6)
+    return all_reduce_mean(ratio.reshape(-1, n_agents).mean(0))
+
+
+def semi_greedy_order(scores: torch.Tensor) -> list[int]:
+    """A2PO's semi-greedy order: alternately the highest-scoring remaining agent and a uniformly random one.
+
+    Positions 0, 2, 4, ... are greedy, 1, 3, ... random; ties are broken at random.
+    """
+    remaining = torch.randperm(scores.shape[0]).tolist()
+    values = scores.tolist()
+    order: list[int] = []
+    while remaining:
+        if len(order) % 2 == 0:
+            pick = max(remaining, key=lambda agent: values[agent])
+        else:
+            pick = remaining[int(torch.randint(len(remaining), ()))]
+        remaining.remove(pick)
+        order.append(pick)
+    return order
+
+
 class Sequential(Schedule):
-    """Agents updated one after another (HAPPO, HATRPO, HAA2C; ALGORITHMS.md section 1, ``Sequential``).
+    """Agents updated one after another (HAPPO, HATRPO, HAA2C, A2PO; ALGORITHMS.md section 1, ``Sequential``).
 
     Before agent ``i_l`` moves, its surrogate is weighted by ``factor``, the product over the
     agents already updated of ``pi_new^{i}(a|o) / pi_old^{i}(a|o)`` (detached, whole batch,
     product over action dimensions); it starts at 1, or at the batch's ``factor`` entry when
-    a role upstream (HCPO's conductor) provides one.
+    a role upstream (HCPO's conductor) provides one. The agent at position l (1-based) is
+    updated by ``constraint.at_position(l, N)``.
 
     Args:
-        order: ``random`` (a new permutation each iteration) or ``fixed`` (0..N-1).
+        order: ``random`` (a new permutation each iteration), ``fixed`` (0..N-1) or
+            ``semi_greedy`` (A2PO: ``semi_greedy_order`` of ``semi_greedy_scores``).
     """
 
     requires_separate_params = True
 
-    def __init__(self, order: Literal["random", "fixed"] = "random") -> None:
+    def __init__(self, order: Literal["random", "fixed", "semi_greedy"] = "random") -> None:
         self.order = order
 
-    def agent_order(self, n_agents: int) -> list[int]:
-        return torch.randperm(n_agents).tolist() if self.order == "random" else list(range(n_agents))
+    def agent_order(self, batch: TensorDictBase) -> list[int]:
+        """This iteration's update order for the agents of ``batch``."""
+        advantage = batch.get(ADVANTAGE)
+        n_agents = advantage.shape[-1]
+        if self.order == "random":
+            return torch.randperm(n_agents).tolist()
+        if self.order == "fixed":
+            return list(range(n_agents))
+        if (value := batch.get(VALUE, None)) is None:
+            raise ConfigError(
+                f"Sequential(order='semi_greedy') scores agents by mean |A/V| and needs the critic's value {VALUE} in "
+                "the batch; the learner of MARLModule provides it, other callers must set it"
+            )
+        return semi_greedy_order(semi_greedy_scores(advantage, value))
 
     def update(self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
         old_log_prob, advantage, action = batch.get(LOG_PROB), batch.get(ADVANTAGE), batch.get(ACTION)
@@ -64,7 +109,7 @@ class Sequential(Schedule):
             factor = torch.ones(*advantage.shape[:-1], 1, device=advantage.device)
         metrics: dict[str, torch.Tensor] = {}
         sums: dict[str, torch.Tensor] = {}
-        order = self.agent_order(advantage.shape[-1])
+        order = self.agent_order(batch)
         for position, agent in enumerate(order):
             own = slice(agent, agent + 1)
 
@@ -74,7 +119,8 @@ class Sequential(Schedule):
                 return Evaluation(dist.log_prob(minibatch.get(ACTION))[..., own], dist.entropy()[..., own], select_agents(dist, own))
 
             step.restrict_to_agent(agent)
-            for key, value in constraint.update(evaluate, old_log_prob[..., own], advantage[..., own], factor, step).items():
+            placed = constraint.at_position(position + 1, len(order))
+            for key, value in placed.update(evaluate, old_log_prob[..., own], advantage[..., own], factor, step).items():
                 sums[key] = sums.get(key, 0.0) + value
             with torch.no_grad():
                 log_ratio = policy(batch).log_prob(action)[..., own] - old_log_prob[..., own]

@@ -17,7 +17,7 @@ from tensordict import TensorDict, TensorDictBase
 from hcmarl.advantages import generalized_advantage_estimate, normalize_advantage
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError, NonFiniteLossError
-from hcmarl.keys import ACTION, ADVANTAGE, EPISODE_RETURN, LOG_PROB, REWARD, VALUE_TARGET
+from hcmarl.keys import ACTION, ADVANTAGE, EPISODE_RETURN, LOG_PROB, REWARD, VALUE, VALUE_TARGET
 from hcmarl.optim import GradientStep
 from hcmarl.modules.critic import Critic
 from hcmarl.modules.learner import Learner
@@ -95,7 +95,7 @@ class MARLModule(L.LightningModule):
     # ---- training -------------------------------------------------------------------------
     @torch.no_grad()
     def compute_advantages(self, batch: TensorDictBase) -> None:
-        """GAE with the current (old) critic; writes normalised advantages and lambda-returns."""
+        """GAE with the current (old) critic; writes its values, normalised advantages and lambda-returns."""
         value = self.critic.value(batch)
         next_value = self.critic.value(batch.get("next"))
         advantage = generalized_advantage_estimate(
@@ -107,6 +107,7 @@ class MARLModule(L.LightningModule):
             self.gamma,
             self.gae_lambda,
         )
+        batch.set(VALUE, value)
         batch.set(VALUE_TARGET, advantage + value)
         if self.advantage_norm != "none":
             advantage = normalize_advantage(advantage, per_agent=self.advantage_norm == "agent")

@@ -12,15 +12,27 @@ import torch
 from conftest import recipe
 
 
-@pytest.mark.parametrize("name", ["mappo/coordsum_3x10", "ippo/coordsum_3x10", "happo/coordsum_3x10", "hatrpo/coordsum_3x10"])
-def test_two_ranks_end_with_identical_parameters(name: str, tmp_path: Path) -> None:
+PER_AGENT_CRITIC = ["--model.critic.init_args.network", "hcmarl.nn.AgentValue"]  # per-agent scores for A2PO's semi-greedy order
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("mappo/coordsum_3x10", []),
+        ("ippo/coordsum_3x10", []),
+        ("happo/coordsum_3x10", []),
+        ("hatrpo/coordsum_3x10", []),
+        ("a2po/coordsum_3x10", PER_AGENT_CRITIC),
+    ],
+)
+def test_two_ranks_end_with_identical_parameters(name: str, extra: list[str], tmp_path: Path) -> None:
     env = dict(os.environ, HCMARL_TEST_OUT=str(tmp_path), PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
     cmd = [
         sys.executable, "-m", "hcmarl.cli", "fit", "--config", recipe(name),
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=ddp_probe.SaveParametersPerRank",
         "--data.num_envs", "4", "--data.rollout_steps", "16", "--data.total_frames", str(4 * 4 * 16), "--data.eval_episodes", "2",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *extra,
     ]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -67,7 +67,7 @@ def test_factor_is_the_product_of_the_preceding_agents_ratios() -> None:
     batch, actor = _batch()
     schedule, constraint = Sequential(order="random"), RecordingClip()
     torch.manual_seed(5)
-    order = Sequential(order="random").agent_order(3)
+    order = Sequential(order="random").agent_order(batch)
     torch.manual_seed(5)
     metrics = schedule.update(actor, constraint, batch, GradientStep(AgentAdam(actor.parameters(), lr=3e-2)))
     with torch.no_grad():  # each agent's parameters moved only during its own update, so the final policy gives its ratio
