@@ -42,6 +42,24 @@ def generalized_advantage_estimate(
     return advantage
 
 
+def conductor_mixture_value(q: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """V(s) = sum_M w_old(M|s) Q(s, M) from ``q`` and ``probs`` ``[..., K]`` (ALGORITHMS.md section 3, "Critic")."""
+    return (probs * q).sum(dim=-1)
+
+
+def instruction_advantages(
+    gae_advantage: torch.Tensor, value: torch.Tensor, q_taken: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """HCPO's two advantages (ALGORITHMS.md section 3, "Critic"), unnormalised.
+
+    With G_t = V(s_t) + A^GAE_t (the lambda-return): the conductor's A^M_t = A^GAE_t and the
+    agents' A^a_t = G_t - Q(s_t, M_t). ``value`` is the mixture V of ``conductor_mixture_value``
+    and ``q_taken`` the head of the sampled instruction; all tensors share one shape.
+    Returns ``(A^M, A^a)``.
+    """
+    return gae_advantage, value + gae_advantage - q_taken
+
+
 def normalize_advantage(advantage: torch.Tensor, per_agent: bool = False, eps: float = 1e-8) -> torch.Tensor:
     """(A - mean) / std over the batch, per agent (last dim) if ``per_agent``; stats summed over DDP ranks."""
     dims = tuple(range(advantage.dim() - 1)) if per_agent else tuple(range(advantage.dim()))

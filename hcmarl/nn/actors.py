@@ -18,7 +18,7 @@ from torchrl.envs import Transform
 
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION_MASK, OBSERVATION
+from hcmarl.keys import ACTION_MASK, INSTRUCTION, OBSERVATION
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical
 from hcmarl.nn.layers import AgentMLP
 
@@ -33,7 +33,7 @@ def agent_id_features(obs: torch.Tensor) -> torch.Tensor:
 
 
 class Actor(nn.Module, ABC):
-    """What every actor block shares: agent-id features, the head's distribution, parameter sharing.
+    """What every actor block shares: agent-id and instruction features, the head's distribution, parameter sharing.
 
     Args:
         activation: ``tanh``, ``relu``, ``elu`` or ``silu``.
@@ -41,6 +41,9 @@ class Actor(nn.Module, ABC):
         agent_id: append a one-hot agent id to each observation.
         distribution: ``auto`` (from the env), ``categorical`` or ``gaussian``.
         log_std_init: initial log-std of the Gaussian (state-independent, per agent).
+        instruction_encoding: how a conductor's instruction joins the observation when the actor is
+            built with ``n_instructions > 0`` (HCPO, ALGORITHMS.md section 3): ``onehot`` or a learned ``embedding``.
+        instruction_embed_dim: size of the learned embedding.
     """
 
     recurrent = False
@@ -53,9 +56,14 @@ class Actor(nn.Module, ABC):
         agent_id: bool = False,
         distribution: Literal["auto", "categorical", "gaussian"] = "auto",
         log_std_init: float = 0.0,
+        instruction_encoding: Literal["onehot", "embedding"] = "onehot",
+        instruction_embed_dim: int = 8,
     ) -> None:
         super().__init__()
         self.activation = activation
+        self.instruction_encoding = instruction_encoding
+        self.instruction_embed_dim = instruction_embed_dim
+        self.n_instructions = 0
         self.share_params = share_params
         self.agent_id = agent_id
         self.distribution_kind = distribution
@@ -63,8 +71,12 @@ class Actor(nn.Module, ABC):
         self.categorical = True
         self.built = False
 
-    def build(self, info: EnvInfo) -> None:
-        """Check the head fits the env's actions (a ConfigError otherwise) and create the layers."""
+    def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
+        """Check the head fits the env's actions (a ConfigError otherwise) and create the layers.
+
+        With ``n_instructions = K > 0`` the actor also reads the conductor's instruction ``INSTRUCTION``
+        (one of K), joined to each agent's observation as a one-hot or an embedding.
+        """
         kind = self.distribution_kind
         if kind == "auto":
             kind = "categorical" if info.categorical else "gaussian"
@@ -79,7 +91,16 @@ class Actor(nn.Module, ABC):
         self.n_groups = 1 if self.share_params else info.n_agents
         if not self.categorical:
             self.log_std = nn.Parameter(torch.full((self.n_groups, info.action_dim), float(self.log_std_init)))
-        self.build_layers(info, info.obs_dim + (info.n_agents if self.agent_id else 0))
+        self.n_instructions = n_instructions
+        instruction_dim = 0
+        if n_instructions > 0:
+            self.in_keys = [*type(self).in_keys, INSTRUCTION]
+            if self.instruction_encoding == "embedding":
+                self.instruction_embedding = nn.Embedding(n_instructions, self.instruction_embed_dim)
+                instruction_dim = self.instruction_embed_dim
+            else:
+                instruction_dim = n_instructions
+        self.build_layers(info, info.obs_dim + (info.n_agents if self.agent_id else 0) + instruction_dim)
         self.built = True
 
     @abstractmethod
@@ -94,7 +115,19 @@ class Actor(nn.Module, ABC):
         if not self.built:
             raise RuntimeError(f"{type(self).__name__}.build(env_info) must be called before use")
         obs = td.get(OBSERVATION)
-        return agent_id_features(obs) if self.agent_id else obs
+        if self.agent_id:
+            obs = agent_id_features(obs)
+        if self.n_instructions > 0:
+            obs = torch.cat([obs, self.instruction_features(td.get(INSTRUCTION), obs)], dim=-1)
+        return obs
+
+    def instruction_features(self, instruction: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """The instruction ``[...]`` encoded for every agent, ``[..., N, K or embed_dim]`` (ALGORITHMS.md section 3)."""
+        if self.instruction_encoding == "embedding":
+            encoded = self.instruction_embedding(instruction)
+        else:
+            encoded = torch.nn.functional.one_hot(instruction, self.n_instructions).to(obs.dtype)
+        return encoded.unsqueeze(-2).expand(*obs.shape[:-1], encoded.shape[-1])
 
     def distribution(self, head_out: torch.Tensor, td: TensorDictBase) -> Distribution:
         if self.categorical:

@@ -1,7 +1,7 @@
-"""Value networks (ALGORITHMS.md section 1): central V(s) and per-agent V(o_i).
+"""Value networks (ALGORITHMS.md section 1): central V(s) and per-agent V(o_i); HCPO's Q(s, .).
 
-Both return values of shape ``[..., N]`` (the central value is repeated for every agent),
-so every advantage and loss indexes agents the same way.
+V networks return values of shape ``[..., N]`` (the central value is repeated for every agent),
+so every advantage and loss indexes agents the same way; ``InstructionCritic`` returns ``[..., K]``.
 """
 
 from __future__ import annotations
@@ -71,3 +71,16 @@ class AgentValue(ValueNetwork):
         if self.agent_id:
             obs = agent_id_features(obs)
         return self._check_built()(obs).squeeze(-1)
+
+
+class InstructionCritic(ValueNetwork):
+    """Q_phi(s, .) on the global state, one head per instruction, ``[..., K]`` (ALGORITHMS.md section 3, "Critic")."""
+
+    in_keys = [STATE]
+
+    def build(self, info: EnvInfo, n_instructions: int) -> None:
+        self.n_agents = info.n_agents
+        self.net = AgentMLP(info.state_dim, self.hidden_sizes, n_instructions, 1, self.activation)
+
+    def forward(self, td: TensorDictBase) -> torch.Tensor:
+        return self._check_built()(td.get(STATE).unsqueeze(-2)).squeeze(-2)
