@@ -3,7 +3,9 @@
 A constraint sees tensors, not roles: ``evaluate(indices)`` returns an ``Evaluation`` (the new
 per-agent log-probabilities, entropies ``[b, n]`` and distributions of the samples at ``indices``
 for the agents being updated); ``old_log_prob`` and ``advantage`` are ``[B, n]``; ``factor`` is
-``[B, 1]`` or None. ``step`` holds the optimiser, and so the parameters being moved.
+``[B, 1]`` or None. ``step`` holds the optimiser, and so the parameters being moved. ``kl_weight``
+``[B, n]`` or None weights the samples of a constraint's KL (HCPO's ``paper_weighting``); constraints
+without a KL term do not read it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Constraint(ABC):
         advantage: torch.Tensor,
         factor: torch.Tensor | None,
         step: GradientStep,
+        kl_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]: ...
 
     def at_position(self, position: int, n_agents: int) -> Constraint:
@@ -99,6 +102,7 @@ class MinibatchConstraint(Constraint):
         advantage: torch.Tensor,
         factor: torch.Tensor | None,
         step: GradientStep,
+        kl_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         sums: dict[str, torch.Tensor] = {}
         for _ in range(self.epochs):

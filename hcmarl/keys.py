@@ -12,6 +12,7 @@ REWARD = "reward"
 EPISODE_RETURN = "episode_return"
 RNN_STATE = "agents_rnn_state"  # top level [E, N, H]: a nested spec under "agents" breaks TorchRL's collector buffers
 IS_INIT = "is_init"
+KL_WEIGHT = ("agents", "kl_weight")  # [*batch, N]: per-sample weights of a trust region's KL (HCPO paper_weighting)
 FACTOR = "factor"  # [*batch, 1]: product of already-updated agents' ratios (ALGORITHMS.md section 1, Sequential)
 INSTRUCTION = "instruction"  # [*batch] int64: the conductor's M_t, broadcast to every agent (ALGORITHMS.md section 3)
 CONDUCTOR_PROBS = "conductor_probs"  # [*batch, K]: the behaviour conductor's full w_old(.|s_t)

@@ -11,7 +11,7 @@ from tensordict import TensorDictBase
 from hcmarl.constraints import Constraint, Evaluation
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, LOG_PROB, VALUE
+from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, KL_WEIGHT, LOG_PROB, VALUE
 from hcmarl.nn.distributions import select_agents
 from hcmarl.optim import GradientStep
 
@@ -36,7 +36,7 @@ class Simultaneous(Schedule):
             dist = policy(minibatch)
             return Evaluation(dist.log_prob(minibatch.get(ACTION)), dist.entropy(), dist)
 
-        return constraint.update(evaluate, batch.get(LOG_PROB), batch.get(ADVANTAGE), None, step)
+        return constraint.update(evaluate, batch.get(LOG_PROB), batch.get(ADVANTAGE), None, step, batch.get(KL_WEIGHT, None))
 
 
 def semi_greedy_scores(advantage: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,8 @@ class Sequential(Schedule):
     agents already updated of ``pi_new^{i}(a|o) / pi_old^{i}(a|o)`` (detached, whole batch,
     product over action dimensions); it starts at 1, or at the batch's ``factor`` entry when
     a role upstream (HCPO's conductor) provides one. The agent at position l (1-based) is
-    updated by ``constraint.at_position(l, N)``.
+    updated by ``constraint.at_position(l, N)``; a batch entry ``("agents", "kl_weight")``
+    weights that agent's KL samples (HCPO's ``paper_weighting``).
 
     Args:
         order: ``random`` (a new permutation each iteration), ``fixed`` (0..N-1) or
@@ -104,7 +105,7 @@ class Sequential(Schedule):
 
     def update(self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
         old_log_prob, advantage, action = batch.get(LOG_PROB), batch.get(ADVANTAGE), batch.get(ACTION)
-        factor = batch.get(FACTOR, None)
+        factor, kl_weight = batch.get(FACTOR, None), batch.get(KL_WEIGHT, None)
         if factor is None:
             factor = torch.ones(*advantage.shape[:-1], 1, device=advantage.device)
         metrics: dict[str, torch.Tensor] = {}
@@ -120,7 +121,8 @@ class Sequential(Schedule):
 
             step.restrict_to_agent(agent)
             placed = constraint.at_position(position + 1, len(order))
-            for key, value in placed.update(evaluate, old_log_prob[..., own], advantage[..., own], factor, step).items():
+            own_kl_weight = None if kl_weight is None else kl_weight[..., own]
+            for key, value in placed.update(evaluate, old_log_prob[..., own], advantage[..., own], factor, step, own_kl_weight).items():
                 sums[key] = sums.get(key, 0.0) + value
             with torch.no_grad():
                 log_ratio = policy(batch).log_prob(action)[..., own] - old_log_prob[..., own]

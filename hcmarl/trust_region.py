@@ -103,7 +103,12 @@ class TrustRegion(Constraint):
         advantage: torch.Tensor,
         factor: torch.Tensor | None,
         step: GradientStep,
+        kl_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """One trust-region step; ``factor`` weights the surrogate's samples, ``kl_weight`` the KL's.
+
+        With ``kl_weight`` the trust region bounds the weighted mean sum(w * KL) / sum(w).
+        """
         everything = torch.arange(advantage.shape[0], device=advantage.device)
         weight = torch.ones_like(advantage[..., :1]) if factor is None else factor
         params = _ParameterSlice(step)
@@ -114,7 +119,8 @@ class TrustRegion(Constraint):
             return (weight * torch.exp(evaluate(everything).log_prob - old_log_prob) * advantage).mean()
 
         def mean_kl() -> torch.Tensor:
-            return kl_divergence(old_dist, evaluate(everything).distribution).mean()
+            kl = kl_divergence(old_dist, evaluate(everything).distribution)
+            return kl.mean() if kl_weight is None else (kl_weight * kl).sum() / kl_weight.sum()
 
         g = all_reduce_mean(params.grad(surrogate()))
         kl_grad = params.grad(mean_kl(), create_graph=True)

@@ -12,7 +12,7 @@ from torch import nn
 from hcmarl.constraints import Constraint
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, LOG_PROB, VALUE
+from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, KL_WEIGHT, LOG_PROB, VALUE
 from hcmarl.nn.actors import Actor
 from hcmarl.optim import AgentAdam, GradientStep
 from hcmarl.schedules import Schedule
@@ -78,5 +78,5 @@ class Learner(nn.Module):
         The batch is flat ``[B]`` for feed-forward actors and ``[envs, time]`` for recurrent ones
         (minibatches are then drawn over envs, and each env's rollout is replayed whole).
         """
-        batch = batch.select(*self.actor.in_keys, ACTION, LOG_PROB, ADVANTAGE, VALUE, FACTOR, strict=False)  # minibatches index only these
+        batch = batch.select(*self.actor.in_keys, ACTION, LOG_PROB, ADVANTAGE, VALUE, FACTOR, KL_WEIGHT, strict=False)  # minibatches index only these
         return self.schedule.update(self.actor, self.constraint, batch, step)

@@ -61,9 +61,9 @@ class RecordingA2PO(A2POClip):
         super().__init__(eps=0.2, eps_others=0.1, epochs=2, minibatches=2, ent_coef=0.0)
         self.seen: list[tuple[float, torch.Tensor]] = []  # shared with the copies at_position makes
 
-    def update(self, evaluate, old_log_prob, advantage, factor, step):
+    def update(self, evaluate, old_log_prob, advantage, factor, step, kl_weight=None):
         self.seen.append((self.eps, factor.clone()))
-        return super().update(evaluate, old_log_prob, advantage, factor, step)
+        return super().update(evaluate, old_log_prob, advantage, factor, step, kl_weight)
 
 
 def test_sequential_gives_each_position_its_clip_range_and_the_unclipped_factor() -> None:

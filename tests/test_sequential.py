@@ -57,10 +57,12 @@ class RecordingClip(ClipPPO):
     def __init__(self) -> None:
         super().__init__(eps=0.2, epochs=3, minibatches=2, ent_coef=0.0)
         self.factors: list[torch.Tensor] = []
+        self.kl_weights: list[torch.Tensor | None] = []
 
-    def update(self, evaluate, old_log_prob, advantage, factor, step):
+    def update(self, evaluate, old_log_prob, advantage, factor, step, kl_weight=None):
         self.factors.append(factor.clone())
-        return super().update(evaluate, old_log_prob, advantage, factor, step)
+        self.kl_weights.append(kl_weight)
+        return super().update(evaluate, old_log_prob, advantage, factor, step, kl_weight)
 
 
 def test_factor_is_the_product_of_the_preceding_agents_ratios() -> None:
@@ -117,3 +119,13 @@ def test_learner_update_passes_an_upstream_factor_to_the_schedule() -> None:
     learner.build(INFO)
     learner.update(batch, GradientStep(learner.make_optimizer()))
     torch.testing.assert_close(constraint.factors[0], initial)
+
+
+def test_each_agent_gets_its_own_kl_weights() -> None:
+    batch, actor = _batch()
+    kl_weight = torch.rand(batch.shape[0], 3)
+    batch.set(("agents", "kl_weight"), kl_weight)
+    constraint = RecordingClip()
+    Sequential(order="fixed").update(actor, constraint, batch, GradientStep(AgentAdam(actor.parameters(), lr=1e-2)))
+    for agent, seen in enumerate(constraint.kl_weights):
+        torch.testing.assert_close(seen, kl_weight[:, agent : agent + 1])

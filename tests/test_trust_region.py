@@ -107,3 +107,29 @@ def test_one_agents_step_leaves_the_others_untouched() -> None:
     step.restrict_to_agent(2)
     TrustRegion(max_kl=0.01).update(evaluate, old_log_prob, torch.randn_like(old_log_prob), torch.rand(obs.shape[0], 1) + 0.5, step)
     assert torch.equal(weight[:2].detach(), before[:2]) and not torch.equal(weight[2].detach(), before[2])
+
+
+def test_kl_weights_bound_the_weighted_kl_and_only_their_ratios_matter() -> None:
+    """Per-sample KL weights (HCPO's paper_weighting): the accepted step bounds sum(w KL)/sum(w); scaling w changes nothing."""
+    torch.manual_seed(3)
+    max_kl = 0.01
+    results = []
+    for scale in (1.0, 3.0):
+        weight, obs, action, evaluate_for = _toy()
+        evaluate = evaluate_for(slice(None))
+        everything = torch.arange(obs.shape[0])
+        with torch.no_grad():
+            first = evaluate(everything)
+        old_log_prob, old_dist = first.log_prob.clone(), Categorical(logits=first.distribution.logits.clone())
+        generator = torch.Generator().manual_seed(7)
+        advantage = torch.randn(old_log_prob.shape, generator=generator, dtype=old_log_prob.dtype)
+        kl_weight = (torch.rand(old_log_prob.shape, generator=generator) < 0.3).to(old_log_prob.dtype) * scale
+        metrics = TrustRegion(max_kl=max_kl).update(evaluate, old_log_prob, advantage, None, GradientStep(AgentAdam([weight])), kl_weight)
+        assert metrics["accepted"] == 1.0
+        with torch.no_grad():
+            kl = kl_divergence(old_dist, evaluate(everything).distribution)
+        weighted = (kl_weight * kl).sum() / kl_weight.sum()
+        assert weighted <= max_kl + 1e-12 and weighted > 0.1 * max_kl
+        assert kl.mean() > weighted  # the unweighted samples moved further than the bound allows on average
+        results.append(weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
