@@ -16,12 +16,12 @@ class UnknownEnvError(ConfigError):
 
 
 class MissingDependencyError(HcmarlError, ImportError):
-    """An optional package is not installed; the message names the pip extra."""
+    """An optional package is not installed; the message names the pip extra (or ``install``, how else to get it)."""
 
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
+    def __init__(self, package: str, extra: str | None, purpose: str, install: str | None = None) -> None:
         super().__init__(
             f"{purpose} needs the package '{package}', which is not installed. "
-            f"Install it with: pip install 'hcmarl[{extra}]'"
+            + (install or f"Install it with: pip install 'hcmarl[{extra}]'")
         )
 
 

@@ -194,3 +194,13 @@ class CoordSumEnv(EnvBase):
                 "truncated": torch.zeros_like(terminated),
             }
         )
+
+
+def tasks() -> list[str]:
+    """The CoordSum tasks ``make_env`` knows (``coordsum/<task>``)."""
+    return list(TASKS)
+
+
+def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs) -> CoordSumEnv:
+    """``make_env``'s entry for ``coordsum/<task>``."""
+    return CoordSumEnv(task=task, num_envs=num_envs, seed=seed, device=device, **kwargs)

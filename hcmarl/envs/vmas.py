@@ -185,3 +185,13 @@ class VmasMultiAgentEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         self._env.seed(seed)
 
+
+
+def tasks() -> list[str]:
+    """The VMAS scenarios ``make_env`` knows (``vmas/<scenario>``)."""
+    return vmas_scenarios()
+
+
+def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs) -> VmasMultiAgentEnv:
+    """``make_env``'s entry for ``vmas/<scenario>``."""
+    return VmasMultiAgentEnv(task, num_envs=num_envs, seed=seed, device=device, **kwargs)
