@@ -75,11 +75,12 @@ def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -
     mean = statistics.mean(finals.values())
     std = statistics.stdev(finals.values()) if len(finals) > 1 else 0.0
     frames = max(final_result(d)["frames"] for d in runs.values())
+    episodes = int(min(final_result(d)["eval/episodes"] for d in runs.values()))
     fig, ax = plt.subplots(figsize=(6, 4))
     for seed, curve in curves.items():
         ax.plot([f / 1e6 for f, _ in curve], [r for _, r in curve], label=f"seed {seed}")
     ax.set_xlabel("environment frames (millions)")
-    ax.set_ylabel("evaluation return (32 episodes)")
+    ax.set_ylabel(f"evaluation return ({episodes} episodes)")
     ax.set_title(recipe)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -89,7 +90,8 @@ def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -
     lines = [
         f"### {recipe}",
         "",
-        f"{len(runs)} seeds, {frames:,} frames each; evaluation over 32 episodes with the deployment policy.",
+        f"{len(runs)} seed{'s' if len(runs) > 1 else ''}, {frames:,} frames each; evaluation over {episodes} episodes "
+        "with the deployment policy.",
         "",
         "| seed | first evaluation | final evaluation |",
         "|---|---|---|",

@@ -1,0 +1,483 @@
+"""Multi-agent MuJoCo (gymnasium-robotics' MaMuJoCo v1) in the hcmarl layout (DESIGN.md, "Conventions").
+
+A task is ``<robot>-<partition>``: one of gymnasium-robotics' built-in factorisations of a
+Gymnasium MuJoCo robot (``HalfCheetah-2x3``, ``Ant-4x2``, ``Humanoid-9|8``, ...) or
+``Walker2d-6x1``, the HCPO paper's one-agent-per-joint Walker, built here through
+gymnasium-robotics' custom ``agent_factorization``. The layout (:mod:`hcmarl.envs.base`):
+
+- ``("agents", "observation")``: float32 ``[E, N, D]``, each agent's local observation
+  zero-padded at the end to the largest agent's size ``D``;
+- ``"state"``: float32 ``[E, S]``, the robot's full Gymnasium observation (``env.state()``);
+- ``("agents", "action")``: float32 ``[E, N, A]``; agent ``i`` uses its first ``act_sizes[i]``
+  entries, the rest (padding, where agents have different action sizes) are ignored; actions
+  are clipped to the action box before they reach MuJoCo;
+- ``"reward"``: float32 ``[E, 1]``, the robot's reward (MaMuJoCo shares it between agents);
+- ``"done"``, ``"terminated"``, ``"truncated"``: bool ``[E, 1]``; ``truncated`` is the time
+  limit (``max_steps``), ``terminated`` the robot's own end (e.g. Hopper falling over).
+
+The ``E`` sub-envs step in this process (``num_workers=1``) or in ``num_workers`` worker
+processes (DESIGN.md, "Scale": CPU-bound envs step in worker processes), each owning a
+contiguous slice of the batch. A worker that fails ends the step with its traceback
+(:class:`MaMuJoCoWorkerError`); one that dies ends it with its exit code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import multiprocessing as mp
+import tempfile
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from hcmarl.envs.base import ACTION, EnvInfo
+from hcmarl.errors import ConfigError, MissingDependencyError, UnknownEnvError
+
+LOGGER = logging.getLogger(__name__)
+
+PARTITIONS: dict[str, tuple[str, ...]] = {
+    "Ant": ("2x4", "2x4d", "4x2"),
+    "HalfCheetah": ("2x3", "6x1"),
+    "Hopper": ("3x1",),
+    "Humanoid": ("9|8",),
+    "HumanoidStandup": ("9|8",),
+    "ManySegmentAnt": ("2x3", "3x2"),
+    "ManySegmentSwimmer": ("10x2", "4x2"),
+    "Pusher": ("3p",),
+    "Reacher": ("2x1",),
+    "Swimmer": ("2x1",),
+    "Walker2d": ("2x3", "6x1"),
+}
+"""Robot -> partitions: every multi-agent factorisation gymnasium-robotics 1.4 defines in
+``obsk.get_parts_and_edges`` (the ``ManySegment*`` robots take any ``<agents>x<segments>``;
+the two listed are FACMAC's and a smaller one), plus ``Walker2d-6x1`` (:func:`_walker2d_6x1`).
+``CoupledHalfCheetah-1p1`` is left out: its observation reads ``data.ten_J`` as a dense matrix,
+which recent MuJoCo releases (4.0 here) store sparse, so gymnasium-robotics 1.4.2 cannot build it."""
+
+CUSTOM_TASKS = {"Walker2d-6x1"}
+"""Tasks gymnasium-robotics does not define; built here with its ``agent_factorization``."""
+
+MANY_SEGMENT_BASE = {"ManySegmentAnt": "Ant", "ManySegmentSwimmer": "Swimmer"}
+"""Many-segment robots -> the Gymnasium robot whose env loads their generated model."""
+
+WORKER_START_METHOD = "forkserver"
+"""Workers fork from a clean server process that has imported this module once."""
+
+
+def _import_mamujoco():
+    """gymnasium-robotics' MaMuJoCo module, or ``MissingDependencyError`` naming the extra."""
+    if importlib.util.find_spec("gymnasium_robotics") is None:
+        raise MissingDependencyError("gymnasium_robotics", "mamujoco", "The 'mamujoco/...' environments")
+    from gymnasium_robotics.envs.multiagent_mujoco import mujoco_multi
+
+    return mujoco_multi
+
+
+def tasks() -> list[str]:
+    """The ``mamujoco/<robot>-<partition>`` tasks ``make_env`` knows."""
+    _import_mamujoco()
+    return [f"{robot}-{partition}" for robot, partitions in PARTITIONS.items() for partition in partitions]
+
+
+def _split_task(task: str) -> tuple[str, str]:
+    """``"HalfCheetah-2x3"`` -> ``("HalfCheetah", "2x3")``, or ``UnknownEnvError`` listing the tasks."""
+    robot, _, partition = task.partition("-")
+    if partition not in PARTITIONS.get(robot, ()):
+        raise UnknownEnvError(f"unknown MaMuJoCo task {task!r}; known: {', '.join('mamujoco/' + t for t in tasks())}")
+    return robot, partition
+
+
+# ---- MuJoCo's log ---------------------------------------------------------------------------
+_LOGGED_WARNINGS: set[str] = set()
+
+
+def _log_mujoco_warning(message: str) -> None:
+    """Send a MuJoCo warning to Python's logging, once per distinct message."""
+    if message not in _LOGGED_WARNINGS:
+        _LOGGED_WARNINGS.add(message)
+        LOGGER.warning("MuJoCo: %s", message)
+
+
+def _route_mujoco_warnings() -> None:
+    """Make MuJoCo report warnings through Python's logging instead of writing ``MUJOCO_LOG.TXT`` into the cwd."""
+    import mujoco
+
+    mujoco.set_mju_user_warning(_log_mujoco_warning)
+
+
+# ---- one raw env ----------------------------------------------------------------------------
+def _default_max_steps(robot: str) -> int:
+    """Gymnasium's registered episode length for the robot's single-agent env."""
+    import gymnasium
+
+    return int(gymnasium.spec(f"{MANY_SEGMENT_BASE.get(robot, robot)}-v5").max_episode_steps)
+
+
+def _single_agent_env(robot: str, partition: str, max_steps: int, **gym_kwargs: Any):
+    """The Gymnasium MuJoCo env MaMuJoCo factorises, with a ``max_steps`` time limit.
+
+    Built here rather than by gymnasium-robotics so the many-segment models are generated in a
+    private temporary folder (gymnasium-robotics writes them into its own package folder, where
+    concurrent workers would collide).
+    """
+    import gymnasium
+
+    if robot not in MANY_SEGMENT_BASE:
+        return gymnasium.make(f"{robot}-v5", max_episode_steps=max_steps, disable_env_checker=True, **gym_kwargs)
+    from gymnasium_robotics.envs.multiagent_mujoco import many_segment_ant, many_segment_swimmer
+
+    gen_asset = {"ManySegmentAnt": many_segment_ant, "ManySegmentSwimmer": many_segment_swimmer}[robot].gen_asset
+    agents, segments = (int(n) for n in partition.split("x"))
+    with tempfile.TemporaryDirectory(prefix="hcmarl_mamujoco_") as folder:
+        xml = str(Path(folder) / f"{robot}.xml")
+        gen_asset(n_segs=agents * segments, asset_path=xml)
+        base = MANY_SEGMENT_BASE[robot]
+        return gymnasium.make(f"{base}-v5", max_episode_steps=max_steps, disable_env_checker=True, xml_file=xml, **gym_kwargs)
+
+
+def _walker2d_6x1() -> dict[str, Any]:
+    """Walker2d with one agent per joint (the HCPO paper's ``Walker2d-6x1``).
+
+    The joint graph, its edges and global nodes are gymnasium-robotics' own Walker2d ones; the
+    partition puts each joint in its own agent, agent ``i`` driving Walker2d-v5's action ``i``
+    (right thigh, leg, foot, then left thigh, leg, foot).
+    """
+    from gymnasium_robotics.envs.multiagent_mujoco.obsk import get_parts_and_edges
+
+    parts, edges, global_nodes = get_parts_and_edges("Walker2d", "2x3")
+    joints = sorted((node for part in parts for node in part), key=lambda node: node.act_ids)
+    return {"partition": [(joint,) for joint in joints], "edges": edges, "globals": global_nodes}
+
+
+def make_raw_env(task: str, max_steps: int | None = None, agent_obsk: int = 1, **gym_kwargs: Any):
+    """One gymnasium-robotics ``MultiAgentMujocoEnv`` (a PettingZoo parallel env) for ``task``.
+
+    Args:
+        task: ``<robot>-<partition>``, one of :func:`tasks`.
+        max_steps: time limit (truncation); ``None`` is Gymnasium's default for the robot.
+        agent_obsk: how many joints away an agent observes (MaMuJoCo's ``agent_obsk``).
+        **gym_kwargs: arguments of the Gymnasium MuJoCo env (e.g. ``ctrl_cost_weight``).
+    """
+    robot, partition = _split_task(task)
+    mujoco_multi = _import_mamujoco()
+    _route_mujoco_warnings()
+    steps = _default_max_steps(robot) if max_steps is None else max_steps
+    single = _single_agent_env(robot, partition, steps, **gym_kwargs)
+    factorization = _walker2d_6x1() if task in CUSTOM_TASKS else None
+    return mujoco_multi.MultiAgentMujocoEnv(
+        robot, partition, agent_obsk=agent_obsk, agent_factorization=factorization, gym_env=single
+    )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sizes of a task's agents, read off a raw env (the same in every sub-env and worker)."""
+
+    obs_sizes: tuple[int, ...]
+    act_sizes: tuple[int, ...]
+    state_dim: int
+    action_low: float
+    action_high: float
+
+    @classmethod
+    def of(cls, raw) -> Layout:
+        spaces = [raw.action_space(agent) for agent in raw.possible_agents]
+        return cls(
+            obs_sizes=tuple(raw.observation_space(agent).shape[0] for agent in raw.possible_agents),
+            act_sizes=tuple(space.shape[0] for space in spaces),
+            state_dim=int(raw.single_agent_env.observation_space.shape[0]),
+            action_low=float(spaces[0].low[0]),
+            action_high=float(spaces[0].high[0]),
+        )
+
+    @property
+    def obs_dim(self) -> int:
+        return max(self.obs_sizes)
+
+    @property
+    def act_dim(self) -> int:
+        return max(self.act_sizes)
+
+
+# ---- a batch of raw envs, stepped in one process ------------------------------------------------
+class LocalBatch:
+    """Raw envs stepped one after another in this process; arrays in, padded arrays out."""
+
+    def __init__(self, task: str, num_envs: int, **env_kwargs: Any) -> None:
+        self.envs = [make_raw_env(task, **env_kwargs) for _ in range(num_envs)]
+        self.layout = Layout.of(self.envs[0])
+
+    def _observe(self, envs: list, observations: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """``envs``' per-agent ``observations`` padded into float32 ``[n, N, D]``, and their states ``[n, S]``."""
+        obs = np.zeros((len(envs), len(self.layout.obs_sizes), self.layout.obs_dim), dtype=np.float32)
+        for e, agents in enumerate(observations):
+            for i, agent_obs in enumerate(agents.values()):
+                obs[e, i, : agent_obs.shape[0]] = agent_obs
+        return obs, np.stack([env.state() for env in envs]).astype(np.float32)
+
+    def reset(self, indices: list[int], seeds: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Reset the envs at ``indices`` (seeding each with its entry of ``seeds``); their obs and states."""
+        envs = [self.envs[i] for i in indices]
+        return self._observe(envs, [env.reset(seed=seed)[0] for env, seed in zip(envs, seeds)])
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Step every env with ``actions [n, N, A]``: obs, states, rewards ``[n]``, terminated, truncated ``[n]``."""
+        rewards, terminated, truncated = (np.zeros(len(self.envs), dtype=t) for t in (np.float32, bool, bool))
+        clipped = np.clip(actions, self.layout.action_low, self.layout.action_high)
+        observations = []
+        for e, env in enumerate(self.envs):
+            agent_actions = {agent: clipped[e, i, :size] for i, (agent, size) in enumerate(zip(env.possible_agents, self.layout.act_sizes))}
+            agent_obs, reward, term, trunc, _ = env.step(agent_actions)
+            first = env.possible_agents[0]
+            observations.append(agent_obs)
+            rewards[e], terminated[e], truncated[e] = reward[first], term[first], trunc[first]
+        return (*self._observe(self.envs, observations), rewards, terminated, truncated)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+# ---- the same batch split over worker processes -------------------------------------------------
+class MaMuJoCoWorkerError(RuntimeError):
+    """A MaMuJoCo worker process failed; the message carries the worker's traceback."""
+
+
+def _worker_main(pipe: Connection, task: str, num_envs: int, env_kwargs: dict[str, Any]) -> None:
+    """A worker's loop: build its envs, then answer ``(command, argument)`` messages until ``close``.
+
+    Replies are ``("ok", result)`` or ``("error", traceback)``; after an error the worker exits.
+    """
+    try:
+        batch = LocalBatch(task, num_envs, **env_kwargs)
+        pipe.send(("ok", batch.layout))
+        while True:
+            command, argument = pipe.recv()
+            if command == "close":
+                batch.close()
+                return
+            pipe.send(("ok", getattr(batch, command)(*argument)))
+    except (EOFError, KeyboardInterrupt):
+        return
+    except BaseException:
+        pipe.send(("error", traceback.format_exc()))
+
+
+class WorkerPool:
+    """``num_envs`` raw envs split into contiguous slices over ``num_workers`` processes; :class:`LocalBatch`'s interface."""
+
+    def __init__(self, task: str, num_envs: int, num_workers: int, **env_kwargs: Any) -> None:
+        context = mp.get_context(WORKER_START_METHOD)
+        context.set_forkserver_preload([__name__])
+        self.slices = np.array_split(np.arange(num_envs), num_workers)
+        self.pipes: list[Connection] = []
+        self.processes = []
+        for part in self.slices:
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker_main, args=(child, task, len(part), env_kwargs), daemon=True)
+            process.start()
+            child.close()
+            self.pipes.append(parent)
+            self.processes.append(process)
+        self.layout = self._receive(range(num_workers))[0]
+
+    def _send(self, w: int, command: str, *argument: Any) -> None:
+        """Send a command to worker ``w``; a dead worker's broken pipe is reported by :meth:`_receive`."""
+        try:
+            self.pipes[w].send((command, argument))
+        except OSError:
+            pass
+
+    def _receive(self, workers) -> list[Any]:
+        """Each listed worker's reply, in order; a failed or dead worker closes the pool and raises."""
+        replies = []
+        for w in workers:
+            wait([self.pipes[w], self.processes[w].sentinel])
+            try:
+                status, value = self.pipes[w].recv() if self.pipes[w].poll() else ("died", None)
+            except (EOFError, OSError):
+                status, value = "died", None
+            if status != "ok":
+                self.processes[w].join(timeout=5)
+                code = self.processes[w].exitcode
+                self.close()
+                if status == "error":
+                    raise MaMuJoCoWorkerError(f"MaMuJoCo worker {w} failed:\n{value}")
+                raise MaMuJoCoWorkerError(f"MaMuJoCo worker {w} died (exit code {code}) without a message; see its output above")
+            replies.append(value)
+        return replies
+
+    def reset(self, indices: list[int], seeds: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`LocalBatch.reset`, each worker resetting its own envs among ``indices``."""
+        busy = []
+        for w, part in enumerate(self.slices):
+            mine = [(int(i - part[0]), seed) for i, seed in zip(indices, seeds) if part[0] <= i <= part[-1]]
+            if mine:
+                local, local_seeds = zip(*mine)
+                self._send(w, "reset", list(local), list(local_seeds))
+                busy.append(w)
+        return tuple(np.concatenate(parts) for parts in zip(*self._receive(busy)))
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        """:meth:`LocalBatch.step`, the workers stepping their slices at the same time."""
+        for w, part in enumerate(self.slices):
+            self._send(w, "step", actions[part])
+        return tuple(np.concatenate(parts) for parts in zip(*self._receive(range(len(self.pipes)))))
+
+    def close(self) -> None:
+        """Ask live workers to close their envs, then end every worker process."""
+        for w, process in enumerate(self.processes):
+            if process.is_alive():
+                self._send(w, "close")
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.processes = []
+        self.pipes = []
+
+
+# ---- the TorchRL env ----------------------------------------------------------------------------
+class MaMuJoCoEnv(EnvBase):
+    """A batch of ``num_envs`` MaMuJoCo envs in the hcmarl layout (see the module docstring).
+
+    Args:
+        task: ``<robot>-<partition>``, one of :func:`tasks`.
+        num_envs: sub-envs in the batch.
+        seed: sub-env ``i`` is seeded with ``seed + i`` at its first reset; ``None`` seeds from the OS.
+        device: where the returned tensors live (MuJoCo itself runs on the CPU).
+        num_workers: processes stepping the sub-envs (1: this process); at most ``num_envs`` are used.
+        max_steps: time limit of an episode; ``None`` is Gymnasium's default for the robot (1000 for most).
+        agent_obsk: how many joints away an agent observes (MaMuJoCo's ``agent_obsk``, default 1).
+        **gym_kwargs: arguments of the robot's Gymnasium env (e.g. ``ctrl_cost_weight``).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        num_envs: int = 1,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+        num_workers: int = 1,
+        max_steps: int | None = None,
+        agent_obsk: int = 1,
+        **gym_kwargs: Any,
+    ) -> None:
+        robot, _ = _split_task(task)
+        if num_workers < 1:
+            raise ConfigError(f"data.env_kwargs.num_workers must be at least 1, got {num_workers}")
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        self.task = task
+        self.max_steps = _default_max_steps(robot) if max_steps is None else max_steps
+        env_kwargs = {"max_steps": self.max_steps, "agent_obsk": agent_obsk, **gym_kwargs}
+        workers = min(num_workers, num_envs)
+        self._batch = LocalBatch(task, num_envs, **env_kwargs) if workers == 1 else WorkerPool(task, num_envs, workers, **env_kwargs)
+        self.layout = self._batch.layout
+        self.n_agents = len(self.layout.obs_sizes)
+        self._seeds = self._seeds_from(seed)
+        self._last: TensorDict | None = None
+        self._make_specs()
+
+    @property
+    def info(self) -> EnvInfo:
+        return EnvInfo(
+            name=f"mamujoco/{self.task}",
+            n_agents=self.n_agents,
+            obs_dim=self.layout.obs_dim,
+            state_dim=self.layout.state_dim,
+            action_kind="continuous",
+            action_dim=self.layout.act_dim,
+            max_steps=self.max_steps,
+            action_low=self.layout.action_low,
+            action_high=self.layout.action_high,
+        )
+
+    def _make_specs(self) -> None:
+        E, N, device = self.batch_size[0], self.n_agents, self.device
+        flag = lambda: Categorical(n=2, shape=(E, 1), dtype=torch.bool, device=device)  # noqa: E731
+        self.observation_spec = Composite(
+            agents=Composite(
+                observation=Unbounded(shape=(E, N, self.layout.obs_dim), dtype=torch.float32, device=device),
+                shape=(E, N),
+                device=device,
+            ),
+            state=Unbounded(shape=(E, self.layout.state_dim), dtype=torch.float32, device=device),
+            shape=(E,),
+            device=device,
+        )
+        action = Bounded(
+            low=self.layout.action_low, high=self.layout.action_high, shape=(E, N, self.layout.act_dim), dtype=torch.float32, device=device
+        )
+        self.action_spec = Composite(agents=Composite(action=action, shape=(E, N), device=device), shape=(E,), device=device)
+        self.reward_spec = Composite(reward=Unbounded(shape=(E, 1), dtype=torch.float32, device=device), shape=(E,), device=device)
+        self.done_spec = Composite(done=flag(), terminated=flag(), truncated=flag(), shape=(E,), device=device)
+
+    def _seeds_from(self, seed: int | None) -> list[int | None]:
+        """The seed each sub-env takes at its next reset: ``seed + i``, or ``None`` (OS entropy)."""
+        return [None if seed is None else seed + i for i in range(self.batch_size[0])]
+
+    def _set_seed(self, seed: int | None) -> None:
+        self._seeds = self._seeds_from(seed)
+
+    def _tensordict(self, obs: np.ndarray, state: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, **extra: torch.Tensor) -> TensorDict:
+        E, N = obs.shape[0], self.n_agents
+        terminated = torch.from_numpy(terminated).reshape(E, 1)
+        truncated = torch.from_numpy(truncated).reshape(E, 1) & ~terminated
+        return TensorDict(
+            {
+                "agents": TensorDict({"observation": torch.from_numpy(obs)}, batch_size=(E, N)),
+                "state": torch.from_numpy(state),
+                "done": terminated | truncated,
+                "terminated": terminated,
+                "truncated": truncated,
+                **extra,
+            },
+            batch_size=(E,),
+        ).to(self.device)
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
+        """Reset the sub-envs flagged in ``"_reset"`` (all without one); the others keep their last step's data."""
+        E = self.batch_size[0]
+        flags = None if tensordict is None else tensordict.get("_reset", None)
+        if flags is None or self._last is None:
+            indices = list(range(E))
+        else:
+            indices = flags.reshape(E).nonzero().reshape(-1).tolist()
+        obs, state = self._batch.reset(indices, [self._seeds[i] for i in indices])
+        for i in indices:
+            self._seeds[i] = None
+        no = np.zeros(len(indices), dtype=bool)
+        fresh = self._tensordict(obs, state, no, no)
+        if len(indices) == E:
+            self._last = fresh
+        else:
+            self._last = self._last.clone()  # the old one may be held by the caller: never write into it
+            self._last[torch.tensor(indices, device=self.device)] = fresh
+        return self._last.clone()
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        actions = tensordict.get(ACTION).detach().to("cpu", torch.float32).numpy()
+        obs, state, reward, terminated, truncated = self._batch.step(actions)
+        out = self._tensordict(obs, state, terminated, truncated, reward=torch.from_numpy(reward).reshape(-1, 1))
+        self._last = out.exclude("reward")
+        return out
+
+    def close(self, *, raise_if_closed: bool = True) -> None:
+        """Close the sub-envs and end any worker processes."""
+        self._batch.close()
+        super().close(raise_if_closed=raise_if_closed)
+
+
+def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs: Any) -> MaMuJoCoEnv:
+    """``make_env``'s entry for ``mamujoco/<robot>-<partition>``; ``kwargs`` as :class:`MaMuJoCoEnv`."""
+    return MaMuJoCoEnv(task, num_envs=num_envs, seed=seed, device=device, **kwargs)

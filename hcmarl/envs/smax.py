@@ -1,0 +1,322 @@
+"""JaxMARL's SMAX (StarCraft-like battles in JAX) in the hcmarl layout (DESIGN.md, "Conventions").
+
+``smax/<map>`` is JaxMARL's ``HeuristicEnemySMAX`` on one of its SMAC-named scenarios: the
+learning team controls the allies, a scripted heuristic controls the enemies. The
+``num_envs`` battles are stepped by one ``jax.jit(jax.vmap(...))`` call per step; results
+reach torch through DLPack without copies (a copy only when jax and torch sit on different
+devices).
+
+Layout (``hcmarl.envs.base``): ``("agents", "observation")`` float32 ``[E, N, obs_dim]`` (the
+allies' unit-list observations), ``("agents", "action_mask")`` bool ``[E, N, n_actions]`` (SMAX's
+available actions), ``"state"`` float32 ``[E, state_dim]`` (SMAX's ``world_state``), team
+``"reward"`` ``[E, 1]`` (the mean of the allies' rewards, all equal in SMAX), ``"win"`` bool
+``[E, 1]`` (all enemies dead and an ally alive). The battle's end sets ``terminated``, the
+time limit (``max_steps``, JaxMARL's default 100) sets ``truncated``.
+
+A finished battle is restarted inside the jitted step (JaxMARL's auto-reset); the step still
+returns the last observation of the finished episode, and the restarted one is what the
+following ``reset`` with ``"_reset"`` set for that env returns, without another jax call.
+Resetting an env that was not done runs a jitted partial reset.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from hcmarl.envs.base import ACTION, EnvInfo
+from hcmarl.errors import MissingDependencyError, UnknownEnvError
+
+
+def _import_jaxmarl():
+    """JaxMARL and its SMAX module (JaxMARL prints a line about its optional environments on import)."""
+    if importlib.util.find_spec("jaxmarl") is None:
+        raise MissingDependencyError("jaxmarl", "smax", "The 'smax/...' environments")
+    import jaxmarl
+    from jaxmarl.environments.smax import smax_env
+
+    return jaxmarl, smax_env
+
+
+def smax_maps() -> list[str]:
+    """Every scenario in JaxMARL's ``MAP_NAME_TO_SCENARIO``."""
+    return sorted(_import_jaxmarl()[1].MAP_NAME_TO_SCENARIO)
+
+
+class Observed(NamedTuple):
+    """What the agents see of one battle (a jax pytree; batched, each leaf gains a leading ``E``)."""
+
+    observation: Any  # float32 [N, obs_dim]
+    state: Any  # float32 [state_dim]
+    action_mask: Any  # bool [N, n_actions]
+
+
+class Outcome(NamedTuple):
+    """What a step reports besides the observation (each bool or float32 ``[1]`` per battle)."""
+
+    reward: Any
+    terminated: Any
+    truncated: Any
+    win: Any
+
+
+@dataclass(frozen=True)
+class Batched:
+    """The jitted functions over a batch of battles (all pure; ``key`` is carried through)."""
+
+    init: Callable  # (key, num_envs) -> (key, states, observed): new battles
+    select: Callable  # (mask [E], fresh, old) -> fresh where mask else old, for any pytree batched on E
+    step: Callable  # (key, states, actions [E, N] int32) -> (key, states, observed_next, outcome, observed_now)
+
+
+def _build_batched(env: Any) -> Batched:
+    """``jax.jit(jax.vmap(...))`` of reset and step for one JaxMARL ``HeuristicEnemySMAX``."""
+    import jax
+    import jax.numpy as jnp
+
+    allies, n_allies = env.agents, env.num_allies
+
+    def observed(obs: dict, state: Any) -> Observed:
+        avail = env.get_avail_actions(state)
+        return Observed(
+            observation=jnp.stack([obs[a] for a in allies]).astype(jnp.float32),
+            state=obs["world_state"].astype(jnp.float32),
+            action_mask=jnp.stack([avail[a] for a in allies]).astype(jnp.bool_),
+        )
+
+    def strong(state: Any) -> Any:
+        """``state`` without weak types, so that reset and step states share one jit signature."""
+        return jax.tree.map(lambda x: x.astype(x.dtype), state)
+
+    def reset_one(key):
+        obs, state = env.reset(key)
+        return strong(state), observed(obs, state)
+
+    def outcome(rewards: dict, state: Any) -> Outcome:
+        alive = state.state.unit_alive
+        allies_dead, enemies_dead = ~alive[:n_allies].any(), ~alive[n_allies:].any()
+        terminated = allies_dead | enemies_dead
+        return Outcome(
+            reward=jnp.stack([rewards[a] for a in allies]).mean(keepdims=True).astype(jnp.float32),
+            terminated=terminated[None],
+            truncated=((state.state.step >= env.max_steps) & ~terminated)[None],
+            win=(enemies_dead & ~allies_dead)[None],
+        )
+
+    def step_one(key, state, actions):
+        step_key, reset_key = jax.random.split(key)
+        obs, state, rewards, dones, _ = env.step_env(step_key, state, {a: actions[i] for i, a in enumerate(allies)})
+        seen, result = observed(obs, state), outcome(rewards, state)
+        fresh_state, fresh = reset_one(reset_key)
+        done = dones["__all__"]
+        state, now = jax.tree.map(lambda f, s: jnp.where(done, f, s), (fresh_state, fresh), (strong(state), seen))
+        return state, seen, result, now
+
+    def init(key, num_envs):
+        key, sub = jax.random.split(key)
+        states, seen = jax.vmap(reset_one)(jax.random.split(sub, num_envs))
+        return key, states, seen
+
+    def select(mask, fresh, old):
+        def where(f, o):
+            return jnp.where(mask.reshape(mask.shape + (1,) * (f.ndim - 1)), f, o)
+
+        return jax.tree.map(where, fresh, old)
+
+    def step(key, states, actions):
+        key, sub = jax.random.split(key)
+        states, seen, result, now = jax.vmap(step_one)(jax.random.split(sub, actions.shape[0]), states, actions)
+        return key, states, seen, result, now
+
+    return Batched(init=jax.jit(init, static_argnums=1), select=jax.jit(select), step=jax.jit(step))
+
+
+_CACHE: dict[tuple[str, str], tuple[Any, Batched]] = {}
+"""(map, repr of the scenario kwargs) -> (JaxMARL env, its jitted functions); jax keeps one
+compilation per batch size inside each jitted function, so envs built again reuse it."""
+
+
+def _smax_env(map_name: str, env_kwargs: dict[str, Any]) -> tuple[Any, Batched]:
+    """The JaxMARL env for ``map_name`` and its batched functions, from the module cache."""
+    cache_key = (map_name, repr(sorted(env_kwargs.items())))
+    if cache_key not in _CACHE:
+        jaxmarl, smax_env = _import_jaxmarl()
+        env = jaxmarl.make("HeuristicEnemySMAX", scenario=smax_env.map_name_to_scenario(map_name), **env_kwargs)
+        _CACHE[cache_key] = (env, _build_batched(env))
+    return _CACHE[cache_key]
+
+
+def _jax_device(device: torch.device):
+    """The jax device matching ``device``: its GPU when torch uses CUDA and jax has one, else the CPU."""
+    import jax
+
+    if device.type == "cuda":
+        try:
+            return jax.devices("gpu")[device.index or 0]
+        except RuntimeError:  # jax without a GPU backend: simulate on the CPU
+            pass
+    return jax.devices("cpu")[0]
+
+
+def _seed_key(seed: int | None, device: Any):
+    """A jax PRNG key from ``seed`` (``None`` draws one from torch's global RNG), on ``device``."""
+    import jax
+
+    if seed is None:
+        seed = int(torch.empty((), dtype=torch.int64).random_())
+    return jax.device_put(jax.random.PRNGKey(seed % 2**32), device)
+
+
+class SmaxEnv(EnvBase):
+    """``num_envs`` SMAX battles of one map, stepped together by jitted jax code.
+
+    Args:
+        map_name: a key of JaxMARL's ``MAP_NAME_TO_SCENARIO`` (``3s5z``, ``27m_vs_30m``, ...).
+        num_envs: battles stepped together (the batch size).
+        seed: seed of the jax PRNG key; ``None`` draws one from torch's global RNG.
+        device: where the returned tensors live; jax simulates on the matching GPU if it has one.
+        **env_kwargs: passed to JaxMARL's ``SMAX`` (e.g. ``max_steps``, ``won_battle_bonus``).
+
+    The reset and step functions are compiled (and run once) in the constructor.
+    """
+
+    def __init__(
+        self,
+        map_name: str = "3s5z",
+        num_envs: int = 1,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+        **env_kwargs: Any,
+    ) -> None:
+        if map_name not in smax_maps():
+            raise UnknownEnvError(f"unknown SMAX map {map_name!r}; known: {', '.join('smax/' + m for m in smax_maps())}")
+        super().__init__(device=device, batch_size=torch.Size([num_envs]))
+        import jax
+
+        self.map_name = map_name
+        self._jax = jax
+        self._smax, self._fns = _smax_env(map_name, env_kwargs)
+        self.n_agents = self._smax.num_allies
+        self.n_actions = self._smax.num_ally_actions
+        self.obs_dim = self._smax.obs_size
+        self.state_dim = self._smax.state_size
+        self.max_steps = int(self._smax.max_steps)
+        self._jax_device = _jax_device(self.device)
+        self._key = _seed_key(seed, self._jax_device)
+        self._key, self._states, self._seen = self._fns.init(self._key, num_envs)
+        self._restarted = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        self._warm_up()
+        self._make_specs()
+
+    @property
+    def info(self) -> EnvInfo:
+        """The env's layout, for building networks."""
+        return EnvInfo(
+            name=f"smax/{self.map_name}",
+            n_agents=self.n_agents,
+            obs_dim=self.obs_dim,
+            state_dim=self.state_dim,
+            action_kind="categorical",
+            action_dim=self.n_actions,
+            max_steps=self.max_steps,
+            has_action_mask=True,
+            has_win=True,
+        )
+
+    def _warm_up(self) -> None:
+        """Compile the step and the partial reset's selection now, not in the first iteration (results discarded).
+
+        The inputs are made as ``_step`` and ``_reset`` make theirs, so the calls hit the same compilation.
+        """
+        E, N = self.batch_size[0], self.n_agents
+        actions = self._to_jax(torch.zeros(E, N, dtype=torch.int32))
+        mask = self._to_jax(torch.zeros(E, dtype=torch.bool))
+        self._jax.block_until_ready(self._fns.step(self._key, self._states, actions))
+        self._jax.block_until_ready(self._fns.select(mask, (self._states, self._seen), (self._states, self._seen)))
+
+    def _make_specs(self) -> None:
+        E, N, d = self.batch_size[0], self.n_agents, self.device
+        flag = Categorical(n=2, shape=(E, 1), dtype=torch.bool, device=d)
+        self.observation_spec = Composite(
+            agents=Composite(
+                observation=Unbounded(shape=(E, N, self.obs_dim), dtype=torch.float32, device=d),
+                action_mask=Categorical(n=2, shape=(E, N, self.n_actions), dtype=torch.bool, device=d),
+                shape=(E, N),
+                device=d,
+            ),
+            state=Unbounded(shape=(E, self.state_dim), dtype=torch.float32, device=d),
+            win=flag.clone(),
+            shape=(E,),
+            device=d,
+        )
+        action = Categorical(n=self.n_actions, shape=(E, N), dtype=torch.int64, device=d)
+        self.action_spec = Composite(agents=Composite(action=action, shape=(E, N), device=d), shape=(E,), device=d)
+        self.reward_spec = Composite(reward=Unbounded(shape=(E, 1), dtype=torch.float32, device=d), shape=(E,), device=d)
+        self.done_spec = Composite(done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=(E,), device=d)
+
+    def _to_jax(self, tensor: torch.Tensor) -> Any:
+        """A torch tensor as a jax array on the simulation device, through DLPack."""
+        return self._jax.dlpack.from_dlpack(tensor.to(self._jax_torch_device()).contiguous())
+
+    def _torch(self, array: Any) -> torch.Tensor:
+        """A jax array as a torch tensor on ``self.device``: shared memory through DLPack (copied only across devices)."""
+        return torch.from_dlpack(array).to(self.device)
+
+    def _tensordict(self, seen: Observed, **flags: torch.Tensor) -> TensorDict:
+        E, N = self.batch_size[0], self.n_agents
+        agents = TensorDict(
+            {"observation": self._torch(seen.observation), "action_mask": self._torch(seen.action_mask)},
+            batch_size=(E, N),
+            device=self.device,
+        )
+        return TensorDict({"agents": agents, "state": self._torch(seen.state), **flags}, batch_size=self.batch_size, device=self.device)
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
+        reset = None if tensordict is None else tensordict.get("_reset", None)
+        mask = torch.ones_like(self._restarted) if reset is None else reset.reshape(-1).to(self.device)
+        if bool((mask & ~self._restarted).any()):  # some env to reset was not restarted by the step
+            self._key, *fresh = self._fns.init(self._key, self.batch_size[0])
+            self._states, self._seen = self._fns.select(self._to_jax(mask), tuple(fresh), (self._states, self._seen))
+        self._restarted &= ~mask
+        no = torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device)
+        return self._tensordict(self._seen, win=no, done=no.clone(), terminated=no.clone(), truncated=no.clone())
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        actions = self._to_jax(tensordict.get(ACTION).to(torch.int32))
+        self._key, self._states, seen, result, self._seen = self._fns.step(self._key, self._states, actions)
+        terminated, truncated = self._torch(result.terminated), self._torch(result.truncated)
+        done = terminated | truncated
+        self._restarted = done.reshape(-1).clone()
+        return self._tensordict(
+            seen,
+            reward=self._torch(result.reward),
+            win=self._torch(result.win),
+            done=done,
+            terminated=terminated,
+            truncated=truncated,
+        )
+
+    def _jax_torch_device(self) -> torch.device:
+        """The torch device naming the memory jax simulates in (for handing actions over)."""
+        if self._jax_device.platform == "gpu":
+            return torch.device("cuda", self._jax_device.id)
+        return torch.device("cpu")
+
+    def _set_seed(self, seed: int | None) -> None:
+        self._key = _seed_key(seed, self._jax_device)
+
+
+def tasks() -> list[str]:
+    """The SMAX maps ``make_env`` knows (``smax/<map>``)."""
+    return smax_maps()
+
+
+def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs: Any) -> SmaxEnv:
+    """``make_env``'s entry for ``smax/<map>``."""
+    return SmaxEnv(task, num_envs=num_envs, seed=seed, device=device, **kwargs)
