@@ -16,10 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torchrl.data import Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
 
 from hcmarl.keys import ACTION, ACTION_MASK, OBSERVATION, REWARD, STATE
 
-__all__ = ["EnvInfo", "team_reward_from_agents", "ACTION", "ACTION_MASK", "OBSERVATION", "REWARD", "STATE"]
+__all__ = [
+    "EnvInfo", "team_reward_from_agents", "set_masked_categorical_specs", "ACTION", "ACTION_MASK", "OBSERVATION", "REWARD", "STATE"
+]
 
 
 @dataclass(frozen=True)
@@ -50,3 +54,25 @@ class EnvInfo:
 def team_reward_from_agents(rewards: torch.Tensor) -> torch.Tensor:
     """Team reward ``[E, 1]`` from per-agent rewards ``[E, N]``: their mean (shared rewards pass unchanged)."""
     return rewards.mean(dim=-1, keepdim=True)
+
+
+def set_masked_categorical_specs(env: EnvBase, n_agents: int, obs_dim: int, state_dim: int, n_actions: int) -> None:
+    """Give ``env`` the layout's specs for categorical actions with an action mask and a ``win`` flag (SMAX, SMAC)."""
+    E, N, d = env.batch_size[0], n_agents, env.device
+    flag = Categorical(n=2, shape=(E, 1), dtype=torch.bool, device=d)
+    env.observation_spec = Composite(
+        agents=Composite(
+            observation=Unbounded(shape=(E, N, obs_dim), dtype=torch.float32, device=d),
+            action_mask=Categorical(n=2, shape=(E, N, n_actions), dtype=torch.bool, device=d),
+            shape=(E, N),
+            device=d,
+        ),
+        state=Unbounded(shape=(E, state_dim), dtype=torch.float32, device=d),
+        win=flag.clone(),
+        shape=(E,),
+        device=d,
+    )
+    action = Categorical(n=n_actions, shape=(E, N), dtype=torch.int64, device=d)
+    env.action_spec = Composite(agents=Composite(action=action, shape=(E, N), device=d), shape=(E,), device=d)
+    env.reward_spec = Composite(reward=Unbounded(shape=(E, 1), dtype=torch.float32, device=d), shape=(E,), device=d)
+    env.done_spec = Composite(done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=(E,), device=d)

@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo
+from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo, set_masked_categorical_specs
 from hcmarl.errors import MissingDependencyError
 
 SMAC_MAPS: tuple[str, ...] = (
@@ -128,7 +127,7 @@ class SmacEnv(EnvBase):
         self.n_agents, self.obs_dim = spec[OBSERVATION].shape[-2:]
         self.n_actions = spec[ACTION_MASK].shape[-1]
         self.state_dim = spec[STATE].shape[-1]
-        self._make_specs()
+        set_masked_categorical_specs(self, self.n_agents, self.obs_dim, self.state_dim, self.n_actions)
 
     @property
     def info(self) -> EnvInfo:
@@ -144,26 +143,6 @@ class SmacEnv(EnvBase):
             has_action_mask=True,
             has_win=True,
         )
-
-    def _make_specs(self) -> None:
-        E, N, d = self.batch_size[0], self.n_agents, self.device
-        flag = Categorical(n=2, shape=(E, 1), dtype=torch.bool, device=d)
-        self.observation_spec = Composite(
-            agents=Composite(
-                observation=Unbounded(shape=(E, N, self.obs_dim), dtype=torch.float32, device=d),
-                action_mask=Categorical(n=2, shape=(E, N, self.n_actions), dtype=torch.bool, device=d),
-                shape=(E, N),
-                device=d,
-            ),
-            state=Unbounded(shape=(E, self.state_dim), dtype=torch.float32, device=d),
-            win=flag.clone(),
-            shape=(E,),
-            device=d,
-        )
-        action = Categorical(n=self.n_actions, shape=(E, N), dtype=torch.int64, device=d)
-        self.action_spec = Composite(agents=Composite(action=action, shape=(E, N), device=d), shape=(E,), device=d)
-        self.reward_spec = Composite(reward=Unbounded(shape=(E, 1), dtype=torch.float32, device=d), shape=(E,), device=d)
-        self.done_spec = Composite(done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=(E,), device=d)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         reset = None if tensordict is None else tensordict.get("_reset", None)

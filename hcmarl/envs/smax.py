@@ -27,10 +27,9 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, EnvInfo
+from hcmarl.envs.base import ACTION, EnvInfo, set_masked_categorical_specs
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
 
 
@@ -212,7 +211,7 @@ class SmaxEnv(EnvBase):
         self._key, self._states, self._seen = self._fns.init(self._key, num_envs)
         self._restarted = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self._warm_up()
-        self._make_specs()
+        set_masked_categorical_specs(self, self.n_agents, self.obs_dim, self.state_dim, self.n_actions)
 
     @property
     def info(self) -> EnvInfo:
@@ -239,26 +238,6 @@ class SmaxEnv(EnvBase):
         mask = self._to_jax(torch.zeros(E, dtype=torch.bool))
         self._jax.block_until_ready(self._fns.step(self._key, self._states, actions))
         self._jax.block_until_ready(self._fns.select(mask, (self._states, self._seen), (self._states, self._seen)))
-
-    def _make_specs(self) -> None:
-        E, N, d = self.batch_size[0], self.n_agents, self.device
-        flag = Categorical(n=2, shape=(E, 1), dtype=torch.bool, device=d)
-        self.observation_spec = Composite(
-            agents=Composite(
-                observation=Unbounded(shape=(E, N, self.obs_dim), dtype=torch.float32, device=d),
-                action_mask=Categorical(n=2, shape=(E, N, self.n_actions), dtype=torch.bool, device=d),
-                shape=(E, N),
-                device=d,
-            ),
-            state=Unbounded(shape=(E, self.state_dim), dtype=torch.float32, device=d),
-            win=flag.clone(),
-            shape=(E,),
-            device=d,
-        )
-        action = Categorical(n=self.n_actions, shape=(E, N), dtype=torch.int64, device=d)
-        self.action_spec = Composite(agents=Composite(action=action, shape=(E, N), device=d), shape=(E,), device=d)
-        self.reward_spec = Composite(reward=Unbounded(shape=(E, 1), dtype=torch.float32, device=d), shape=(E,), device=d)
-        self.done_spec = Composite(done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=(E,), device=d)
 
     def _to_jax(self, tensor: torch.Tensor) -> Any:
         """A torch tensor as a jax array on the simulation device, through DLPack."""
