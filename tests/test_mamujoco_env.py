@@ -21,7 +21,8 @@ from torchrl.envs.utils import check_env_specs, step_mdp
 from hcmarl.envs import make_env
 from hcmarl.envs.base import ACTION, OBSERVATION, STATE
 from hcmarl.envs import mamujoco
-from hcmarl.envs.mamujoco import MaMuJoCoWorkerError, tasks
+from hcmarl.envs.mamujoco import tasks
+from hcmarl.envs.mamujoco_workers import MaMuJoCoWorkerError
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
 from hcmarl.keys import EPISODE_RETURN, REWARD
 

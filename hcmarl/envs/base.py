@@ -22,7 +22,7 @@ from torchrl.envs import EnvBase
 from hcmarl.keys import ACTION, ACTION_MASK, OBSERVATION, REWARD, STATE
 
 __all__ = [
-    "EnvInfo", "team_reward_from_agents", "set_masked_categorical_specs", "ACTION", "ACTION_MASK", "OBSERVATION", "REWARD", "STATE"
+    "EnvInfo", "team_reward_from_agents", "set_masked_categorical_specs", "masked_categorical_info", "ACTION", "ACTION_MASK", "OBSERVATION", "REWARD", "STATE"
 ]
 
 
@@ -76,3 +76,21 @@ def set_masked_categorical_specs(env: EnvBase, n_agents: int, obs_dim: int, stat
     env.action_spec = Composite(agents=Composite(action=action, shape=(E, N), device=d), shape=(E,), device=d)
     env.reward_spec = Composite(reward=Unbounded(shape=(E, 1), dtype=torch.float32, device=d), shape=(E,), device=d)
     env.done_spec = Composite(done=flag.clone(), terminated=flag.clone(), truncated=flag.clone(), shape=(E,), device=d)
+
+
+def masked_categorical_info(name: str, env: EnvBase) -> EnvInfo:
+    """The ``EnvInfo`` of an env whose specs came from ``set_masked_categorical_specs`` (SMAX, SMAC).
+
+    ``env`` carries ``n_agents``, ``obs_dim``, ``state_dim``, ``n_actions`` and ``max_steps``.
+    """
+    return EnvInfo(
+        name=name,
+        n_agents=env.n_agents,
+        obs_dim=env.obs_dim,
+        state_dim=env.state_dim,
+        action_kind="categorical",
+        action_dim=env.n_actions,
+        max_steps=env.max_steps,
+        has_action_mask=True,
+        has_win=True,
+    )

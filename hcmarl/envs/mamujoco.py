@@ -18,18 +18,15 @@ gymnasium-robotics' custom ``agent_factorization``. The layout (:mod:`hcmarl.env
 The ``E`` sub-envs step in this process (``num_workers=1``) or in ``num_workers`` worker
 processes (DESIGN.md, "Scale": CPU-bound envs step in worker processes), each owning a
 contiguous slice of the batch. A worker that fails ends the step with its traceback
-(:class:`MaMuJoCoWorkerError`); one that dies ends it with its exit code.
+(``hcmarl.envs.mamujoco_workers.MaMuJoCoWorkerError``); one that dies ends it with its exit code.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import multiprocessing as mp
 import tempfile
-import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from hcmarl.envs.base import ACTION, EnvInfo
+from hcmarl.envs.mamujoco_workers import WorkerPool
 from hcmarl.errors import ConfigError, MissingDependencyError, UnknownEnvError
 
 LOGGER = logging.getLogger(__name__)
@@ -68,10 +66,6 @@ CUSTOM_TASKS = {"Walker2d-6x1"}
 
 MANY_SEGMENT_BASE = {"ManySegmentAnt": "Ant", "ManySegmentSwimmer": "Swimmer"}
 """Many-segment robots -> the Gymnasium robot whose env loads their generated model."""
-
-WORKER_START_METHOD = "forkserver"
-"""Workers fork from a clean server process that has imported this module once."""
-
 
 def _import_mamujoco():
     """gymnasium-robotics' MaMuJoCo module, or ``MissingDependencyError`` naming the extra."""
@@ -248,106 +242,6 @@ class LocalBatch:
 
 
 # ---- the same batch split over worker processes -------------------------------------------------
-class MaMuJoCoWorkerError(RuntimeError):
-    """A MaMuJoCo worker process failed; the message carries the worker's traceback."""
-
-
-def _worker_main(pipe: Connection, task: str, num_envs: int, env_kwargs: dict[str, Any]) -> None:
-    """A worker's loop: build its envs, then answer ``(command, argument)`` messages until ``close``.
-
-    Replies are ``("ok", result)`` or ``("error", traceback)``; after an error the worker exits.
-    """
-    try:
-        batch = LocalBatch(task, num_envs, **env_kwargs)
-        pipe.send(("ok", batch.layout))
-        while True:
-            command, argument = pipe.recv()
-            if command == "close":
-                batch.close()
-                return
-            pipe.send(("ok", getattr(batch, command)(*argument)))
-    except (EOFError, KeyboardInterrupt):
-        return
-    except BaseException:
-        pipe.send(("error", traceback.format_exc()))
-
-
-class WorkerPool:
-    """``num_envs`` raw envs split into contiguous slices over ``num_workers`` processes; :class:`LocalBatch`'s interface."""
-
-    def __init__(self, task: str, num_envs: int, num_workers: int, **env_kwargs: Any) -> None:
-        context = mp.get_context(WORKER_START_METHOD)
-        context.set_forkserver_preload([__name__])
-        self.slices = np.array_split(np.arange(num_envs), num_workers)
-        self.pipes: list[Connection] = []
-        self.processes = []
-        for part in self.slices:
-            parent, child = context.Pipe()
-            process = context.Process(target=_worker_main, args=(child, task, len(part), env_kwargs), daemon=True)
-            process.start()
-            child.close()
-            self.pipes.append(parent)
-            self.processes.append(process)
-        self.layout = self._receive(range(num_workers))[0]
-
-    def _send(self, w: int, command: str, *argument: Any) -> None:
-        """Send a command to worker ``w``; a dead worker's broken pipe is reported by :meth:`_receive`."""
-        try:
-            self.pipes[w].send((command, argument))
-        except OSError:
-            pass
-
-    def _receive(self, workers) -> list[Any]:
-        """Each listed worker's reply, in order; a failed or dead worker closes the pool and raises."""
-        replies = []
-        for w in workers:
-            wait([self.pipes[w], self.processes[w].sentinel])
-            try:
-                status, value = self.pipes[w].recv() if self.pipes[w].poll() else ("died", None)
-            except (EOFError, OSError):
-                status, value = "died", None
-            if status != "ok":
-                self.processes[w].join(timeout=5)
-                code = self.processes[w].exitcode
-                self.close()
-                if status == "error":
-                    raise MaMuJoCoWorkerError(f"MaMuJoCo worker {w} failed:\n{value}")
-                raise MaMuJoCoWorkerError(f"MaMuJoCo worker {w} died (exit code {code}) without a message; see its output above")
-            replies.append(value)
-        return replies
-
-    def reset(self, indices: list[int], seeds: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`LocalBatch.reset`, each worker resetting its own envs among ``indices``."""
-        busy = []
-        for w, part in enumerate(self.slices):
-            mine = [(int(i - part[0]), seed) for i, seed in zip(indices, seeds) if part[0] <= i <= part[-1]]
-            if mine:
-                local, local_seeds = zip(*mine)
-                self._send(w, "reset", list(local), list(local_seeds))
-                busy.append(w)
-        return tuple(np.concatenate(parts) for parts in zip(*self._receive(busy)))
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
-        """:meth:`LocalBatch.step`, the workers stepping their slices at the same time."""
-        for w, part in enumerate(self.slices):
-            self._send(w, "step", actions[part])
-        return tuple(np.concatenate(parts) for parts in zip(*self._receive(range(len(self.pipes)))))
-
-    def close(self) -> None:
-        """Ask live workers to close their envs, then end every worker process."""
-        for w, process in enumerate(self.processes):
-            if process.is_alive():
-                self._send(w, "close")
-        for process in self.processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        self.processes = []
-        self.pipes = []
-
-
-# ---- the TorchRL env ----------------------------------------------------------------------------
 class MaMuJoCoEnv(EnvBase):
     """A batch of ``num_envs`` MaMuJoCo envs in the hcmarl layout (see the module docstring).
 

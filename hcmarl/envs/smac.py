@@ -27,8 +27,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo, set_masked_categorical_specs
-from hcmarl.errors import MissingDependencyError
+from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo, masked_categorical_info, set_masked_categorical_specs
+from hcmarl.errors import ConfigError, MissingDependencyError
 
 SMAC_MAPS: tuple[str, ...] = (
     "3m", "8m", "25m", "5m_vs_6m", "8m_vs_9m", "10m_vs_11m", "27m_vs_30m", "MMM", "MMM2",
@@ -132,17 +132,7 @@ class SmacEnv(EnvBase):
     @property
     def info(self) -> EnvInfo:
         """The env's layout, for building networks."""
-        return EnvInfo(
-            name=f"smac/{self.map_name}",
-            n_agents=self.n_agents,
-            obs_dim=self.obs_dim,
-            state_dim=self.state_dim,
-            action_kind="categorical",
-            action_dim=self.n_actions,
-            max_steps=self.max_steps,
-            has_action_mask=True,
-            has_win=True,
-        )
+        return masked_categorical_info(f"smac/{self.map_name}", self)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         reset = None if tensordict is None else tensordict.get("_reset", None)
@@ -154,7 +144,7 @@ class SmacEnv(EnvBase):
         return hcmarl_layout(self._battles.step(action).get("next"))
 
     def _set_seed(self, seed: int | None) -> None:
-        raise NotImplementedError("SMAC battles are seeded when built: pass seed to make_env('smac/<map>', seed=...)")
+        raise ConfigError("SMAC battles are seeded when built and cannot be reseeded: pass seed to make_env('smac/<map>', seed=...)")
 
     def close(self, *, raise_if_closed: bool = True) -> None:
         """Close the StarCraft II processes."""

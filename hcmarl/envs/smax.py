@@ -29,7 +29,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, EnvInfo, set_masked_categorical_specs
+from hcmarl.envs.base import ACTION, EnvInfo, masked_categorical_info, set_masked_categorical_specs
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
 
 
@@ -216,17 +216,7 @@ class SmaxEnv(EnvBase):
     @property
     def info(self) -> EnvInfo:
         """The env's layout, for building networks."""
-        return EnvInfo(
-            name=f"smax/{self.map_name}",
-            n_agents=self.n_agents,
-            obs_dim=self.obs_dim,
-            state_dim=self.state_dim,
-            action_kind="categorical",
-            action_dim=self.n_actions,
-            max_steps=self.max_steps,
-            has_action_mask=True,
-            has_win=True,
-        )
+        return masked_categorical_info(f"smax/{self.map_name}", self)
 
     def _warm_up(self) -> None:
         """Compile the step and the partial reset's selection now, not in the first iteration (results discarded).
