@@ -68,12 +68,18 @@ def final_result(seed_dir: Path) -> dict:
     return json.loads((_versions(seed_dir)[-1] / "final_eval.json").read_text())
 
 
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -> str:
     finals = {seed: final_result(d)["eval/return"] for seed, d in runs.items()}
+    # HCPO also evaluates its central conductor (ALGORITHMS.md section 3: report local and central)
+    centrals = {seed: final_result(d)["eval/central/return"] for seed, d in runs.items() if "eval/central/return" in final_result(d)}
     curves = {seed: eval_curve(d) for seed, d in runs.items()}
     first = {seed: c[0][1] for seed, c in curves.items() if c}
     mean = statistics.mean(finals.values())
-    std = statistics.stdev(finals.values()) if len(finals) > 1 else 0.0
+    std = _std(list(finals.values()))
     frames = max(final_result(d)["frames"] for d in runs.values())
     episodes = int(min(final_result(d)["eval/episodes"] for d in runs.values()))
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -87,16 +93,21 @@ def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
+    central = len(centrals) == len(finals)
     lines = [
         f"### {recipe}",
         "",
         f"{len(runs)} seed{'s' if len(runs) > 1 else ''}, {frames:,} frames each; evaluation over {episodes} episodes "
-        "with the deployment policy.",
+        "with the deployment policy" + (" (local conductors) and with the central conductor." if central else "."),
         "",
-        "| seed | first evaluation | final evaluation |",
-        "|---|---|---|",
-        *[f"| {s} | {first.get(s, float('nan')):.2f} | {finals[s]:.2f} |" for s in sorted(runs)],
-        f"| **mean (std)** | {statistics.mean(first.values()):.2f} | **{mean:.2f} ({std:.2f})** |",
+        "| seed | first evaluation | final evaluation |" + (" final evaluation, central conductor |" if central else ""),
+        "|---|---|---|" + ("---|" if central else ""),
+        *[
+            f"| {s} | {first.get(s, float('nan')):.2f} | {finals[s]:.2f} |" + (f" {centrals[s]:.2f} |" if central else "")
+            for s in sorted(runs)
+        ],
+        f"| **mean (std)** | {statistics.mean(first.values()):.2f} | **{mean:.2f} ({std:.2f})** |"
+        + (f" **{statistics.mean(centrals.values()):.2f} ({_std(list(centrals.values())):.2f})** |" if central else ""),
         "",
         f"![{recipe} learning curves]({out_png.name})",
         "",

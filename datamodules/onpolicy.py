@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
@@ -31,17 +31,18 @@ def iterations_for(total_frames: int, num_envs: int, rollout_steps: int) -> int:
     return math.ceil(total_frames / (num_envs * rollout_steps))
 
 
-class _OneBatch:
-    """An iterable of length one whose single item is made on demand."""
+class _OnDemand:
+    """An iterable whose items are made one by one, only when asked for (so Lightning prefetches nothing)."""
 
-    def __init__(self, make: Any) -> None:
-        self._make = make
+    def __init__(self, *makers: Callable[[], TensorDictBase]) -> None:
+        self._makers = makers
 
     def __len__(self) -> int:
-        return 1
+        return len(self._makers)
 
     def __iter__(self) -> Iterator[TensorDictBase]:
-        yield self._make()
+        for make in self._makers:
+            yield make()
 
 
 def episode_returns(reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,8 +131,8 @@ class OnPolicyDataModule(L.LightningDataModule):
             self.train_env = TransformedEnv(base, RewardSum(in_keys=[REWARD], out_keys=[EPISODE_RETURN]))
 
     # ---- training data --------------------------------------------------------------------
-    def train_dataloader(self) -> _OneBatch:
-        return _OneBatch(self.collect)
+    def train_dataloader(self) -> _OnDemand:
+        return _OnDemand(self.collect)
 
     def collect(self) -> TensorDictBase:
         """One rollout ``[num_envs, rollout_steps]`` with the module's behaviour policy."""
@@ -161,8 +162,10 @@ class OnPolicyDataModule(L.LightningDataModule):
             self._prepared_envs.append(env)
 
     # ---- evaluation -----------------------------------------------------------------------
-    def val_dataloader(self) -> _OneBatch:
-        return _OneBatch(lambda: self.evaluate(self.trainer.lightning_module.deployment_policy()))
+    def val_dataloader(self) -> _OnDemand:
+        """One batch of episodes per evaluation mode of the module (HCPO: ``local`` and ``central``)."""
+        module = self.trainer.lightning_module
+        return _OnDemand(*(lambda mode=mode: self.evaluate(module.deployment_policy(mode)) for mode in module.evaluation_modes().values()))
 
     @torch.no_grad()
     def evaluate(self, policy: Any) -> TensorDict:

@@ -225,3 +225,45 @@ class A2C(MinibatchConstraint):
     ) -> torch.Tensor:
         objective = log_prob * advantage
         return objective if factor is None else factor * objective
+
+
+def soft_target_cross_entropy(target_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample -sum_M p(M) log q(M) of a target ``p`` and a categorical's ``logits`` ``[..., K]`` (ALGORITHMS.md section 3, step 5)."""
+    return -(target_probs * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
+
+
+class Distill:
+    """Moves a categorical policy towards a fixed target distribution by Adam (ALGORITHMS.md section 1, ``Distill``).
+
+    Minimises the soft-target cross-entropy, whose gradient is that of KL(target || policy)
+    (HCPO's local conductors distilled from the updated central conductor).
+
+    Args:
+        epochs: passes over the batch.
+        minibatches: minibatches per pass.
+        max_grad_norm: gradient-norm clip (None or 0: no clip).
+    """
+
+    def __init__(self, epochs: int = 5, minibatches: int = 1, max_grad_norm: float | None = 10.0) -> None:
+        self.epochs = epochs
+        self.minibatches = minibatches
+        self.max_grad_norm = max_grad_norm
+
+    def update(
+        self, predict: Callable[[torch.Tensor], torch.distributions.Categorical], target_probs: torch.Tensor, step: GradientStep
+    ) -> dict[str, torch.Tensor]:
+        """Fit ``predict(indices)`` (a categorical, batch ``[b, ...]``) to ``target_probs`` ``[B, ..., K]``.
+
+        Returns the mean training cross-entropy and, after the last step, the gap KL(target || policy) on the whole batch.
+        """
+        total = torch.zeros((), device=target_probs.device)
+        for _ in range(self.epochs):
+            for idx in minibatch_indices(target_probs.shape[0], self.minibatches, target_probs.device):
+                loss = soft_target_cross_entropy(target_probs[idx], predict(idx).logits).mean()
+                step(loss, self.max_grad_norm)
+                total += loss.detach()
+        with torch.no_grad():
+            everything = torch.arange(target_probs.shape[0], device=target_probs.device)
+            cross_entropy = soft_target_cross_entropy(target_probs, predict(everything).logits).mean()
+            gap = cross_entropy - torch.special.entr(target_probs).sum(dim=-1).mean()
+        return {"cross_entropy": total / (self.epochs * self.minibatches), "kl": gap}

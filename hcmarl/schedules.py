@@ -28,7 +28,11 @@ class Schedule(ABC):
 
 
 class Simultaneous(Schedule):
-    """All agents' actors updated together, factor 1 (MAPPO, IPPO, MAGPO's learner)."""
+    """All agents' actors updated together (MAPPO, IPPO, MAGPO's learner).
+
+    The factor is 1, or the batch's ``factor`` entry when a role upstream provides one (a
+    conductor's w_new/w_old over shared actors, ALGORITHMS.md section 3).
+    """
 
     def update(self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
         def evaluate(idx: torch.Tensor) -> Evaluation:
@@ -36,7 +40,8 @@ class Simultaneous(Schedule):
             dist = policy(minibatch)
             return Evaluation(dist.log_prob(minibatch.get(ACTION)), dist.entropy(), dist)
 
-        return constraint.update(evaluate, batch.get(LOG_PROB), batch.get(ADVANTAGE), None, step, batch.get(KL_WEIGHT, None))
+        factor, kl_weight = batch.get(FACTOR, None), batch.get(KL_WEIGHT, None)
+        return constraint.update(evaluate, batch.get(LOG_PROB), batch.get(ADVANTAGE), factor, step, kl_weight)
 
 
 def semi_greedy_scores(advantage: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""Lightning-side code: the roles (learner, critic) and the composite module that trains them."""
+"""Lightning-side code: the roles (learner, critic, conductor) and the composite module that trains them."""
 
+from hcmarl.modules.conductor import Conductor
 from hcmarl.modules.critic import Critic
 from hcmarl.modules.learner import Learner
 from hcmarl.modules.marl import MARLModule
 
-__all__ = ["Critic", "Learner", "MARLModule"]
+__all__ = ["Conductor", "Critic", "Learner", "MARLModule"]

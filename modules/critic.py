@@ -12,7 +12,8 @@ from torch import nn
 from hcmarl.advantages import ValueNorm
 from hcmarl.envs.base import EnvInfo
 from hcmarl.keys import VALUE_TARGET
-from hcmarl.nn.critics import ValueNetwork
+from hcmarl.errors import ConfigError
+from hcmarl.nn.critics import InstructionCritic, ValueNetwork
 from hcmarl.optim import GradientStep, minibatch_indices
 
 OLD_VALUE = ("agents", "old_value_normalized")
@@ -55,8 +56,23 @@ class Critic(nn.Module):
         self.value_norm = ValueNorm() if value_norm else None
         self.max_grad_norm = max_grad_norm
 
-    def build(self, info: EnvInfo) -> None:
-        self.network.build(info)
+    def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
+        """Create the network; ``n_instructions = K > 0`` when a conductor is present (HCPO's Q(s, .) has K heads)."""
+        is_instruction_critic = isinstance(self.network, InstructionCritic)
+        if n_instructions > 0 and not is_instruction_critic:
+            raise ConfigError(
+                "model.conductor is set, and HCPO's critic must be Q(s, .) with one head per instruction: set "
+                "model.critic.init_args.network.class_path=hcmarl.nn.InstructionCritic"
+            )
+        if is_instruction_critic and n_instructions == 0:
+            raise ConfigError(
+                "model.critic.init_args.network is hcmarl.nn.InstructionCritic, whose heads are a conductor's "
+                "instructions, but the recipe has no model.conductor; add one (see recipes/hcpo/) or use hcmarl.nn.CentralValue"
+            )
+        if is_instruction_critic:
+            self.network.build(info, n_instructions)
+        else:
+            self.network.build(info)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam over the value network (and nothing else)."""
@@ -66,6 +82,11 @@ class Critic(nn.Module):
         """Value in return units, ``[..., N]``."""
         v = self.network(td)
         return v if self.value_norm is None else self.value_norm.denormalize(v)
+
+    def instruction_values(self, td: TensorDictBase) -> torch.Tensor:
+        """HCPO's Q(s, M) for every instruction M in return units, ``[..., K]`` (needs an ``InstructionCritic``)."""
+        q = self.network.heads(td)
+        return q if self.value_norm is None else self.value_norm.denormalize(q)
 
     def _element_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.loss == "huber":

@@ -35,13 +35,14 @@ class Learner(nn.Module):
         self.schedule = schedule
         self.lr = lr
 
-    def build(self, info: EnvInfo) -> None:
+    def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
+        """Create the actor; with ``n_instructions = K > 0`` it also reads each agent's instruction (HCPO)."""
         if self.schedule.requires_separate_params and self.actor.share_params:
             raise ConfigError(
                 f"model.learner.schedule={type(self.schedule).__name__} updates agents one after another and needs "
                 "one parameter set per agent; set model.learner.actor.init_args.share_params=false"
             )
-        self.actor.build(info)
+        self.actor.build(info, n_instructions)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam over the actor; per-agent ``AgentAdam`` when the schedule moves one agent at a time."""

@@ -1,8 +1,8 @@
 """The composite LightningModule: one iteration over whichever roles a recipe names.
 
 DESIGN.md, "One iteration": advantages are computed once with the old critic, then each
-role updates itself through its constraint and schedule (learner, then critic). Manual
-optimisation: one Adam per role.
+role updates itself through its constraint and schedule, in the order conductor, learner,
+critic, local conductors. Manual optimisation: one optimiser per role (two for the conductor).
 """
 
 from __future__ import annotations
@@ -14,24 +14,31 @@ import lightning as L
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from hcmarl.advantages import generalized_advantage_estimate, normalize_advantage
+from hcmarl.advantages import conductor_mixture_value, generalized_advantage_estimate, instruction_advantages, normalize_advantage
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError, NonFiniteLossError
-from hcmarl.keys import ACTION, ADVANTAGE, EPISODE_RETURN, LOG_PROB, REWARD, VALUE, VALUE_TARGET
+from hcmarl.keys import (
+    ACTION, ADVANTAGE, CONDUCTOR_ADVANTAGE, CONDUCTOR_PROBS, EPISODE_RETURN, FACTOR, KL_WEIGHT, LOG_PROB, REWARD, VALUE, VALUE_TARGET,
+)
 from hcmarl.optim import GradientStep
+from hcmarl.modules.conductor import Conductor, ExecutionMode
 from hcmarl.modules.critic import Critic
 from hcmarl.modules.learner import Learner
 from hcmarl.modules.policy import ActingPolicy
 
-LOSS_METRICS = ("learner/policy_loss", "critic/value_loss")
+LOSS_METRICS = ("conductor/policy_loss", "learner/policy_loss", "critic/value_loss", "local/cross_entropy")
 
 
 class MARLModule(L.LightningModule):
-    """Learner + critic trained on on-policy rollouts (MAPPO, IPPO; ALGORITHMS.md section 2).
+    """Learner + critic (+ conductor) trained on on-policy rollouts (ALGORITHMS.md sections 2 and 3).
+
+    Without a conductor: MAPPO, IPPO, HAPPO, HATRPO, HAA2C, A2PO. With one: HCPO, whose critic is
+    Q(s, .) with a head per instruction and whose actors read the instruction.
 
     Args:
         learner: the decentralised actors' role.
         critic: the value role.
+        conductor: HCPO's conductor role (None: no conductor).
         gamma: discount.
         gae_lambda: GAE's lambda.
         advantage_norm: normalise advantages over the ``batch``, per ``agent``, or ``none``.
@@ -42,6 +49,7 @@ class MARLModule(L.LightningModule):
         self,
         learner: Learner,
         critic: Critic,
+        conductor: Conductor | None = None,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         advantage_norm: Literal["batch", "agent", "none"] = "batch",
@@ -51,6 +59,7 @@ class MARLModule(L.LightningModule):
         self.automatic_optimization = False
         self.learner = learner
         self.critic = critic
+        self.conductor = conductor
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.advantage_norm = advantage_norm
@@ -68,36 +77,72 @@ class MARLModule(L.LightningModule):
     def build(self, info: EnvInfo) -> None:
         """Create every role's networks for the env described by ``info``."""
         self.env_info = info
-        self.learner.build(info)
-        self.critic.build(info)
+        n_instructions = 0
+        if self.conductor is not None:
+            self.conductor.build(info)
+            n_instructions = self.conductor.n_instructions
+        # with one instruction (K = 1) the actor reads nothing more: the instruction carries no information
+        self.learner.build(info, n_instructions if n_instructions > 1 else 0)
+        self.critic.build(info, n_instructions)
 
     def env_transforms(self) -> list:
         """TorchRL transforms the envs need for this module's policies (e.g. a recurrent state primer)."""
         return self.learner.actor.env_transforms()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [
-            self.learner.make_optimizer(),
-            self.critic.make_optimizer(),
-        ]
+        optimizers = [self.learner.make_optimizer(), self.critic.make_optimizer()]
+        return optimizers + ([] if self.conductor is None else self.conductor.make_optimizers())
 
     # ---- acting ---------------------------------------------------------------------------
     def behaviour_policy(self) -> ActingPolicy:
-        """What collects training data: the learner itself, sampling."""
-        return ActingPolicy(self.learner.act, self.learner.actor.in_keys, [ACTION, LOG_PROB])
+        """What collects training data: the learner sampling (after the central conductor's instruction, for HCPO)."""
+        if self.conductor is None:
+            return ActingPolicy(self.learner.act, self.learner.actor.in_keys, [ACTION, LOG_PROB])
+        conductor = self.conductor
 
-    def deployment_policy(self) -> ActingPolicy:
-        """What is evaluated and deployed: decentralised actors, reading no global state."""
-        return ActingPolicy(
-            lambda td: self.learner.act(td, deterministic=self.deterministic_eval), self.learner.actor.in_keys, [ACTION, LOG_PROB]
-        )
+        def act(td: TensorDictBase) -> TensorDictBase:
+            return self.learner.act(conductor.behave(td))
+
+        return ActingPolicy(act, [*conductor.network.in_keys, *self.learner.actor.in_keys], [ACTION, LOG_PROB])
+
+    def deployment_policy(self, execution: ExecutionMode | None = None) -> ActingPolicy:
+        """What is evaluated and deployed: decentralised actors, reading no global state.
+
+        With a conductor, each agent's instruction comes from ``execution`` (default: the conductor's
+        ``execution`` setting, ``local``); only ``central`` reads the global state.
+        """
+        in_keys = self.learner.actor.in_keys
+        if self.conductor is None:
+            return ActingPolicy(lambda td: self.learner.act(td, deterministic=self.deterministic_eval), in_keys, [ACTION, LOG_PROB])
+        conductor, mode = self.conductor, execution or self.conductor.execution
+
+        def act(td: TensorDictBase) -> TensorDictBase:
+            return self.learner.act(conductor.instruct(td, mode), deterministic=self.deterministic_eval)
+
+        return ActingPolicy(act, in_keys, [ACTION, LOG_PROB])
+
+    def evaluation_modes(self) -> dict[str, ExecutionMode | None]:
+        """Metric prefix -> execution mode of each evaluation: the deployment policy as ``eval/``, and for HCPO
+        also the central conductor as ``eval/central/`` (ALGORITHMS.md section 3: report both)."""
+        modes: dict[str, ExecutionMode | None] = {"eval": None}
+        if self.conductor is not None and self.conductor.execution != "central" and self.conductor.n_instructions > 1:
+            modes["eval/central"] = "central"
+        return modes
 
     # ---- training -------------------------------------------------------------------------
     @torch.no_grad()
     def compute_advantages(self, batch: TensorDictBase) -> None:
-        """GAE with the current (old) critic; writes its values, normalised advantages and lambda-returns."""
-        value = self.critic.value(batch)
-        next_value = self.critic.value(batch.get("next"))
+        """GAE with the current (old) critic; writes its values, normalised advantages and lambda-returns.
+
+        With a conductor (ALGORITHMS.md section 3, "Critic"): V(s) is the w_old-weighted mixture of
+        Q(s, .), the conductor's advantage A^M = A^GAE and the agents' A^a = G - Q(s, M_t), each
+        normalised on its own.
+        """
+        if self.conductor is None:
+            value, next_value = self.critic.value(batch), self.critic.value(batch.get("next"))
+        else:
+            value = self._mixture_value(batch, batch.get(CONDUCTOR_PROBS))
+            next_value = self._mixture_value(batch.get("next"), self.conductor.central(batch.get("next")).probs)
         advantage = generalized_advantage_estimate(
             batch.get(("next", REWARD)),
             value,
@@ -109,20 +154,49 @@ class MARLModule(L.LightningModule):
         )
         batch.set(VALUE, value)
         batch.set(VALUE_TARGET, advantage + value)
+        if self.conductor is not None:
+            conductor_advantage, advantage = instruction_advantages(advantage, value, self.critic.value(batch))
+            conductor_advantage = conductor_advantage[..., 0]  # a team quantity, the same for every agent
+            if self.advantage_norm != "none":
+                conductor_advantage = normalize_advantage(conductor_advantage)
+            batch.set(CONDUCTOR_ADVANTAGE, conductor_advantage)
         if self.advantage_norm != "none":
             advantage = normalize_advantage(advantage, per_agent=self.advantage_norm == "agent")
         batch.set(ADVANTAGE, advantage)
 
+    def _mixture_value(self, td: TensorDictBase, probs: torch.Tensor) -> torch.Tensor:
+        """V(s) = sum_M w(M|s) Q(s, M), repeated over the N agents, ``[..., N]``."""
+        value = conductor_mixture_value(self.critic.instruction_values(td), probs)
+        return value.unsqueeze(-1).expand(*value.shape, self.env_info.n_agents)
+
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         start = time.perf_counter()
-        actor_opt, critic_opt = self.optimizers()
         self.compute_advantages(batch)
-        flat = batch.reshape(-1)
-        learner_batch = batch if self.learner.actor.recurrent else flat
-        metrics = {f"learner/{k}": v for k, v in self.learner.update(learner_batch, self._gradient_step(actor_opt)).items()}
-        metrics |= {f"critic/{k}": v for k, v in self.critic.update(flat, self._gradient_step(critic_opt)).items()}
+        metrics = self.update_roles(batch, [self._gradient_step(opt) for opt in self.optimizers()])
         self._check_finite(metrics)
         self._log_iteration(batch, metrics, time.perf_counter() - start)
+
+    def update_roles(self, batch: TensorDictBase, steps: list[GradientStep]) -> dict[str, torch.Tensor]:
+        """One iteration's updates on a batch ``[envs, time]`` holding advantages; ``steps`` follow ``configure_optimizers``.
+
+        Order (DESIGN.md, ALGORITHMS.md section 3): conductor, learner (starting from the conductor's
+        factor), critic, local conductors.
+        """
+        metrics: dict[str, torch.Tensor] = {}
+        if self.conductor is not None:
+            metrics |= {f"conductor/{k}": v for k, v in self.conductor.update(batch.reshape(-1), steps[2]).items()}
+            factor, kl_weight = self.conductor.agent_weights(batch)
+            batch.set(FACTOR, factor)
+            if kl_weight is not None:
+                batch.set(KL_WEIGHT, kl_weight)
+        flat = batch.reshape(-1)
+        learner_batch = batch if self.learner.actor.recurrent else flat
+        metrics |= {f"learner/{k}": v for k, v in self.learner.update(learner_batch, steps[0]).items()}
+        metrics |= {f"critic/{k}": v for k, v in self.critic.update(flat, steps[1]).items()}
+        if self.conductor is not None:
+            metrics |= {f"local/{k}": v for k, v in self.conductor.update_local(flat, steps[3]).items()}
+            metrics |= self.conductor.diagnostics(flat)
+        return metrics
 
     def _gradient_step(self, optimizer: Any) -> GradientStep:
         return GradientStep(
@@ -156,9 +230,11 @@ class MARLModule(L.LightningModule):
 
     # ---- evaluation -----------------------------------------------------------------------
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:
-        metrics = {"eval/return": batch.get("return").mean(), "eval/episodes": float(batch.numel())}
+        """Batch ``i`` holds the episodes of the ``i``-th of ``evaluation_modes``; logged under its prefix."""
+        prefix = list(self.evaluation_modes())[batch_idx]
+        metrics = {f"{prefix}/return": batch.get("return").mean(), f"{prefix}/episodes": float(batch.numel())}
         if "win" in batch.keys():
-            metrics["eval/win_rate"] = batch.get("win").float().mean()
+            metrics[f"{prefix}/win_rate"] = batch.get("win").float().mean()
         self.log_dict(metrics, batch_size=1, sync_dist=True)
 
     # ---- checkpoints ----------------------------------------------------------------------

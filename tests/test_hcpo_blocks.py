@@ -8,7 +8,7 @@ from tensordict import TensorDict
 
 from hcmarl.advantages import conductor_mixture_value, instruction_advantages
 from hcmarl.envs.base import EnvInfo
-from hcmarl.keys import INSTRUCTION, OBSERVATION, STATE
+from hcmarl.keys import AGENT_INSTRUCTION, INSTRUCTION, OBSERVATION, STATE
 from hcmarl.nn import ConductorNetwork, GRUActor, InstructionCritic, LocalConductors, MLPActor
 
 INFO = EnvInfo(name="toy", n_agents=3, obs_dim=4, state_dim=12, action_kind="categorical", action_dim=5, max_steps=10)
@@ -17,11 +17,14 @@ K = 6
 
 def _td(batch: int = 32) -> TensorDict:
     torch.manual_seed(0)
+    instruction = torch.randint(K, (batch,))
     return TensorDict(
         {
             STATE: torch.randn(batch, INFO.state_dim),
-            INSTRUCTION: torch.randint(K, (batch,)),
-            "agents": TensorDict({"observation": torch.randn(batch, 3, 4)}, batch_size=(batch, 3)),
+            INSTRUCTION: instruction,
+            "agents": TensorDict(
+                {"observation": torch.randn(batch, 3, 4), "instruction": instruction[:, None].expand(batch, 3)}, batch_size=(batch, 3)
+            ),
         },
         batch_size=(batch,),
     )
@@ -35,7 +38,7 @@ def test_conductor_weighted_q_minus_v_sums_to_zero_for_random_critics_and_conduc
         critic.build(INFO, K)
         conductor.build(INFO, K)
         with torch.no_grad():
-            q, w = critic(td), conductor(td).probs
+            q, w = critic.heads(td), conductor(td).probs
             v = conductor_mixture_value(q, w)
             torch.testing.assert_close((w * (q - v.unsqueeze(-1))).sum(-1), torch.zeros(td.shape[0]), atol=1e-6, rtol=0)
             assert not torch.allclose(q, v.unsqueeze(-1).expand_as(q))  # the heads differ, so the identity is not trivial
@@ -60,7 +63,10 @@ def test_conductors_and_critic_shapes() -> None:
         block.build(INFO, K)
     assert conductor(td).probs.shape == (32, K)
     assert local(td).probs.shape == (32, 3, K)
-    assert critic(td).shape == (32, K)
+    assert critic.heads(td).shape == (32, K)
+    taken = critic(td)  # the head of the sampled instruction, repeated over the agents
+    assert taken.shape == (32, 3)
+    torch.testing.assert_close(taken[:, 1], critic.heads(td)[torch.arange(32), td[INSTRUCTION]])
     with pytest.raises(RuntimeError, match="build"):
         LocalConductors()(td)
 
@@ -84,16 +90,19 @@ def test_instruction_conditioned_actor_depends_on_the_instruction(encoding: str,
     td = _td(16)
     actor = actor_cls(instruction_encoding=encoding, share_params=False)
     actor.build(INFO, n_instructions=K)
-    assert INSTRUCTION in actor.in_keys
-    features = actor.instruction_features(td[INSTRUCTION], td[OBSERVATION])
+    assert AGENT_INSTRUCTION in actor.in_keys
+    features = actor.instruction_features(td[AGENT_INSTRUCTION])
     assert features.shape == (16, 3, K if encoding == "onehot" else actor.instruction_embed_dim)
     assert torch.equal(features[:, 0], features[:, 2])  # the same instruction reaches every agent
     if encoding == "onehot":
         assert torch.equal(features[:, 0].argmax(-1), td[INSTRUCTION])
     if actor_cls is MLPActor:
         other = td.clone()
-        other[INSTRUCTION] = (td[INSTRUCTION] + 1) % K
+        other[AGENT_INSTRUCTION] = (td[AGENT_INSTRUCTION] + 1) % K
         assert not torch.allclose(actor(td).logits, actor(other).logits)
+        inputs = actor.inputs(td)
+        assert inputs.shape[-1] == 4 + features.shape[-1]
+        torch.testing.assert_close(inputs[..., :4], td[OBSERVATION])  # observation first, then the instruction
     plain = actor_cls()
     plain.build(INFO)
-    assert INSTRUCTION not in plain.in_keys
+    assert AGENT_INSTRUCTION not in plain.in_keys

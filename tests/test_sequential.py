@@ -9,7 +9,7 @@ from tensordict import TensorDict
 from hcmarl.constraints import ClipPPO
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, OBSERVATION
+from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
 from hcmarl.modules import Learner
 from hcmarl.nn import MLPActor
 from hcmarl.optim import AgentAdam, GradientStep

@@ -18,7 +18,7 @@ from torchrl.envs import Transform
 
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION_MASK, INSTRUCTION, OBSERVATION
+from hcmarl.keys import ACTION_MASK, AGENT_INSTRUCTION, OBSERVATION
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical
 from hcmarl.nn.layers import AgentMLP
 
@@ -74,8 +74,9 @@ class Actor(nn.Module, ABC):
     def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
         """Check the head fits the env's actions (a ConfigError otherwise) and create the layers.
 
-        With ``n_instructions = K > 0`` the actor also reads the conductor's instruction ``INSTRUCTION``
-        (one of K), joined to each agent's observation as a one-hot or an embedding.
+        With ``n_instructions = K > 0`` the actor also reads each agent's instruction ``("agents", "instruction")``
+        (one of K: the central conductor's M_t broadcast, or the agent's local conductor's choice), joined to its
+        observation as a one-hot or an embedding.
         """
         kind = self.distribution_kind
         if kind == "auto":
@@ -94,7 +95,7 @@ class Actor(nn.Module, ABC):
         self.n_instructions = n_instructions
         instruction_dim = 0
         if n_instructions > 0:
-            self.in_keys = [*type(self).in_keys, INSTRUCTION]
+            self.in_keys = [*type(self).in_keys, AGENT_INSTRUCTION]
             if self.instruction_encoding == "embedding":
                 self.instruction_embedding = nn.Embedding(n_instructions, self.instruction_embed_dim)
                 instruction_dim = self.instruction_embed_dim
@@ -118,16 +119,17 @@ class Actor(nn.Module, ABC):
         if self.agent_id:
             obs = agent_id_features(obs)
         if self.n_instructions > 0:
-            obs = torch.cat([obs, self.instruction_features(td.get(INSTRUCTION), obs)], dim=-1)
+            obs = torch.cat([obs, self.instruction_features(td.get(AGENT_INSTRUCTION))], dim=-1)
         return obs
 
-    def instruction_features(self, instruction: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """The instruction ``[...]`` encoded for every agent, ``[..., N, K or embed_dim]`` (ALGORITHMS.md section 3)."""
+    def instruction_features(self, instruction: torch.Tensor) -> torch.Tensor:
+        """Each agent's instruction ``[..., N]`` encoded, ``[..., N, K or embed_dim]`` (ALGORITHMS.md section 3).
+
+        Joined after the observation (and after any observation normalisation), so a one-hot cannot be ignored at init.
+        """
         if self.instruction_encoding == "embedding":
-            encoded = self.instruction_embedding(instruction)
-        else:
-            encoded = torch.nn.functional.one_hot(instruction, self.n_instructions).to(obs.dtype)
-        return encoded.unsqueeze(-2).expand(*obs.shape[:-1], encoded.shape[-1])
+            return self.instruction_embedding(instruction)
+        return torch.nn.functional.one_hot(instruction, self.n_instructions).float()
 
     def distribution(self, head_out: torch.Tensor, td: TensorDictBase) -> Distribution:
         if self.categorical:

@@ -39,7 +39,13 @@ class ConductorNetwork(nn.Module):
         """w_Psi(. | s) with batch shape ``[...]`` of ``td``."""
         if self.net is None:
             raise RuntimeError("ConductorNetwork.build(env_info, n_instructions) must be called before use")
-        return torch.distributions.Categorical(logits=self.net(td.get(STATE).unsqueeze(-2)).squeeze(-2))
+        state = td.get(STATE, None)
+        if state is None:
+            raise KeyError(
+                f"the central conductor reads the global state {STATE!r}, which this input lacks; decentralised "
+                "execution uses the local conductors (execution: local, local_argmax or shared_seed)"
+            )
+        return torch.distributions.Categorical(logits=self.net(state.unsqueeze(-2)).squeeze(-2))
 
 
 class LocalConductors(nn.Module):

@@ -1,7 +1,8 @@
 """Value networks (ALGORITHMS.md section 1): central V(s) and per-agent V(o_i); HCPO's Q(s, .).
 
 V networks return values of shape ``[..., N]`` (the central value is repeated for every agent),
-so every advantage and loss indexes agents the same way; ``InstructionCritic`` returns ``[..., K]``.
+so every advantage and loss indexes agents the same way; ``InstructionCritic`` returns the head of
+the sampled instruction the same way, and all K heads through ``heads``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from tensordict import TensorDictBase
 from torch import nn
 
 from hcmarl.envs.base import OBSERVATION, STATE, EnvInfo
+from hcmarl.keys import INSTRUCTION
 from hcmarl.nn.actors import agent_id_features
 from hcmarl.nn.layers import AgentMLP
 
@@ -74,13 +76,23 @@ class AgentValue(ValueNetwork):
 
 
 class InstructionCritic(ValueNetwork):
-    """Q_phi(s, .) on the global state, one head per instruction, ``[..., K]`` (ALGORITHMS.md section 3, "Critic")."""
+    """Q_phi(s, .) on the global state, one head per instruction (ALGORITHMS.md section 3, "Critic").
 
-    in_keys = [STATE]
+    ``heads(td)`` is ``[..., K]``; ``forward(td)`` is the head of the sampled instruction ``M_t``,
+    Q_phi(s_t, M_t), repeated over the N agents like ``CentralValue``, so the critic role trains
+    exactly that head towards the lambda-return.
+    """
+
+    in_keys = [STATE, INSTRUCTION]
 
     def build(self, info: EnvInfo, n_instructions: int) -> None:
         self.n_agents = info.n_agents
         self.net = AgentMLP(info.state_dim, self.hidden_sizes, n_instructions, 1, self.activation)
 
-    def forward(self, td: TensorDictBase) -> torch.Tensor:
+    def heads(self, td: TensorDictBase) -> torch.Tensor:
+        """Q_phi(s, M) for every instruction M, ``[..., K]``."""
         return self._check_built()(td.get(STATE).unsqueeze(-2)).squeeze(-2)
+
+    def forward(self, td: TensorDictBase) -> torch.Tensor:
+        taken = self.heads(td).gather(-1, td.get(INSTRUCTION).unsqueeze(-1))  # [..., 1]
+        return taken.expand(*taken.shape[:-1], self.n_agents)
