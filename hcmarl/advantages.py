@@ -1,11 +1,14 @@
-"""GAE, advantage normalisation and value normalisation (ALGORITHMS.md section 1).
+"""GAE, advantage normalisation, value normalisation and the value loss (ALGORITHMS.md section 1).
 
 Tensors are ``[E, T, ...]``: environments first, time second.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hcmarl.distributed import all_reduce_sum
@@ -110,3 +113,34 @@ class ValueNorm(nn.Module):
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self._mean_var()
         return x * var.sqrt() + mean
+
+
+ValueLoss = Literal["huber", "mse"]
+
+
+def value_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    kind: ValueLoss = "huber",
+    huber_delta: float = 10.0,
+    old_prediction: torch.Tensor | None = None,
+    clip_value: float | None = None,
+) -> torch.Tensor:
+    """Per-element critic loss, ALGORITHMS.md section 1 ("Critic loss"): Huber (``huber_delta``) or MSE.
+
+    With ``clip_value``: max(loss(prediction), loss(old + clip(prediction - old, -c, c))), the
+    pessimistic clipped value loss, ``old_prediction`` being the prediction before the update.
+    """
+
+    def element(p: torch.Tensor) -> torch.Tensor:
+        if kind == "huber":
+            return F.huber_loss(p, target, delta=huber_delta, reduction="none")
+        return F.mse_loss(p, target, reduction="none")
+
+    loss = element(prediction)
+    if clip_value is None:
+        return loss
+    if old_prediction is None:
+        raise ValueError("value_loss: clip_value needs old_prediction")
+    clipped = old_prediction + (prediction - old_prediction).clamp(-clip_value, clip_value)
+    return torch.max(loss, element(clipped))

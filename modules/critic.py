@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-import torch.nn.functional as F
 from tensordict import TensorDictBase
 from torch import nn
 
-from hcmarl.advantages import ValueNorm
+from hcmarl.advantages import ValueLoss, ValueNorm, value_loss
 from hcmarl.envs.base import EnvInfo
 from hcmarl.keys import VALUE_TARGET
 from hcmarl.errors import ConfigError
@@ -39,7 +36,7 @@ class Critic(nn.Module):
         lr: float = 5e-4,
         epochs: int = 5,
         minibatches: int = 1,
-        loss: Literal["huber", "mse"] = "huber",
+        loss: ValueLoss = "huber",
         huber_delta: float = 10.0,
         clip_value: float | None = None,
         value_norm: bool = True,
@@ -88,11 +85,6 @@ class Critic(nn.Module):
         q = self.network.heads(td)
         return q if self.value_norm is None else self.value_norm.denormalize(q)
 
-    def _element_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.loss == "huber":
-            return F.huber_loss(prediction, target, delta=self.huber_delta, reduction="none")
-        return F.mse_loss(prediction, target, reduction="none")
-
     def update(self, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
         """Fit the flat batch's value targets; returns the mean loss and explained variance."""
         target = batch.get(VALUE_TARGET)
@@ -107,13 +99,8 @@ class Critic(nn.Module):
         for _ in range(self.epochs):
             for idx in minibatch_indices(target.shape[0], self.minibatches, target.device):
                 minibatch = batch[idx]
-                prediction = self.network(minibatch)
-                loss = self._element_loss(prediction, target[idx])
-                if self.clip_value is not None:
-                    old = minibatch.get(OLD_VALUE)
-                    clipped = old + (prediction - old).clamp(-self.clip_value, self.clip_value)
-                    loss = torch.max(loss, self._element_loss(clipped, target[idx]))
-                loss = loss.mean()
+                old = None if self.clip_value is None else minibatch.get(OLD_VALUE)
+                loss = value_loss(self.network(minibatch), target[idx], self.loss, self.huber_delta, old, self.clip_value).mean()
                 step(loss, self.max_grad_norm)
                 total += loss.detach()
         with torch.no_grad():

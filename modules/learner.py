@@ -12,6 +12,7 @@ from torch import nn
 from hcmarl.constraints import Constraint
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
+from hcmarl.guided import GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, KL_WEIGHT, LOG_PROB, VALUE
 from hcmarl.nn.actors import Actor
 from hcmarl.optim import AgentAdam, GradientStep
@@ -23,12 +24,13 @@ class Learner(nn.Module):
 
     Args:
         actor: the actor network block (``hcmarl.nn.MLPActor`` or ``hcmarl.nn.GRUActor``).
-        constraint: how the actor's parameters move (e.g. ``hcmarl.constraints.ClipPPO``).
+        constraint: how the actor's parameters move (e.g. ``hcmarl.constraints.ClipPPO``; with a guider,
+            ``hcmarl.guided.GuidedImitation``, which the guider's update loop applies).
         schedule: which agents move when (e.g. ``hcmarl.schedules.Simultaneous``).
         lr: Adam learning rate of the actor.
     """
 
-    def __init__(self, actor: Actor, constraint: Constraint, schedule: Schedule, lr: float = 5e-4) -> None:
+    def __init__(self, actor: Actor, constraint: Constraint | GuidedImitation, schedule: Schedule, lr: float = 5e-4) -> None:
         super().__init__()
         self.actor = actor
         self.constraint = constraint

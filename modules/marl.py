@@ -1,8 +1,9 @@
 """The composite LightningModule: one iteration over whichever roles a recipe names.
 
 DESIGN.md, "One iteration": advantages are computed once with the old critic, then each
-role updates itself through its constraint and schedule, in the order conductor, learner,
-critic, local conductors. Manual optimisation: one optimiser per role (two for the conductor).
+role updates itself through its constraint and schedule, in the order conductor, guider and
+learner (together: MAGPO's shared minibatch loop), learner, critic, local conductors. Manual
+optimisation: one optimiser per role (two for the conductor).
 """
 
 from __future__ import annotations
@@ -17,28 +18,35 @@ from tensordict import TensorDict, TensorDictBase
 from hcmarl.advantages import conductor_mixture_value, generalized_advantage_estimate, instruction_advantages, normalize_advantage
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError, NonFiniteLossError
+from hcmarl.guided import GuidedImitation
 from hcmarl.keys import (
     ACTION, ADVANTAGE, CONDUCTOR_ADVANTAGE, CONDUCTOR_PROBS, EPISODE_RETURN, FACTOR, KL_WEIGHT, LOG_PROB, REWARD, VALUE, VALUE_TARGET,
 )
 from hcmarl.optim import GradientStep
 from hcmarl.modules.conductor import Conductor, ExecutionMode
 from hcmarl.modules.critic import Critic
+from hcmarl.modules.guider import Guider
 from hcmarl.modules.learner import Learner
 from hcmarl.modules.policy import ActingPolicy
 
-LOSS_METRICS = ("conductor/policy_loss", "learner/policy_loss", "critic/value_loss", "local/cross_entropy")
+LOSS_METRICS = ("conductor/policy_loss", "guider/policy_loss", "guider/value_loss", "learner/policy_loss", "critic/value_loss", "local/cross_entropy")
+EvaluationMode = ExecutionMode | Literal["guider"]
+ROLE_ORDER = ("learner", "critic", "conductor", "local", "guider")  # the order of configure_optimizers' optimisers
 
 
 class MARLModule(L.LightningModule):
-    """Learner + critic (+ conductor) trained on on-policy rollouts (ALGORITHMS.md sections 2 and 3).
+    """The roles a recipe names, trained on on-policy rollouts (ALGORITHMS.md sections 2, 3 and 4).
 
-    Without a conductor: MAPPO, IPPO, HAPPO, HATRPO, HAA2C, A2PO. With one: HCPO, whose critic is
-    Q(s, .) with a head per instruction and whose actors read the instruction.
+    Learner + critic: MAPPO, IPPO, HAPPO, HATRPO, HAA2C, A2PO. With a conductor: HCPO, whose critic
+    is Q(s, .) with a head per instruction and whose actors read the instruction. With a guider
+    and a learner: MAGPO and CTDS (the guider collects, the learner is deployed); a guider alone:
+    MAT. Without a critic, the guider's value head gives the values.
 
     Args:
-        learner: the decentralised actors' role.
-        critic: the value role.
+        learner: the decentralised actors' role (None: a guider alone, executed centrally).
+        critic: the value role (None: the guider's value head).
         conductor: HCPO's conductor role (None: no conductor).
+        guider: MAGPO's autoregressive guider role (None: the learner collects).
         gamma: discount.
         gae_lambda: GAE's lambda.
         advantage_norm: normalise advantages over the ``batch``, per ``agent``, or ``none``.
@@ -47,9 +55,10 @@ class MARLModule(L.LightningModule):
 
     def __init__(
         self,
-        learner: Learner,
-        critic: Critic,
+        learner: Learner | None = None,
+        critic: Critic | None = None,
         conductor: Conductor | None = None,
+        guider: Guider | None = None,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         advantage_norm: Literal["batch", "agent", "none"] = "batch",
@@ -60,6 +69,7 @@ class MARLModule(L.LightningModule):
         self.learner = learner
         self.critic = critic
         self.conductor = conductor
+        self.guider = guider
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.advantage_norm = advantage_norm
@@ -72,30 +82,72 @@ class MARLModule(L.LightningModule):
         if self.env_info is None:
             self.build(dm.env_info)
         if stage == "fit":
-            self.learner.check_batch(dm.num_envs, dm.frames_per_batch)
+            if self.learner is not None:
+                self.learner.check_batch(dm.num_envs, dm.frames_per_batch)
+            if self.guider is not None:
+                self.guider.check_batch(dm.frames_per_batch)
 
     def build(self, info: EnvInfo) -> None:
-        """Create every role's networks for the env described by ``info``."""
+        """Check the roles fit together, then create every role's networks for the env described by ``info``."""
+        self._check_roles()
         self.env_info = info
         n_instructions = 0
         if self.conductor is not None:
             self.conductor.build(info)
             n_instructions = self.conductor.n_instructions
-        # with one instruction (K = 1) the actor reads nothing more: the instruction carries no information
-        self.learner.build(info, n_instructions if n_instructions > 1 else 0)
-        self.critic.build(info, n_instructions)
+        if self.guider is not None:
+            self.guider.check_learner(self.learner)
+            self.guider.build(info)
+        if self.learner is not None:
+            # with one instruction (K = 1) the actor reads nothing more: the instruction carries no information
+            self.learner.build(info, n_instructions if n_instructions > 1 else 0)
+        if self.critic is not None:
+            self.critic.build(info, n_instructions)
+
+    def _check_roles(self) -> None:
+        """ConfigErrors for combinations of roles that cannot train, naming the key to change."""
+        if self.learner is None and self.guider is None:
+            raise ConfigError("model: a recipe needs a model.learner (decentralised actors) or a model.guider (MAT), or both (MAGPO)")
+        if self.critic is None and self.guider is None:
+            raise ConfigError("model.critic is missing: only a model.guider's value head can stand in for it; add a critic (see recipes/mappo/)")
+        if self.guider is not None and self.conductor is not None:
+            raise ConfigError("model.conductor with model.guider is not supported yet: the guider does not read instructions; remove one of them")
+        if self.guider is None and self.learner is not None and isinstance(self.learner.constraint, GuidedImitation):
+            raise ConfigError(
+                "model.learner.constraint is hcmarl.guided.GuidedImitation, which imitates a guider, but the recipe has no "
+                "model.guider; add one (see recipes/magpo/) or use hcmarl.constraints.ClipPPO"
+            )
 
     def env_transforms(self) -> list:
         """TorchRL transforms the envs need for this module's policies (e.g. a recurrent state primer)."""
-        return self.learner.actor.env_transforms()
+        return [] if self.learner is None else self.learner.actor.env_transforms()
+
+    def optimizer_roles(self) -> list[str]:
+        """The role of each optimiser ``configure_optimizers`` returns, in order (``ROLE_ORDER``, present roles only)."""
+        present = {
+            "learner": self.learner is not None, "critic": self.critic is not None, "conductor": self.conductor is not None,
+            "local": self.conductor is not None, "guider": self.guider is not None,
+        }
+        return [role for role in ROLE_ORDER if present[role]]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        optimizers = [self.learner.make_optimizer(), self.critic.make_optimizer()]
-        return optimizers + ([] if self.conductor is None else self.conductor.make_optimizers())
+        optimizers: dict[str, torch.optim.Optimizer] = {}
+        if self.learner is not None:
+            optimizers["learner"] = self.learner.make_optimizer()
+        if self.critic is not None:
+            optimizers["critic"] = self.critic.make_optimizer()
+        if self.conductor is not None:
+            optimizers["conductor"], optimizers["local"] = self.conductor.make_optimizers()
+        if self.guider is not None:
+            optimizers["guider"] = self.guider.make_optimizer()
+        return [optimizers[role] for role in self.optimizer_roles()]
 
     # ---- acting ---------------------------------------------------------------------------
     def behaviour_policy(self) -> ActingPolicy:
-        """What collects training data: the learner sampling (after the central conductor's instruction, for HCPO)."""
+        """What collects training data: the guider if there is one (MAGPO, MAT), else the learner sampling
+        (after the central conductor's instruction, for HCPO)."""
+        if self.guider is not None:
+            return ActingPolicy(self.guider.act, self.guider.network.in_keys, [ACTION, LOG_PROB])
         if self.conductor is None:
             return ActingPolicy(self.learner.act, self.learner.actor.in_keys, [ACTION, LOG_PROB])
         conductor = self.conductor
@@ -105,12 +157,16 @@ class MARLModule(L.LightningModule):
 
         return ActingPolicy(act, [*conductor.network.in_keys, *self.learner.actor.in_keys], [ACTION, LOG_PROB])
 
-    def deployment_policy(self, execution: ExecutionMode | None = None) -> ActingPolicy:
+    def deployment_policy(self, execution: EvaluationMode | None = None) -> ActingPolicy:
         """What is evaluated and deployed: decentralised actors, reading no global state.
 
         With a conductor, each agent's instruction comes from ``execution`` (default: the conductor's
-        ``execution`` setting, ``local``); only ``central`` reads the global state.
+        ``execution`` setting, ``local``); only ``central`` reads the global state. ``guider`` (and a
+        recipe with no learner, MAT) acts with the guider, centrally, sampling unless ``deterministic_eval``.
         """
+        if execution == "guider" or self.learner is None:
+            guider = self.guider
+            return ActingPolicy(lambda td: guider.act(td, deterministic=self.deterministic_eval), guider.network.in_keys, [ACTION, LOG_PROB])
         in_keys = self.learner.actor.in_keys
         if self.conductor is None:
             return ActingPolicy(lambda td: self.learner.act(td, deterministic=self.deterministic_eval), in_keys, [ACTION, LOG_PROB])
@@ -121,10 +177,13 @@ class MARLModule(L.LightningModule):
 
         return ActingPolicy(act, in_keys, [ACTION, LOG_PROB])
 
-    def evaluation_modes(self) -> dict[str, ExecutionMode | None]:
-        """Metric prefix -> execution mode of each evaluation: the deployment policy as ``eval/``, and for HCPO
-        also the central conductor as ``eval/central/`` (ALGORITHMS.md section 3: report both)."""
-        modes: dict[str, ExecutionMode | None] = {"eval": None}
+    def evaluation_modes(self) -> dict[str, EvaluationMode | None]:
+        """Metric prefix -> execution mode of each evaluation: the deployment policy as ``eval/``; for HCPO
+        also the central conductor as ``eval/central/`` (ALGORITHMS.md section 3: report both); for MAGPO
+        and CTDS also the guider, centralised, as ``eval/guider/``."""
+        modes: dict[str, EvaluationMode | None] = {"eval": None}
+        if self.guider is not None and self.learner is not None:
+            modes["eval/guider"] = "guider"
         if self.conductor is not None and self.conductor.execution != "central" and self.conductor.n_instructions > 1:
             modes["eval/central"] = "central"
         return modes
@@ -132,14 +191,16 @@ class MARLModule(L.LightningModule):
     # ---- training -------------------------------------------------------------------------
     @torch.no_grad()
     def compute_advantages(self, batch: TensorDictBase) -> None:
-        """GAE with the current (old) critic; writes its values, normalised advantages and lambda-returns.
+        """GAE with the current (old) critic (or guider's value head); writes its values, normalised advantages
+        and lambda-returns.
 
         With a conductor (ALGORITHMS.md section 3, "Critic"): V(s) is the w_old-weighted mixture of
         Q(s, .), the conductor's advantage A^M = A^GAE and the agents' A^a = G - Q(s, M_t), each
         normalised on its own.
         """
         if self.conductor is None:
-            value, next_value = self.critic.value(batch), self.critic.value(batch.get("next"))
+            values = self.guider.value if self.critic is None else self.critic.value
+            value, next_value = values(batch), values(batch.get("next"))
         else:
             value = self._mixture_value(batch, batch.get(CONDUCTOR_PROBS))
             next_value = self._mixture_value(batch.get("next"), self.conductor.central(batch.get("next")).probs)
@@ -172,29 +233,37 @@ class MARLModule(L.LightningModule):
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         start = time.perf_counter()
         self.compute_advantages(batch)
-        metrics = self.update_roles(batch, [self._gradient_step(opt) for opt in self.optimizers()])
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]  # Lightning unwraps a single optimiser
+        metrics = self.update_roles(batch, [self._gradient_step(opt) for opt in optimizers])
         self._check_finite(metrics)
         self._log_iteration(batch, metrics, time.perf_counter() - start)
 
     def update_roles(self, batch: TensorDictBase, steps: list[GradientStep]) -> dict[str, torch.Tensor]:
         """One iteration's updates on a batch ``[envs, time]`` holding advantages; ``steps`` follow ``configure_optimizers``.
 
-        Order (DESIGN.md, ALGORITHMS.md section 3): conductor, learner (starting from the conductor's
-        factor), critic, local conductors.
+        Order (DESIGN.md, ALGORITHMS.md sections 3 and 4): conductor, learner (starting from the conductor's
+        factor; with a guider, guider and learner together in its minibatch loop), critic, local conductors.
         """
+        step = dict(zip(self.optimizer_roles(), steps))
         metrics: dict[str, torch.Tensor] = {}
         if self.conductor is not None:
-            metrics |= {f"conductor/{k}": v for k, v in self.conductor.update(batch.reshape(-1), steps[2]).items()}
+            metrics |= {f"conductor/{k}": v for k, v in self.conductor.update(batch.reshape(-1), step["conductor"]).items()}
             factor, kl_weight = self.conductor.agent_weights(batch)
             batch.set(FACTOR, factor)
             if kl_weight is not None:
                 batch.set(KL_WEIGHT, kl_weight)
         flat = batch.reshape(-1)
-        learner_batch = batch if self.learner.actor.recurrent else flat
-        metrics |= {f"learner/{k}": v for k, v in self.learner.update(learner_batch, steps[0]).items()}
-        metrics |= {f"critic/{k}": v for k, v in self.critic.update(flat, steps[1]).items()}
+        if self.guider is not None:
+            updates = self.guider.update(flat, step["guider"], self.learner, step.get("learner"), train_value=self.critic is None)
+            metrics |= {f"{role}/{k}": v for role, values in updates.items() for k, v in values.items()}
+        else:
+            learner_batch = batch if self.learner.actor.recurrent else flat
+            metrics |= {f"learner/{k}": v for k, v in self.learner.update(learner_batch, step["learner"]).items()}
+        if self.critic is not None:
+            metrics |= {f"critic/{k}": v for k, v in self.critic.update(flat, step["critic"]).items()}
         if self.conductor is not None:
-            metrics |= {f"local/{k}": v for k, v in self.conductor.update_local(flat, steps[3]).items()}
+            metrics |= {f"local/{k}": v for k, v in self.conductor.update_local(flat, step["local"]).items()}
             metrics |= self.conductor.diagnostics(flat)
         return metrics
 

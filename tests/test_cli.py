@@ -42,7 +42,8 @@ def test_every_recipe_runs_two_iterations(path: Path, run_cli, tmp_path: Path) -
     (run_dir,) = run_dirs(tmp_path)
     rows = read_metrics(run_dir)
     assert logged(rows, "frames") == [FRAMES_PER_ITERATION, 2 * FRAMES_PER_ITERATION]
-    assert all(math.isfinite(v) for v in logged(rows, "learner/policy_loss") + logged(rows, "critic/value_loss"))
+    losses = [v for key in ("learner/policy_loss", "critic/value_loss", "guider/policy_loss", "guider/value_loss") for v in logged(rows, key)]
+    assert losses and all(math.isfinite(v) for v in losses)
     result = final_eval(run_dir)
     assert math.isfinite(result["eval/return"]) and result["frames"] == 2 * FRAMES_PER_ITERATION
 

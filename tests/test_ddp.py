@@ -24,6 +24,8 @@ PER_AGENT_CRITIC = ["--model.critic.init_args.network", "hcmarl.nn.AgentValue"] 
         ("hatrpo/coordsum_3x10", []),
         ("a2po/coordsum_3x10", PER_AGENT_CRITIC),
         ("hcpo/coordsum_3x10", []),
+        ("magpo/coordsum_3x10", []),
+        ("mat/coordsum_3x10", []),
     ],
 )
 def test_two_ranks_end_with_identical_parameters(name: str, extra: list[str], tmp_path: Path) -> None:

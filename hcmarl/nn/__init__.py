@@ -1,12 +1,13 @@
-"""Networks: actors, critics and the vectorised per-agent layers they are made of."""
+"""Networks: actors, critics, conductors, guiders and the vectorised per-agent layers they are made of."""
 
 from hcmarl.nn.actors import Actor, MLPActor
 from hcmarl.nn.conductor import ConductorNetwork, LocalConductors
+from hcmarl.nn.guider import GuiderNetwork, MATGuider
 from hcmarl.nn.critics import AgentValue, CentralValue, InstructionCritic, ValueNetwork
 from hcmarl.nn.layers import AgentLinear, AgentMLP
 from hcmarl.nn.recurrent import GRUActor
 
 __all__ = [
     "Actor", "MLPActor", "GRUActor", "CentralValue", "AgentValue", "InstructionCritic", "ValueNetwork",
-    "ConductorNetwork", "LocalConductors", "AgentLinear", "AgentMLP",
+    "ConductorNetwork", "LocalConductors", "GuiderNetwork", "MATGuider", "AgentLinear", "AgentMLP",
 ]

@@ -38,3 +38,12 @@ def select_agents(dist: torch.distributions.Distribution, agents: slice) -> torc
     if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
         return Independent(Normal(dist.base_dist.loc[..., agents, :], dist.base_dist.scale[..., agents, :]), 1)
     raise TypeError(f"select_agents does not know {type(dist).__name__}")
+
+
+def detach_distribution(dist: torch.distributions.Distribution) -> torch.distributions.Distribution:
+    """The same distribution with its parameters detached: a constant target (categorical or Gaussian)."""
+    if isinstance(dist, Categorical):
+        return Categorical(logits=dist.logits.detach())
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        return Independent(Normal(dist.base_dist.loc.detach(), dist.base_dist.scale.detach()), 1)
+    raise TypeError(f"detach_distribution does not know {type(dist).__name__}")

@@ -1,0 +1,191 @@
+"""MAGPO's two losses (ALGORITHMS.md section 4): the guider's double clip and the learner's guided imitation.
+
+Per agent and timestep (no joint log-probability), with g = log mu(a_i | o, a_<i) (the guider),
+l = log pi(a_i | o_i) (the learner), g_old the behaviour (guider's) log-probability at
+collection, and A the normalised advantage:
+
+- ``GuidedClip`` (the guider): ratio = exp(g - g_old), inner = exp(clip(g - l, -log delta,
+  log delta) + l - g_old), L = -min(ratio A, clip(inner, 1 - eps, 1 + eps) A)
+  + mask KL(mu || stopgrad(pi)) - ent_coef H(mu), mask = 1 where g - l lies outside
+  (-log delta, log delta). delta = infinity gives plain PPO with no mask (CTDS, MAT).
+- ``GuidedImitation`` (the learner): KL(stopgrad(mu) || pi) + lambda (-min(r A, clip(r) A)),
+  r = exp(l - g_old). lambda = 0 is CTDS's pure imitation.
+
+Both are computed from the same pre-update parameters of each minibatch; the guider role
+(``hcmarl.modules.Guider``) runs the loop and steps both networks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from hcmarl.constraints import clip_ppo_objective
+from hcmarl.errors import ConfigError
+from hcmarl.nn.distributions import detach_distribution, kl_divergence
+
+Distribution = torch.distributions.Distribution
+KLDirection = Literal["guider_learner", "learner_guider"]
+
+
+def guided_clip_objective(
+    log_prob: torch.Tensor,
+    learner_log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantage: torch.Tensor,
+    eps: float,
+    delta: float,
+) -> torch.Tensor:
+    """Per-sample double-clip objective of the guider (to maximise), ALGORITHMS.md section 4.
+
+    min(ratio A, clip(inner, 1 - eps, 1 + eps) A) with ratio = exp(g - g_old) and
+    inner = exp(clip(g - l, -log delta, log delta) + l - g_old). Where g - l leaves the band the
+    inner ratio is constant in g, so the clipped branch passes no gradient; ``learner_log_prob``
+    must be detached. ``delta = inf``: inner = ratio, PPO's clipped objective.
+    """
+    ratio = torch.exp(log_prob - old_log_prob)
+    if math.isinf(delta):
+        inner = ratio
+    else:
+        log_delta = math.log(delta)
+        inner = torch.exp((log_prob - learner_log_prob).clamp(-log_delta, log_delta) + learner_log_prob - old_log_prob)
+    return torch.min(ratio * advantage, inner.clamp(1.0 - eps, 1.0 + eps) * advantage)
+
+
+def guided_mask(log_prob: torch.Tensor, learner_log_prob: torch.Tensor, delta: float) -> torch.Tensor:
+    """1.0 where g - l lies outside the open band (-log delta, log delta), else 0.0 (ALGORITHMS.md section 4); all 0 for delta = inf."""
+    if math.isinf(delta):
+        return torch.zeros_like(log_prob)
+    return ((log_prob - learner_log_prob).abs() >= math.log(delta)).to(log_prob.dtype)
+
+
+class GuidedClip:
+    """The guider's rule: MAGPO's double clip and masked KL to the learner (ALGORITHMS.md section 4).
+
+    With no learner (MAT alone) or ``delta = inf`` (``.inf`` in YAML; CTDS) it is PPO's clip.
+
+    Args:
+        eps: PPO clip range of the (inner) ratio.
+        delta: the double clip's band, > 1: log mu - log pi is clipped to +- log delta.
+        epochs: passes over the batch (the learner steps on the same minibatches).
+        minibatches: minibatches per pass.
+        ent_coef: weight of the guider's entropy bonus.
+        max_grad_norm: gradient-norm clip of the guider (None or 0: no clip).
+    """
+
+    def __init__(
+        self,
+        eps: float = 0.2,
+        delta: float = 1.5,
+        epochs: int = 4,
+        minibatches: int = 2,
+        ent_coef: float = 0.01,
+        max_grad_norm: float | None = 0.5,
+    ) -> None:
+        if not delta > 1.0:
+            raise ConfigError(f"model.guider.constraint.delta must be greater than 1 (or .inf for no double clip), got {delta}")
+        self.eps = eps
+        self.delta = float(delta)
+        self.epochs = epochs
+        self.minibatches = minibatches
+        self.ent_coef = ent_coef
+        self.max_grad_norm = max_grad_norm
+
+    def loss(
+        self,
+        guider: Distribution,
+        log_prob: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantage: torch.Tensor,
+        learner: Distribution | None = None,
+        learner_log_prob: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The guider's policy loss, mean over samples and agents ``[b, N]``, and detached diagnostics.
+
+        ``learner`` and ``learner_log_prob`` (the learner's distribution and log pi(a_i|o_i) on the same
+        samples) are treated as constants; without them the loss is PPO's.
+        """
+        entropy = guider.entropy()
+        if learner is None:
+            objective = clip_ppo_objective(log_prob, old_log_prob, advantage, self.eps)
+            loss = -objective.mean() - self.ent_coef * entropy.mean()
+            return loss, self._diagnostics(loss, log_prob, old_log_prob, entropy)
+        learner, learner_log_prob = detach_distribution(learner), learner_log_prob.detach()
+        objective = guided_clip_objective(log_prob, learner_log_prob, old_log_prob, advantage, self.eps, self.delta)
+        mask = guided_mask(log_prob.detach(), learner_log_prob, self.delta)
+        kl = kl_divergence(guider, learner)
+        loss = -objective.mean() + (mask * kl).mean() - self.ent_coef * entropy.mean()
+        diagnostics = self._diagnostics(loss, log_prob, old_log_prob, entropy)
+        with torch.no_grad():
+            reverse_kl = kl_divergence(learner, detach_distribution(guider))
+        diagnostics |= {"mask_frac": mask.mean(), "kl_guider_learner": kl.detach().mean(), "kl_learner_guider": reverse_kl.mean()}
+        return loss, diagnostics
+
+    def _diagnostics(
+        self, loss: torch.Tensor, log_prob: torch.Tensor, old_log_prob: torch.Tensor, entropy: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        ratio = (log_prob - old_log_prob).detach().exp()
+        return {"policy_loss": loss.detach(), "entropy": entropy.detach().mean(), "clip_frac": ((ratio - 1.0).abs() > self.eps).float().mean()}
+
+
+class GuidedImitation:
+    """The learner's MAGPO rule: imitate the guider plus lambda times PPO against the behaviour (ALGORITHMS.md section 4).
+
+    loss = KL(stopgrad(mu) || pi) + lam * (-min(r A, clip(r, 1 - eps, 1 + eps) A)), r = exp(l - g_old),
+    per agent and timestep; the learner is stepped by the guider's loop, on its minibatches.
+
+    Args:
+        lam: weight of the PPO term (lambda; 0: CTDS's pure imitation).
+        eps: PPO clip range of r.
+        kl_direction: ``guider_learner`` = KL(mu || pi) (the official code, default) or
+            ``learner_guider`` = KL(pi || mu) (as the paper writes it).
+        ent_coef: weight of the learner's entropy bonus.
+        max_grad_norm: gradient-norm clip of the learner (None or 0: no clip).
+    """
+
+    def __init__(
+        self,
+        lam: float = 1.0,
+        eps: float = 0.2,
+        kl_direction: KLDirection = "guider_learner",
+        ent_coef: float = 0.0,
+        max_grad_norm: float | None = 0.5,
+    ) -> None:
+        if lam < 0:
+            raise ConfigError(f"model.learner.constraint.lam must be >= 0, got {lam}")
+        self.lam = lam
+        self.eps = eps
+        self.kl_direction = kl_direction
+        self.ent_coef = ent_coef
+        self.max_grad_norm = max_grad_norm
+
+    def imitation_kl(self, learner: Distribution, guider: Distribution) -> torch.Tensor:
+        """Per-sample KL between the (constant) guider and the learner, in ``kl_direction``."""
+        guider = detach_distribution(guider)
+        return kl_divergence(guider, learner) if self.kl_direction == "guider_learner" else kl_divergence(learner, guider)
+
+    def loss(
+        self,
+        learner: Distribution,
+        log_prob: torch.Tensor,
+        guider: Distribution,
+        old_log_prob: torch.Tensor,
+        advantage: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The learner's loss, mean over samples and agents ``[b, N]``, and detached diagnostics."""
+        kl = self.imitation_kl(learner, guider)
+        loss = kl.mean()
+        if self.lam > 0:
+            loss = loss - self.lam * clip_ppo_objective(log_prob, old_log_prob, advantage, self.eps).mean()
+        entropy = learner.entropy()
+        if self.ent_coef > 0:
+            loss = loss - self.ent_coef * entropy.mean()
+        ratio = (log_prob - old_log_prob).detach().exp()
+        return loss, {
+            "policy_loss": loss.detach(),
+            "imitation_kl": kl.detach().mean(),
+            "entropy": entropy.detach().mean(),
+            "clip_frac": ((ratio - 1.0).abs() > self.eps).float().mean(),
+        }

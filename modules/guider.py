@@ -1,0 +1,168 @@
+"""MAGPO's guider role (ALGORITHMS.md section 4): the autoregressive joint policy that collects, and its update.
+
+The guider alone acts in training rollouts. Its update runs the minibatch loop that MAGPO shares
+with the learner: on each minibatch both networks are evaluated with their pre-update
+parameters, the guider's loss (``GuidedClip``, plus its value loss) treats the learner as a
+constant and the learner's (``GuidedImitation``) treats the guider as one, and both step, each
+with its own optimiser. Without a learner (MAT alone) the same loop is PPO on the guider.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tensordict import TensorDictBase
+from torch import nn
+
+from hcmarl.advantages import ValueLoss, ValueNorm, value_loss
+from hcmarl.envs.base import EnvInfo
+from hcmarl.errors import ConfigError
+from hcmarl.guided import GuidedClip, GuidedImitation
+from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE_TARGET
+from hcmarl.modules.learner import Learner
+from hcmarl.nn.guider import GuiderNetwork
+from hcmarl.optim import GradientStep, minibatch_indices
+from hcmarl.schedules import Simultaneous
+
+
+class Guider(nn.Module):
+    """The guider mu_phi(a_i | o, a_<i) with a value per agent, moved by ``GuidedClip``.
+
+    Args:
+        network: the guider block, e.g. ``hcmarl.nn.MATGuider``.
+        constraint: the guider's rule and the shared minibatch loop (``hcmarl.guided.GuidedClip``).
+        lr: Adam learning rate of the guider.
+        vf_coef: weight of the value loss in the guider's loss (its value head is the critic when the
+            recipe has no critic role).
+        value_loss: ``huber`` (delta ``huber_delta``) or ``mse``.
+        clip_value: clip the new value to old +- this (None: no clipping).
+        value_norm: the value head predicts normalised values (HARL's ValueNorm).
+    """
+
+    def __init__(
+        self,
+        network: GuiderNetwork,
+        constraint: GuidedClip,
+        lr: float = 2.5e-4,
+        vf_coef: float = 0.5,
+        value_loss: ValueLoss = "huber",
+        huber_delta: float = 10.0,
+        clip_value: float | None = None,
+        value_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.constraint = constraint
+        self.lr = lr
+        self.vf_coef = vf_coef
+        self.value_loss = value_loss
+        self.huber_delta = huber_delta
+        self.clip_value = clip_value
+        self.value_norm = ValueNorm() if value_norm else None
+
+    def build(self, info: EnvInfo) -> None:
+        """Create the network for the env described by ``info``."""
+        self.network.build(info)
+
+    def check_learner(self, learner: Learner | None) -> None:
+        """ConfigErrors for a learner this guider cannot be paired with (MAGPO, CTDS) or a missing one (MAT)."""
+        if learner is None:
+            if not math.isinf(self.constraint.delta):
+                raise ConfigError(
+                    f"model.guider.constraint.delta={self.constraint.delta}: the double clip holds the guider near a learner, "
+                    "and this recipe has none (MAT alone); set delta: .inf, or add a model.learner using GuidedImitation"
+                )
+            return
+        if not isinstance(learner.constraint, GuidedImitation):
+            raise ConfigError(
+                "model.guider is set, so the learner imitates it: model.learner.constraint must be "
+                f"hcmarl.guided.GuidedImitation (got {type(learner.constraint).__name__})"
+            )
+        if not isinstance(learner.schedule, Simultaneous):
+            raise ConfigError("with a guider, the learner's agents step together: set model.learner.schedule to hcmarl.schedules.Simultaneous")
+        if learner.actor.recurrent:
+            raise ConfigError("a guider with a recurrent learner is not supported yet: use hcmarl.nn.MLPActor for model.learner.actor")
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the guider (network and value normaliser buffers: parameters only)."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5)
+
+    def check_batch(self, frames_per_batch: int) -> None:
+        """A ConfigError if the constraint asks for more minibatches than the batch has frames."""
+        if self.constraint.minibatches > frames_per_batch:
+            raise ConfigError(
+                f"model.guider.constraint.minibatches={self.constraint.minibatches} exceeds the frames per iteration "
+                f"({frames_per_batch}); lower minibatches or raise data.num_envs * data.rollout_steps"
+            )
+
+    @torch.no_grad()
+    def act(self, td: TensorDictBase, deterministic: bool = False) -> TensorDictBase:
+        """Decode the joint action agent by agent; write it and each agent's log mu(a_i | o, a_<i)."""
+        action, log_prob = self.network.sample(td, deterministic)
+        td.set(ACTION, action)
+        td.set(LOG_PROB, log_prob)
+        return td
+
+    def value(self, td: TensorDictBase) -> torch.Tensor:
+        """Each agent's value in return units, ``[..., N]``."""
+        v = self.network.value(td)
+        return v if self.value_norm is None else self.value_norm.denormalize(v)
+
+    def update(
+        self,
+        batch: TensorDictBase,
+        step: GradientStep,
+        learner: Learner | None = None,
+        learner_step: GradientStep | None = None,
+        train_value: bool = True,
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """MAGPO's joint update on a flat batch ``[B]`` holding advantages (ALGORITHMS.md section 4).
+
+        Per minibatch: guider loss = GuidedClip(mu; pi constant) + vf_coef * value loss (if ``train_value``);
+        learner loss = GuidedImitation(pi; mu constant); both from the pre-update parameters, then both step.
+        Returns the mean diagnostics per role: ``{"guider": {...}, "learner": {...}}``.
+        """
+        rule = self.constraint
+        imitation = None if learner is None else learner.constraint
+        keys = [*self.network.in_keys, ACTION, LOG_PROB, ADVANTAGE] + ([] if learner is None else learner.actor.in_keys)
+        target = batch.get(VALUE_TARGET)
+        batch = batch.select(*keys, strict=False)
+        if train_value and self.value_norm is not None:
+            self.value_norm.update(target)
+            target = self.value_norm.normalize(target)
+        old_value = None
+        if train_value and self.clip_value is not None:
+            with torch.no_grad():
+                old_value = self.network.value(batch)
+        sums: dict[str, dict[str, torch.Tensor]] = {"guider": {}, "learner": {}}
+        for _ in range(rule.epochs):
+            for idx in minibatch_indices(batch.shape[0], rule.minibatches, target.device):
+                minibatch = batch[idx]
+                action, old_log_prob, advantage = minibatch.get(ACTION), minibatch.get(LOG_PROB), minibatch.get(ADVANTAGE)
+                guider_dist, value = self.network(minibatch)
+                log_prob = guider_dist.log_prob(action)
+                learner_dist = learner_log_prob = None
+                if learner is not None:
+                    learner_dist = learner.actor(minibatch)
+                    learner_log_prob = learner_dist.log_prob(action)
+                loss, guider_metrics = rule.loss(guider_dist, log_prob, old_log_prob, advantage, learner_dist, learner_log_prob)
+                if train_value:
+                    old = None if old_value is None else old_value[idx]
+                    v_loss = value_loss(value, target[idx], self.value_loss, self.huber_delta, old, self.clip_value).mean()
+                    loss = loss + self.vf_coef * v_loss
+                    guider_metrics["value_loss"] = v_loss.detach()
+                if learner is not None:
+                    learner_loss, learner_metrics = imitation.loss(learner_dist, learner_log_prob, guider_dist, old_log_prob, advantage)
+                step(loss, rule.max_grad_norm)
+                if learner is not None:
+                    learner_step(learner_loss, imitation.max_grad_norm)
+                    _accumulate(sums["learner"], learner_metrics)
+                _accumulate(sums["guider"], guider_metrics)
+        n = rule.epochs * rule.minibatches
+        return {role: {k: v / n for k, v in values.items()} for role, values in sums.items() if values}
+
+
+def _accumulate(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    for key, value in values.items():
+        sums[key] = sums.get(key, 0.0) + value

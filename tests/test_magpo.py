@@ -1,0 +1,171 @@
+"""MAGPO, CTDS and MAT as compositions (ALGORITHMS.md sections 2 and 4): who collects, the joint update, evaluation."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+
+import pytest
+import torch
+from conftest import final_eval, run_dirs
+from tensordict import TensorDict
+
+from hcmarl.constraints import ClipPPO
+from hcmarl.envs import make_env
+from hcmarl.errors import ConfigError
+from hcmarl.guided import GuidedClip, GuidedImitation
+from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, OBSERVATION, VALUE_TARGET
+from hcmarl.modules import Conductor, Critic, Guider, Learner, MARLModule
+from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MATGuider, MLPActor
+from hcmarl.constraints import Distill
+from hcmarl.optim import GradientStep
+from hcmarl.schedules import Sequential, Simultaneous
+from hcmarl.trust_region import TrustRegion
+
+ENV = "coordsum/3x10"
+
+
+def _guider(delta: float = 1.3, epochs: int = 1, minibatches: int = 1) -> Guider:
+    rule = GuidedClip(eps=0.2, delta=delta, epochs=epochs, minibatches=minibatches)
+    return Guider(MATGuider(embed_dim=16, n_blocks=1, n_heads=1), rule, lr=1e-3)
+
+
+def _learner(lam: float = 2.0) -> Learner:
+    return Learner(MLPActor(share_params=True, agent_id=True), GuidedImitation(lam=lam, eps=0.2), Simultaneous(), lr=1e-3)
+
+
+def _magpo(delta: float = 1.3, lam: float = 2.0, **kwargs) -> MARLModule:
+    torch.manual_seed(0)
+    module = MARLModule(learner=_learner(lam), guider=_guider(delta, **kwargs))
+    module.build(make_env(ENV, num_envs=1, seed=0).info)
+    return module
+
+
+def _rollout(module: MARLModule, steps: int = 16) -> TensorDict:
+    torch.manual_seed(1)
+    return make_env(ENV, num_envs=8, seed=3).rollout(steps, module.behaviour_policy(), break_when_any_done=False)
+
+
+def test_the_guider_collects_and_its_log_prob_is_stored() -> None:
+    module = _magpo()
+    batch = _rollout(module)
+    guider_dist, _ = module.guider.network(batch)
+    torch.testing.assert_close(batch.get(LOG_PROB), guider_dist.log_prob(batch.get(ACTION)), atol=1e-5, rtol=0)
+    learner_log_prob = module.learner.actor(batch).log_prob(batch.get(ACTION))
+    assert not torch.allclose(batch.get(LOG_PROB), learner_log_prob, atol=1e-3)
+
+
+def test_both_roles_step_from_the_same_pre_update_parameters() -> None:
+    """One minibatch of the joint loop equals: the guider's step with the learner frozen, and the learner's step
+    against the guider *before* its step (a reference built from copies, stepped one after the other)."""
+    module = _magpo()
+    batch = _rollout(module)
+    module.compute_advantages(batch)
+    flat = batch.reshape(-1)
+    guider, learner = copy.deepcopy(module.guider), copy.deepcopy(module.learner)
+    g_opt, l_opt = guider.make_optimizer(), learner.make_optimizer()
+    # reference: the guider's loss and step first; then the learner against the *old* guider's copy
+    old_guider = copy.deepcopy(guider)
+    target = flat.get(VALUE_TARGET)
+    guider.value_norm.update(target)
+    dist, value = guider.network(flat)
+    log_prob = dist.log_prob(flat.get(ACTION))
+    learner_dist = learner.actor(flat)
+    loss, _ = guider.constraint.loss(dist, log_prob, flat.get(LOG_PROB), flat.get(ADVANTAGE), learner_dist, learner_dist.log_prob(flat.get(ACTION)))
+    loss = loss + guider.vf_coef * torch.nn.functional.huber_loss(value, guider.value_norm.normalize(target), delta=10.0)
+    GradientStep(g_opt)(loss, 0.5)
+    old_dist, _ = old_guider.network(flat)
+    learner_loss, _ = learner.constraint.loss(learner.actor(flat), learner.actor(flat).log_prob(flat.get(ACTION)), old_dist, flat.get(LOG_PROB), flat.get(ADVANTAGE))
+    GradientStep(l_opt)(learner_loss, 0.5)
+
+    learner_before = module.learner.state_dict()["actor.net.0.weight"].clone()
+    module.update_roles(batch, [GradientStep(opt) for opt in module.configure_optimizers()])
+    assert not torch.equal(module.learner.state_dict()["actor.net.0.weight"], learner_before)
+    for name, value in module.guider.state_dict().items():
+        torch.testing.assert_close(value, guider.state_dict()[name], atol=1e-6, rtol=1e-5, msg=name)
+    for name, value in module.learner.state_dict().items():
+        torch.testing.assert_close(value, learner.state_dict()[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_imitation_alone_moves_the_learner_towards_the_guider() -> None:
+    """CTDS's learner (lambda = 0): repeated updates on one batch shrink KL(mu || pi)."""
+    module = _magpo(delta=math.inf, lam=0.0, epochs=4, minibatches=2)
+    batch = _rollout(module)
+    module.compute_advantages(batch)
+    module.guider.lr = 0.0  # hold the guider still: only the learner's imitation moves
+    steps = [GradientStep(opt) for opt in module.configure_optimizers()]
+    first = module.update_roles(batch.clone(), steps)["learner/imitation_kl"]
+    for _ in range(5):
+        last = module.update_roles(batch.clone(), steps)["learner/imitation_kl"]
+    assert float(last) < 0.5 * float(first)
+
+
+def test_evaluation_deploys_the_learner_alone_and_the_guider_centrally() -> None:
+    module = _magpo()
+    assert module.evaluation_modes() == {"eval": None, "eval/guider": "guider"}
+    td = make_env(ENV, num_envs=4, seed=0).reset()
+    only_observations = TensorDict({OBSERVATION: td.get(OBSERVATION)}, batch_size=[4])
+    with torch.no_grad():
+        for p in module.guider.parameters():
+            p.fill_(float("nan"))  # the deployed learner must not touch the guider
+    out = module.deployment_policy()(only_observations)
+    assert out.get(ACTION).shape == (4, 3) and bool(((out.get(ACTION) >= 0) & (out.get(ACTION) < 10)).all())
+    mat = MARLModule(guider=_guider(delta=math.inf))
+    mat.build(make_env(ENV, num_envs=1, seed=0).info)
+    assert mat.evaluation_modes() == {"eval": None}
+    assert mat.deployment_policy().in_keys == mat.guider.network.in_keys
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: MARLModule(critic=Critic(CentralValue())), "model.learner"),
+        (lambda: MARLModule(learner=Learner(MLPActor(), ClipPPO(), Simultaneous())), "model.critic"),
+        (lambda: MARLModule(learner=_learner(), critic=Critic(CentralValue())), "GuidedImitation"),
+        (lambda: MARLModule(learner=Learner(MLPActor(), ClipPPO(), Simultaneous()), guider=_guider()), "GuidedImitation"),
+        (lambda: MARLModule(guider=_guider(delta=1.3)), "delta"),
+        (lambda: MARLModule(learner=Learner(MLPActor(share_params=False), GuidedImitation(), Sequential()), guider=_guider()), "Simultaneous"),
+        (
+            lambda: MARLModule(
+                learner=_learner(), critic=Critic(InstructionCritic()), guider=_guider(),
+                conductor=Conductor(ConductorNetwork(), LocalConductors(), TrustRegion(), Distill()),
+            ),
+            "conductor",
+        ),
+    ],
+)
+def test_impossible_role_combinations_are_config_errors(build, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build().build(make_env(ENV, num_envs=1, seed=0).info)
+
+
+def _logged(run_dir) -> set[str]:
+    with open(run_dir / "metrics.csv") as f:
+        return {k for row in csv.DictReader(f) for k, v in row.items() if v}
+
+
+def test_magpo_recipe_logs_its_diagnostics_and_both_evaluations(run_cli, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1")
+    (run_dir,) = run_dirs(tmp_path)
+    expected = {
+        "guider/mask_frac", "guider/kl_guider_learner", "guider/kl_learner_guider", "guider/clip_frac", "guider/value_loss",
+        "learner/clip_frac", "learner/imitation_kl", "eval/return", "eval/guider/return",
+    }
+    assert expected <= _logged(run_dir)
+    result = final_eval(run_dir)
+    assert math.isfinite(result["eval/return"]) and math.isfinite(result["eval/guider/return"])
+    (ckpt,) = run_dir.rglob("last.ckpt")
+    capsys.readouterr()
+    run_cli("validate", "magpo/coordsum_3x10", "--ckpt_path", str(ckpt))
+    printed = capsys.readouterr().out
+    assert "eval/return" in printed and "eval/guider/return" in printed
+
+
+def test_mat_recipe_trains_the_guider_alone(run_cli, tmp_path) -> None:
+    run_cli("fit", "mat/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1")
+    (run_dir,) = run_dirs(tmp_path)
+    logged = _logged(run_dir)
+    assert {"guider/policy_loss", "guider/value_loss", "eval/return"} <= logged
+    assert not any(k.startswith("learner/") or k.startswith("eval/guider") for k in logged)
+    assert math.isfinite(final_eval(run_dir)["eval/return"])
