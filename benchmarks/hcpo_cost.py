@@ -19,41 +19,17 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
+from costing import build, timed
 
-from hcmarl.cli import build_cli
-from hcmarl.envs import make_env
 from hcmarl.optim import GradientStep
-from hcmarl.recipes import RECIPES_DIR
 
 CONDUCTOR_PARTS = ("update", "agent_weights", "update_local", "diagnostics")
 PART_NAMES = {
     "learner": "agents' steps", "critic": "critic", "update": "conductor step", "agent_weights": "factor",
     "update_local": "local distillation", "diagnostics": "diagnostics",
 }
-
-
-def build(recipe: str, overrides: list[str]) -> tuple[Any, Any]:
-    """The module (built for its env) and the datamodule of ``recipe`` with ``overrides``."""
-    cli = build_cli(["--config", str(RECIPES_DIR / f"{recipe}.yaml"), *overrides], run=False)
-    dm = cli.datamodule
-    env = make_env(dm.env_name, dm.num_envs, 0, torch.device("cpu"), **dm.env_kwargs)
-    cli.model.build(env.info)
-    return cli.model, (env, dm.rollout_steps)
-
-
-def timed(record: dict[str, list[float]], name: str, fn: Callable) -> Callable:
-    """``fn`` that adds its wall time to ``record[name]``'s last entry."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        record[name][-1] += time.perf_counter() - start
-        return out
-
-    return wrapper
 
 
 def main() -> None:
