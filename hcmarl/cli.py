@@ -145,13 +145,28 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
     )
 
 
+def user_error(err: BaseException) -> HcmarlError | None:
+    """The ``HcmarlError`` behind ``err``, if any: jsonargparse wraps errors raised by a nested block's constructor."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, HcmarlError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: errors a user can fix print one line and exit with code 2."""
     torch.set_float32_matmul_precision("high")
     try:
         build_cli(args)
-    except HcmarlError as err:
-        print(f"hcmarl: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"hcmarl: error: {cause}", file=sys.stderr)
         sys.exit(2)
     finally:
         # Lightning leaves the DDP process group alive; gloo's threads then abort the process at exit

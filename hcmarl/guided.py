@@ -137,7 +137,7 @@ class GuidedImitation:
     per agent and timestep; the learner is stepped by the guider's loop, on its minibatches.
 
     Args:
-        lam: weight of the PPO term (lambda; 0: CTDS's pure imitation).
+        lam: weight of the PPO term, >= 0 (lambda; 0: CTDS's pure imitation; checked when the guider is built).
         eps: PPO clip range of r.
         kl_direction: ``guider_learner`` = KL(mu || pi) (the official code, default) or
             ``learner_guider`` = KL(pi || mu) (as the paper writes it).
@@ -153,8 +153,6 @@ class GuidedImitation:
         ent_coef: float = 0.0,
         max_grad_norm: float | None = 0.5,
     ) -> None:
-        if lam < 0:
-            raise ConfigError(f"model.learner.constraint.lam must be >= 0, got {lam}")
         self.lam = lam
         self.eps = eps
         self.kl_direction = kl_direction

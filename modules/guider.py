@@ -79,6 +79,8 @@ class Guider(nn.Module):
                 "model.guider is set, so the learner imitates it: model.learner.constraint must be "
                 f"hcmarl.guided.GuidedImitation (got {type(learner.constraint).__name__})"
             )
+        if learner.constraint.lam < 0:
+            raise ConfigError(f"model.learner.constraint.lam must be >= 0, got {learner.constraint.lam}")
         if not isinstance(learner.schedule, Simultaneous):
             raise ConfigError("with a guider, the learner's agents step together: set model.learner.schedule to hcmarl.schedules.Simultaneous")
         if learner.actor.recurrent:

@@ -114,3 +114,18 @@ def test_recurrent_minibatches_above_num_envs(run_cli, capsys) -> None:
         "--model.learner.init_args.actor", "hcmarl.nn.GRUActor",
     )
     assert "minibatches=15" in message and "data.num_envs=4" in message
+
+
+@pytest.mark.parametrize(
+    "name, override, value, expected",
+    [
+        ("mat/coordsum_3x10", "--model.guider.init_args.network.init_args.n_heads", "3", "multiple of n_heads"),
+        ("magpo/coordsum_3x10", "--model.guider.init_args.constraint.init_args.delta", "1.0", "delta must be greater than 1"),
+        ("magpo/coordsum_3x10", "--model.learner.init_args.constraint.init_args.lam", "-1", "lam must be >= 0"),
+        ("hcpo/coordsum_3x10", "--model.conductor.init_args.n_instructions", "0", "n_instructions must be at least 1"),
+        ("mat/coordsum_3x10", "--model.guider.init_args.constraint.init_args.delta", "1.2", "set delta: .inf"),
+    ],
+)
+def test_a_nested_block_rejecting_its_arguments_ends_in_one_message(run_cli, capsys, name: str, override: str, value: str, expected: str) -> None:
+    message = exit_message(run_cli, capsys, "fit", name, "--data.total_frames", FRAMES, override, value)
+    assert expected in message and "Traceback" not in message

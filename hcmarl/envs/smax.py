@@ -21,7 +21,10 @@ Resetting an env that was not done runs a jitted partial reset.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -34,12 +37,21 @@ from hcmarl.errors import MissingDependencyError, UnknownEnvError
 
 
 def _import_jaxmarl():
-    """JaxMARL and its SMAX module (JaxMARL prints a line about its optional environments on import)."""
+    """JaxMARL and its SMAX module, imported quietly.
+
+    Importing JaxMARL prints lines about its optional environments and resets ``sys.stdout`` and
+    ``sys.stderr`` to the interpreter's originals (which undoes any redirection, pytest's capture
+    included); both streams are kept as they were.
+    """
     if importlib.util.find_spec("jaxmarl") is None:
         raise MissingDependencyError("jaxmarl", "smax", "The 'smax/...' environments")
-    import jaxmarl
-    from jaxmarl.environments.smax import smax_env
-
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import jaxmarl
+            from jaxmarl.environments.smax import smax_env
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
     return jaxmarl, smax_env
 
 

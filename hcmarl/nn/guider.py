@@ -13,6 +13,7 @@ from tensordict import TensorDictBase
 from torch import nn
 
 from hcmarl.envs.base import EnvInfo
+from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ACTION_MASK, OBSERVATION
 from hcmarl.nn.actors import agent_id_features
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical, select_agents
@@ -66,7 +67,7 @@ class MATGuider(GuiderNetwork):
     def __init__(self, embed_dim: int = 64, n_blocks: int = 1, n_heads: int = 1, agent_id: bool = True, log_std_init: float = 0.0) -> None:
         super().__init__()
         if embed_dim % n_heads != 0:
-            raise ValueError(f"model.guider.network: embed_dim={embed_dim} must be a multiple of n_heads={n_heads}")
+            raise ConfigError(f"model.guider.network: embed_dim={embed_dim} must be a multiple of n_heads={n_heads}")
         self.embed_dim = embed_dim
         self.n_blocks = n_blocks
         self.n_heads = n_heads
