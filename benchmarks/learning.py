@@ -72,16 +72,25 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+EXTRA_EVALUATIONS = {"central": "central conductor", "guider": "guider, centralised"}
+"""Second evaluations a module may log beside the deployment policy's (``eval/<mode>/return``), and their column names."""
+
+
 def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -> str:
-    finals = {seed: final_result(d)["eval/return"] for seed, d in runs.items()}
-    # HCPO also evaluates its central conductor (ALGORITHMS.md section 3: report local and central)
-    centrals = {seed: final_result(d)["eval/central/return"] for seed, d in runs.items() if "eval/central/return" in final_result(d)}
+    results = {seed: final_result(d) for seed, d in runs.items()}
+    finals = {seed: r["eval/return"] for seed, r in results.items()}
+    # HCPO also evaluates its central conductor, MAGPO and CTDS their guider: one more column each
+    extras = {
+        mode: {seed: r[f"eval/{mode}/return"] for seed, r in results.items()}
+        for mode in EXTRA_EVALUATIONS
+        if all(f"eval/{mode}/return" in r for r in results.values())
+    }
     curves = {seed: eval_curve(d) for seed, d in runs.items()}
     first = {seed: c[0][1] for seed, c in curves.items() if c}
     mean = statistics.mean(finals.values())
     std = _std(list(finals.values()))
-    frames = max(final_result(d)["frames"] for d in runs.values())
-    episodes = int(min(final_result(d)["eval/episodes"] for d in runs.values()))
+    frames = max(r["frames"] for r in results.values())
+    episodes = int(min(r["eval/episodes"] for r in results.values()))
     fig, ax = plt.subplots(figsize=(6, 4))
     for seed, curve in curves.items():
         ax.plot([f / 1e6 for f, _ in curve], [r for _, r in curve], label=f"seed {seed}")
@@ -93,21 +102,21 @@ def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
-    central = len(centrals) == len(finals)
+    also = "".join(f" and with the {EXTRA_EVALUATIONS[mode]}" for mode in extras)
     lines = [
         f"### {recipe}",
         "",
         f"{len(runs)} seed{'s' if len(runs) > 1 else ''}, {frames:,} frames each; evaluation over {episodes} episodes "
-        "with the deployment policy" + (" (local conductors) and with the central conductor." if central else "."),
+        f"with the deployment policy{also}.",
         "",
-        "| seed | first evaluation | final evaluation |" + (" final evaluation, central conductor |" if central else ""),
-        "|---|---|---|" + ("---|" if central else ""),
+        "| seed | first evaluation | final evaluation |" + "".join(f" final evaluation, {EXTRA_EVALUATIONS[m]} |" for m in extras),
+        "|---|---|---|" + "---|" * len(extras),
         *[
-            f"| {s} | {first.get(s, float('nan')):.2f} | {finals[s]:.2f} |" + (f" {centrals[s]:.2f} |" if central else "")
+            f"| {s} | {first.get(s, float('nan')):.2f} | {finals[s]:.2f} |" + "".join(f" {extras[m][s]:.2f} |" for m in extras)
             for s in sorted(runs)
         ],
         f"| **mean (std)** | {statistics.mean(first.values()):.2f} | **{mean:.2f} ({std:.2f})** |"
-        + (f" **{statistics.mean(centrals.values()):.2f} ({_std(list(centrals.values())):.2f})** |" if central else ""),
+        + "".join(f" **{statistics.mean(v.values()):.2f} ({_std(list(v.values())):.2f})** |" for v in extras.values()),
         "",
         f"![{recipe} learning curves]({out_png.name})",
         "",
