@@ -46,12 +46,16 @@ def guided_clip_objective(
     must be detached. ``delta = inf``: inner = ratio, PPO's clipped objective.
     """
     ratio = torch.exp(log_prob - old_log_prob)
-    if math.isinf(delta):
-        inner = ratio
-    else:
-        log_delta = math.log(delta)
-        inner = torch.exp((log_prob - learner_log_prob).clamp(-log_delta, log_delta) + learner_log_prob - old_log_prob)
+    inner = inner_ratio(log_prob, learner_log_prob, old_log_prob, delta)
     return torch.min(ratio * advantage, inner.clamp(1.0 - eps, 1.0 + eps) * advantage)
+
+
+def inner_ratio(log_prob: torch.Tensor, learner_log_prob: torch.Tensor, old_log_prob: torch.Tensor, delta: float) -> torch.Tensor:
+    """The double clip's inner ratio exp(clip(g - l, -log delta, log delta) + l - g_old) (ALGORITHMS.md section 4); exp(g - g_old) for delta = inf."""
+    if math.isinf(delta):
+        return torch.exp(log_prob - old_log_prob)
+    log_delta = math.log(delta)
+    return torch.exp((log_prob - learner_log_prob).clamp(-log_delta, log_delta) + learner_log_prob - old_log_prob)
 
 
 def guided_mask(log_prob: torch.Tensor, learner_log_prob: torch.Tensor, delta: float) -> torch.Tensor:
@@ -120,7 +124,13 @@ class GuidedClip:
         diagnostics = self._diagnostics(loss, log_prob, old_log_prob, entropy)
         with torch.no_grad():
             reverse_kl = kl_divergence(learner, detach_distribution(guider))
-        diagnostics |= {"mask_frac": mask.mean(), "kl_guider_learner": kl.detach().mean(), "kl_learner_guider": reverse_kl.mean()}
+            inner = inner_ratio(log_prob, learner_log_prob, old_log_prob, self.delta)
+        diagnostics |= {
+            "mask_frac": mask.mean(),
+            "inner_clip_frac": ((inner - 1.0).abs() > self.eps).float().mean(),
+            "kl_guider_learner": kl.detach().mean(),
+            "kl_learner_guider": reverse_kl.mean(),
+        }
         return loss, diagnostics
 
     def _diagnostics(

@@ -149,7 +149,8 @@ def test_magpo_recipe_logs_its_diagnostics_and_both_evaluations(run_cli, tmp_pat
     run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1")
     (run_dir,) = run_dirs(tmp_path)
     expected = {
-        "guider/mask_frac", "guider/kl_guider_learner", "guider/kl_learner_guider", "guider/clip_frac", "guider/value_loss",
+        "guider/mask_frac", "guider/kl_guider_learner", "guider/kl_learner_guider", "guider/clip_frac", "guider/inner_clip_frac",
+        "guider/value_loss",
         "learner/clip_frac", "learner/imitation_kl", "eval/return", "eval/guider/return",
     }
     assert expected <= _logged(run_dir)
