@@ -156,7 +156,10 @@ class MATGuider(GuiderNetwork):
         tokens[:, 0, 0] = 1.0
         actions, log_probs = [], []
         for i in range(self.n_agents):
-            agent = select_agents(self.decode(tokens, encodings, mask), slice(i, i + 1))
+            # position i reads tokens and encodings 0..i only (DecoderBlock), so the prefix suffices
+            prefix = slice(0, i + 1)
+            prefix_mask = None if mask is None else mask[:, prefix]
+            agent = select_agents(self.decode(tokens[:, prefix], encodings[:, prefix], prefix_mask), slice(i, i + 1))
             action = agent.mode if deterministic else agent.sample()
             actions.append(action)
             log_probs.append(agent.log_prob(action))

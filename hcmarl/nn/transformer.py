@@ -43,8 +43,8 @@ class DecoderBlock(nn.Module):
     """MAT's decoder layer on the action stream ``x`` and the encodings ``enc``, both ``[B, N, E]``.
 
     x <- LN(x + CausalSelfAttention(x)); y <- LN(enc + CausalAttention(query=enc, key=value=x));
-    y <- LN(y + FF(y)). Position i depends on the actions at positions 0..i (agents before i,
-    after the shift) and on the encodings only.
+    y <- LN(y + FF(y)). Position i depends only on the action tokens 0..i (agents before i,
+    after the shift) and the encodings 0..i, so decoding agent i needs only that prefix.
     """
 
     def __init__(self, embed_dim: int, n_heads: int) -> None:
