@@ -88,7 +88,7 @@ class Guider(nn.Module):
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam over the guider (network and value normaliser buffers: parameters only)."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5, fused=True)
 
     def check_batch(self, frames_per_batch: int) -> None:
         """A ConfigError if the constraint asks for more minibatches than the batch has frames."""
