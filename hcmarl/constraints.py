@@ -47,6 +47,11 @@ def clip_ppo_objective(
     return objective if factor is None else factor * objective
 
 
+def clip_fraction(ratio: torch.Tensor, eps: float) -> torch.Tensor:
+    """Fraction of samples whose probability ratio lies outside [1 - eps, 1 + eps] (a PPO diagnostic)."""
+    return ((ratio.detach() - 1.0).abs() > eps).float().mean()
+
+
 class Constraint(ABC):
     """Moves a policy's parameters under some rule, returning diagnostics as detached tensors."""
 
@@ -139,7 +144,7 @@ class ClipPPO(MinibatchConstraint):
         return clip_ppo_objective(log_prob, old_log_prob, advantage, self.eps, factor)
 
     def diagnostics(self, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"clip_frac": ((log_ratio.exp() - 1.0).abs() > self.eps).float().mean()}
+        return {"clip_frac": clip_fraction(log_ratio.exp(), self.eps)}
 
 
 def a2po_agent_eps(eps: float, position: int, n_agents: int, weight: float = 0.5) -> float:

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from hcmarl.constraints import clip_ppo_objective
+from hcmarl.constraints import clip_fraction, clip_ppo_objective
 from hcmarl.errors import ConfigError
 from hcmarl.nn.distributions import detach_distribution, kl_divergence
 
@@ -127,7 +127,7 @@ class GuidedClip:
             inner = inner_ratio(log_prob, learner_log_prob, old_log_prob, self.delta)
         diagnostics |= {
             "mask_frac": mask.mean(),
-            "inner_clip_frac": ((inner - 1.0).abs() > self.eps).float().mean(),
+            "inner_clip_frac": clip_fraction(inner, self.eps),
             "kl_guider_learner": kl.detach().mean(),
             "kl_learner_guider": reverse_kl.mean(),
         }
@@ -137,7 +137,7 @@ class GuidedClip:
         self, loss: torch.Tensor, log_prob: torch.Tensor, old_log_prob: torch.Tensor, entropy: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         ratio = (log_prob - old_log_prob).detach().exp()
-        return {"policy_loss": loss.detach(), "entropy": entropy.detach().mean(), "clip_frac": ((ratio - 1.0).abs() > self.eps).float().mean()}
+        return {"policy_loss": loss.detach(), "entropy": entropy.detach().mean(), "clip_frac": clip_fraction(ratio, self.eps)}
 
 
 class GuidedImitation:
@@ -195,5 +195,5 @@ class GuidedImitation:
             "policy_loss": loss.detach(),
             "imitation_kl": kl.detach().mean(),
             "entropy": entropy.detach().mean(),
-            "clip_frac": ((ratio - 1.0).abs() > self.eps).float().mean(),
+            "clip_frac": clip_fraction(ratio, self.eps),
         }
