@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import lightning as L
 import torch
@@ -22,6 +22,9 @@ from hcmarl.envs import check_env_name, make_env
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import EPISODE_RETURN, REWARD
+
+if TYPE_CHECKING:
+    from hcmarl.modules.policy import ActingPolicy
 
 RANK_SEED_STRIDE = 100_003
 
@@ -102,6 +105,7 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.train_env: TransformedEnv | None = None
         self.eval_env: TransformedEnv | None = None
         self._collector: Collector | None = None
+        self._behaviour: ActingPolicy | None = None
         self._rollouts: Iterator[TensorDictBase] | None = None
         self._prepared_envs: list[EnvBase] = []
 
@@ -138,9 +142,10 @@ class OnPolicyDataModule(L.LightningDataModule):
         """One rollout ``[num_envs, rollout_steps]`` with the module's behaviour policy."""
         if self._rollouts is None:
             self._add_policy_transforms(self.train_env)
+            self._behaviour = self.trainer.lightning_module.behaviour_policy()
             self._collector = Collector(
                 self.train_env,
-                self.trainer.lightning_module.behaviour_policy(),
+                self._behaviour,
                 frames_per_batch=self.frames_per_batch,
                 total_frames=-1,
                 device=self._device(),
@@ -149,6 +154,7 @@ class OnPolicyDataModule(L.LightningDataModule):
             )
             self._rollouts = iter(self._collector)
         start = time.perf_counter()
+        self._behaviour.begin_rollout()
         batch = next(self._rollouts)
         self.last_collect_seconds = time.perf_counter() - start
         self.frames += batch.numel()

@@ -5,6 +5,11 @@ with the learner: on each minibatch both networks are evaluated with their pre-u
 parameters, the guider's loss (``GuidedClip``, plus its value loss) treats the learner as a
 constant and the learner's (``GuidedImitation``) treats the guider as one, and both step, each
 with its own optimiser. Without a learner (MAT alone) the same loop is PPO on the guider.
+
+A recurrent guider (Sable) keeps its hidden state in a ``GuiderMemory`` per stream of envs
+(the collector's, or one evaluation's), not in the TensorDict: the state is ``[envs, blocks, 3,
+H, d, d]``, far too large to store at every step. The collector's memory records the state at
+the start of each rollout, which the update replays the rollout from.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import torch
 from tensordict import TensorDictBase
 from torch import nn
+from torchrl.envs import InitTracker, Transform
 
 from hcmarl.advantages import ValueLoss, ValueNorm, value_loss
 from hcmarl.envs.base import EnvInfo
@@ -24,6 +30,22 @@ from hcmarl.modules.learner import Learner
 from hcmarl.nn.guider import GuiderNetwork
 from hcmarl.optim import GradientStep, minibatch_indices
 from hcmarl.schedules import Simultaneous
+
+
+class GuiderMemory:
+    """A recurrent guider's hidden state over one stream of envs, and the state at the start of the current rollout.
+
+    ``state`` is None until the first step (the network starts from zeros); an episode start
+    (``is_init``) cuts it inside the network.
+    """
+
+    def __init__(self) -> None:
+        self.state: torch.Tensor | None = None
+        self.rollout_start: torch.Tensor | None = None
+
+    def begin_rollout(self) -> None:
+        """Called by the datamodule before each rollout: remember the state the rollout starts from."""
+        self.rollout_start = self.state
 
 
 class Guider(nn.Module):
@@ -60,6 +82,16 @@ class Guider(nn.Module):
         self.huber_delta = huber_delta
         self.clip_value = clip_value
         self.value_norm = ValueNorm() if value_norm else None
+        self.collection_memory: GuiderMemory | None = None
+
+    @property
+    def recurrent(self) -> bool:
+        """Whether the network carries a memory across steps (its minibatches are then whole env rollouts)."""
+        return self.network.recurrent
+
+    def env_transforms(self) -> list[Transform]:
+        """A recurrent guider needs the envs to mark episode starts (``is_init``)."""
+        return [InitTracker()] if self.recurrent else []
 
     def build(self, info: EnvInfo) -> None:
         """Create the network for the env described by ``info``."""
@@ -90,26 +122,48 @@ class Guider(nn.Module):
         """Adam over the guider (network and value normaliser buffers: parameters only)."""
         return torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5, fused=True)
 
-    def check_batch(self, frames_per_batch: int) -> None:
-        """A ConfigError if the constraint asks for more minibatches than the batch has frames."""
-        if self.constraint.minibatches > frames_per_batch:
+    def check_batch(self, num_envs: int, frames_per_batch: int) -> None:
+        """A ConfigError if the constraint asks for more minibatches than the batch has units (frames, or env rollouts
+        for a recurrent guider)."""
+        units, unit = (num_envs, "data.num_envs") if self.recurrent else (frames_per_batch, "the frames per iteration")
+        if self.constraint.minibatches > units:
             raise ConfigError(
-                f"model.guider.constraint.minibatches={self.constraint.minibatches} exceeds the frames per iteration "
-                f"({frames_per_batch}); lower minibatches or raise data.num_envs * data.rollout_steps"
+                f"model.guider.constraint.minibatches={self.constraint.minibatches} exceeds {unit} ({units})"
+                + (" (a recurrent guider's minibatches are whole env rollouts)" if self.recurrent else "")
+                + "; lower minibatches or raise "
+                + ("data.num_envs" if self.recurrent else "data.num_envs * data.rollout_steps")
             )
 
+    def new_collection_memory(self) -> GuiderMemory:
+        """A fresh memory for the collector's envs, kept as ``collection_memory`` (the update replays from its rollout start)."""
+        self.collection_memory = GuiderMemory()
+        return self.collection_memory
+
+    def rollout_start_state(self) -> torch.Tensor | None:
+        """The hidden state the last collected rollout started from (None: zeros, or a memoryless guider)."""
+        return None if self.collection_memory is None else self.collection_memory.rollout_start
+
     @torch.no_grad()
-    def act(self, td: TensorDictBase, deterministic: bool = False) -> TensorDictBase:
-        """Decode the joint action agent by agent; write it and each agent's log mu(a_i | o, a_<i)."""
-        action, log_prob = self.network.sample(td, deterministic)
+    def act(self, td: TensorDictBase, deterministic: bool = False, memory: GuiderMemory | None = None) -> TensorDictBase:
+        """Decode the joint action agent by agent; write it and each agent's log mu(a_i | o, a_<i).
+
+        A recurrent guider reads and advances ``memory`` (required for it)."""
+        if self.recurrent and memory is None:
+            raise ValueError("a recurrent guider acts with a GuiderMemory: pass memory=GuiderMemory()")
+        action, log_prob, state = self.network.sample(td, deterministic, None if memory is None else memory.state)
+        if memory is not None:
+            memory.state = state
         td.set(ACTION, action)
         td.set(LOG_PROB, log_prob)
         return td
 
-    def value(self, td: TensorDictBase) -> torch.Tensor:
-        """Each agent's value in return units, ``[..., N]``."""
-        v = self.network.value(td)
-        return v if self.value_norm is None else self.value_norm.denormalize(v)
+    @torch.no_grad()
+    def rollout_values(self, batch: TensorDictBase, start_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each agent's value of every step's observation and of its next one, in return units, ``[E, T, N]`` each."""
+        value, next_value = self.network.rollout_values(batch, start_state)
+        if self.value_norm is None:
+            return value, next_value
+        return self.value_norm.denormalize(value), self.value_norm.denormalize(next_value)
 
     def update(
         self,
@@ -118,31 +172,37 @@ class Guider(nn.Module):
         learner: Learner | None = None,
         learner_step: GradientStep | None = None,
         train_value: bool = True,
+        start_state: torch.Tensor | None = None,
     ) -> dict[str, dict[str, torch.Tensor]]:
-        """MAGPO's joint update on a flat batch ``[B]`` holding advantages (ALGORITHMS.md section 4).
+        """MAGPO's joint update on a batch ``[E, T]`` holding advantages (ALGORITHMS.md section 4).
 
         Per minibatch: guider loss = GuidedClip(mu; pi constant) + vf_coef * value loss (if ``train_value``);
         learner loss = GuidedImitation(pi; mu constant); both from the pre-update parameters, then both step.
-        Returns the mean diagnostics per role: ``{"guider": {...}, "learner": {...}}``.
+        Minibatches are frames, or, for a recurrent guider, whole env rollouts replayed from ``start_state``
+        (the state at their first step). Returns the mean diagnostics per role: ``{"guider": {...}, "learner": {...}}``.
         """
         rule = self.constraint
         imitation = None if learner is None else learner.constraint
         keys = [*self.network.in_keys, ACTION, LOG_PROB, ADVANTAGE] + ([] if learner is None else learner.actor.in_keys)
+        if not self.recurrent:
+            batch = batch.reshape(-1)
         target = batch.get(VALUE_TARGET)
         batch = batch.select(*keys, strict=False)
+        if start_state is None and self.recurrent:
+            start_state = self.network.initial_state(batch.shape[0], target.device)
         if train_value and self.value_norm is not None:
             self.value_norm.update(target)
             target = self.value_norm.normalize(target)
         old_value = None
         if train_value and self.clip_value is not None:
             with torch.no_grad():
-                old_value = self.network.value(batch)
+                old_value = self.network(batch, start_state)[1]
         sums: dict[str, dict[str, torch.Tensor]] = {"guider": {}, "learner": {}}
         for _ in range(rule.epochs):
             for idx in minibatch_indices(batch.shape[0], rule.minibatches, target.device):
                 minibatch = batch[idx]
                 action, old_log_prob, advantage = minibatch.get(ACTION), minibatch.get(LOG_PROB), minibatch.get(ADVANTAGE)
-                guider_dist, value = self.network(minibatch)
+                guider_dist, value = self.network(minibatch, None if start_state is None else start_state[idx])
                 log_prob = guider_dist.log_prob(action)
                 learner_dist = learner_log_prob = None
                 if learner is not None:

@@ -8,12 +8,14 @@ optimisation: one optimiser per role (two for the conductor).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from tensordict import TensorDict, TensorDictBase
+from torchrl.envs import InitTracker
 
 from hcmarl.advantages import conductor_mixture_value, generalized_advantage_estimate, instruction_advantages, normalize_advantage
 from hcmarl.envs.base import EnvInfo
@@ -25,7 +27,7 @@ from hcmarl.keys import (
 from hcmarl.optim import GradientStep
 from hcmarl.modules.conductor import Conductor, ExecutionMode
 from hcmarl.modules.critic import Critic
-from hcmarl.modules.guider import Guider
+from hcmarl.modules.guider import Guider, GuiderMemory
 from hcmarl.modules.learner import Learner
 from hcmarl.modules.policy import ActingPolicy
 
@@ -85,7 +87,7 @@ class MARLModule(L.LightningModule):
             if self.learner is not None:
                 self.learner.check_batch(dm.num_envs, dm.frames_per_batch)
             if self.guider is not None:
-                self.guider.check_batch(dm.frames_per_batch)
+                self.guider.check_batch(dm.num_envs, dm.frames_per_batch)
 
     def build(self, info: EnvInfo) -> None:
         """Check the roles fit together, then create every role's networks for the env described by ``info``."""
@@ -119,8 +121,11 @@ class MARLModule(L.LightningModule):
             )
 
     def env_transforms(self) -> list:
-        """TorchRL transforms the envs need for this module's policies (e.g. a recurrent state primer)."""
-        return [] if self.learner is None else self.learner.actor.env_transforms()
+        """TorchRL transforms the envs need for this module's policies (e.g. a recurrent state primer, episode-start flags)."""
+        transforms = [] if self.learner is None else self.learner.actor.env_transforms()
+        if self.guider is not None and not any(isinstance(t, InitTracker) for t in transforms):
+            transforms += self.guider.env_transforms()
+        return transforms
 
     def optimizer_roles(self) -> list[str]:
         """The role of each optimiser ``configure_optimizers`` returns, in order (``ROLE_ORDER``, present roles only)."""
@@ -147,7 +152,9 @@ class MARLModule(L.LightningModule):
         """What collects training data: the guider if there is one (MAGPO, MAT), else the learner sampling
         (after the central conductor's instruction, for HCPO)."""
         if self.guider is not None:
-            return ActingPolicy(self.guider.act, self.guider.network.in_keys, [ACTION, LOG_PROB])
+            memory = self.guider.new_collection_memory()
+            act = functools.partial(self.guider.act, memory=memory)
+            return ActingPolicy(act, self.guider.network.in_keys, [ACTION, LOG_PROB], begin_rollout=memory.begin_rollout)
         if self.conductor is None:
             return ActingPolicy(self.learner.act, self.learner.actor.in_keys, [ACTION, LOG_PROB])
         conductor = self.conductor
@@ -165,8 +172,8 @@ class MARLModule(L.LightningModule):
         recipe with no learner, MAT) acts with the guider, centrally, sampling unless ``deterministic_eval``.
         """
         if execution == "guider" or self.learner is None:
-            guider = self.guider
-            return ActingPolicy(lambda td: guider.act(td, deterministic=self.deterministic_eval), guider.network.in_keys, [ACTION, LOG_PROB])
+            act = functools.partial(self.guider.act, deterministic=self.deterministic_eval, memory=GuiderMemory())
+            return ActingPolicy(act, self.guider.network.in_keys, [ACTION, LOG_PROB])
         in_keys = self.learner.actor.in_keys
         if self.conductor is None:
             return ActingPolicy(lambda td: self.learner.act(td, deterministic=self.deterministic_eval), in_keys, [ACTION, LOG_PROB])
@@ -198,9 +205,10 @@ class MARLModule(L.LightningModule):
         Q(s, .), the conductor's advantage A^M = A^GAE and the agents' A^a = G - Q(s, M_t), each
         normalised on its own.
         """
-        if self.conductor is None:
-            values = self.guider.value if self.critic is None else self.critic.value
-            value, next_value = values(batch), values(batch.get("next"))
+        if self.conductor is None and self.critic is None:
+            value, next_value = self.guider.rollout_values(batch, self.guider.rollout_start_state())
+        elif self.conductor is None:
+            value, next_value = self.critic.value(batch), self.critic.value(batch.get("next"))
         else:
             value = self._mixture_value(batch, batch.get(CONDUCTOR_PROBS))
             next_value = self._mixture_value(batch.get("next"), self.conductor.central(batch.get("next")).probs)
@@ -255,7 +263,10 @@ class MARLModule(L.LightningModule):
                 batch.set(KL_WEIGHT, kl_weight)
         flat = batch.reshape(-1)
         if self.guider is not None:
-            updates = self.guider.update(flat, step["guider"], self.learner, step.get("learner"), train_value=self.critic is None)
+            updates = self.guider.update(
+                batch, step["guider"], self.learner, step.get("learner"), train_value=self.critic is None,
+                start_state=self.guider.rollout_start_state(),
+            )
             metrics |= {f"{role}/{k}": v for role, values in updates.items() for k, v in values.items()}
         else:
             learner_batch = batch if self.learner.actor.recurrent else flat

@@ -10,14 +10,16 @@ import pytest
 import torch
 from conftest import final_eval, run_dirs
 from tensordict import TensorDict
+from torchrl.collectors import Collector
+from torchrl.envs import TransformedEnv
 
 from hcmarl.constraints import ClipPPO
 from hcmarl.envs import make_env
 from hcmarl.errors import ConfigError
 from hcmarl.guided import GuidedClip, GuidedImitation
-from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, OBSERVATION, VALUE_TARGET
+from hcmarl.keys import ACTION, ADVANTAGE, IS_INIT, LOG_PROB, OBSERVATION, VALUE_TARGET
 from hcmarl.modules import Conductor, Critic, Guider, Learner, MARLModule
-from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MATGuider, MLPActor
+from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MATGuider, MLPActor, SableGuider
 from hcmarl.constraints import Distill
 from hcmarl.optim import GradientStep
 from hcmarl.schedules import Sequential, Simultaneous
@@ -54,6 +56,34 @@ def test_the_guider_collects_and_its_log_prob_is_stored() -> None:
     torch.testing.assert_close(batch.get(LOG_PROB), guider_dist.log_prob(batch.get(ACTION)), atol=1e-5, rtol=0)
     learner_log_prob = module.learner.actor(batch).log_prob(batch.get(ACTION))
     assert not torch.allclose(batch.get(LOG_PROB), learner_log_prob, atol=1e-3)
+
+
+def test_a_sable_guider_replays_each_rollout_from_the_state_it_started_with() -> None:
+    """Across two collected rollouts, the second starts mid-episode: its stored log mu equals the parallel replay from
+    the memory's rollout-start state, and not the replay from zeros; a joint update then runs on env minibatches."""
+    torch.manual_seed(0)
+    module = MARLModule(learner=_learner(), guider=Guider(SableGuider(embed_dim=16, n_blocks=1, n_heads=2), GuidedClip(minibatches=2)))
+    env = make_env(ENV, num_envs=4, seed=3)
+    module.build(env.info)
+    env = TransformedEnv(env)
+    for transform in module.env_transforms():
+        env.append_transform(transform)
+    policy = module.behaviour_policy()
+    rollouts = iter(Collector(env, policy, frames_per_batch=4 * 8, total_frames=-1, trust_policy=True, auto_register_policy_transforms=False))
+    policy.begin_rollout()
+    next(rollouts)
+    policy.begin_rollout()
+    second = next(rollouts)
+    start = module.guider.rollout_start_state()
+    assert not bool(second.get(IS_INIT)[:, 0].any()) and start is not None
+    replayed, _ = module.guider.network(second, start)
+    torch.testing.assert_close(replayed.log_prob(second.get(ACTION)), second.get(LOG_PROB), atol=1e-4, rtol=0)
+    from_zeros, _ = module.guider.network(second, None)
+    assert not torch.allclose(from_zeros.log_prob(second.get(ACTION)), second.get(LOG_PROB), atol=1e-3)
+    module.compute_advantages(second)
+    opt_guider, opt_learner = module.guider.make_optimizer(), module.learner.make_optimizer()
+    metrics = module.guider.update(second, GradientStep(opt_guider), module.learner, GradientStep(opt_learner), start_state=start)
+    assert all(torch.isfinite(v) for values in metrics.values() for v in values.values())
 
 
 def test_both_roles_step_from_the_same_pre_update_parameters() -> None:

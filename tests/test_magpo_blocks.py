@@ -39,7 +39,7 @@ def _observations(info: EnvInfo, batch: tuple[int, ...] = (7, 5)) -> TensorDict:
 def test_sampled_log_prob_equals_teacher_forced(info: EnvInfo) -> None:
     guider = _guider(info)
     td = _observations(info)
-    action, log_prob = guider.sample(td)
+    action, log_prob, _ = guider.sample(td)
     td.set(ACTION, action)
     dist, value = guider(td)
     assert torch.allclose(dist.log_prob(action), log_prob, atol=1e-5)
@@ -67,7 +67,7 @@ def test_agent_i_conditional_reads_only_earlier_agents_actions() -> None:
 def test_deterministic_sampling_takes_each_conditionals_mode() -> None:
     guider = _guider(DISCRETE)
     td = _observations(DISCRETE, (9,))
-    action, _ = guider.sample(td, deterministic=True)
+    action, _, _ = guider.sample(td, deterministic=True)
     td.set(ACTION, action)
     assert torch.equal(guider(td)[0].probs.argmax(-1), action)
 

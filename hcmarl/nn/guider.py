@@ -1,12 +1,15 @@
 """Guider networks: an autoregressive joint policy mu(a_i | o, a_<i) with a value per agent (ALGORITHMS.md section 4).
 
 Agents are decoded in the fixed order 0..N-1. Training evaluates every agent's conditional in
-one teacher-forced pass over the taken actions; acting decodes agent by agent.
+one teacher-forced pass over the taken actions; acting decodes agent by agent. Two backbones:
+MAT (attention over the agents of one step) and Sable (retention over agents and time, with a
+memory carried across steps).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
@@ -14,20 +17,25 @@ from torch import nn
 
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ACTION_MASK, OBSERVATION
+from hcmarl.keys import ACTION, ACTION_MASK, IS_INIT, OBSERVATION
 from hcmarl.nn.actors import agent_id_features
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical, select_agents
+from hcmarl.nn.retention import RetentionDecoderBlock, RetentionEncoderBlock, RetentionMasks, head_decays, retention_masks
 from hcmarl.nn.transformer import DecoderBlock, EncoderBlock
 
 Distribution = torch.distributions.Distribution
 
 
 class GuiderNetwork(nn.Module, ABC):
-    """What the guider role asks of a network: ``build(info)``, values, a teacher-forced pass, autoregressive sampling.
+    """What the guider role asks of a network: ``build(info)``, a teacher-forced pass, autoregressive sampling, values.
 
-    Every method takes a TensorDict of any batch shape ``[...]`` whose group ``agents`` is ``[..., N]``.
+    Every method takes a TensorDict whose group ``agents`` is ``[..., N]``. A recurrent network
+    (``recurrent = True``) also carries a hidden ``state`` from step to step: it reads its
+    TensorDicts as rollouts ``[B, T]`` in ``forward`` and ``rollout_values``, and ``state`` is the
+    state before their first step (None: zeros). A memoryless network ignores ``state`` and returns None for it.
     """
 
+    recurrent: bool = False
     in_keys: list = [OBSERVATION, ACTION_MASK]
 
     @abstractmethod
@@ -35,31 +43,47 @@ class GuiderNetwork(nn.Module, ABC):
         """Create the layers for the env described by ``info``."""
 
     @abstractmethod
-    def value(self, td: TensorDictBase) -> torch.Tensor:
-        """Each agent's value V_i(o), ``[..., N]`` (in the units the guider role trains it in)."""
+    def forward(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
+        """Teacher-forced: the conditionals mu(. | o, a_<i) for every agent given ``td``'s actions, ``[..., N]``, and
+        each agent's value (in the units the guider role trains it in)."""
 
     @abstractmethod
-    def forward(self, td: TensorDictBase) -> tuple[Distribution, torch.Tensor]:
-        """Teacher-forced: the conditionals mu(. | o, a_<i) for every agent given ``td``'s actions, ``[..., N]``, and the values."""
+    def sample(
+        self, td: TensorDictBase, deterministic: bool = False, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Decode one step agent by agent: the joint action, each agent's log mu(a_i | o, a_<i) ``[..., N]``, and the next state."""
 
     @abstractmethod
-    def sample(self, td: TensorDictBase, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode agent by agent: the joint action and each agent's log mu(a_i | o, a_<i) ``[..., N]``."""
+    def rollout_values(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """V_i of every step's observation and of its ``("next", ...)`` observation, both ``[..., N]``: what GAE needs."""
+
+    def initial_state(self, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        """The hidden state of ``batch_size`` fresh envs (None for a memoryless network)."""
+        return None
 
 
-class MATGuider(GuiderNetwork):
-    """MAT's encoder-decoder transformer over agent tokens (Wen et al. 2022; ALGORITHMS.md section 4).
+def shifted_action_tokens(action: torch.Tensor, action_dim: int, categorical: bool) -> torch.Tensor:
+    """Decoder inputs ``[B, N, A + 1]`` from actions ``[B, N]`` (or ``[B, N, A]``): a start token (channel 0), then
+    agent i-1's action at position i. A categorical action is one-hot over channels 1..A, a continuous one is
+    written there as is. Agent N-1's action is never an input."""
+    features = nn.functional.one_hot(action, action_dim).to(torch.float32) if categorical else action
+    tokens = torch.zeros(*features.shape[:-1], action_dim + 1, device=features.device, dtype=features.dtype)
+    tokens[:, 0, 0] = 1.0
+    tokens[:, 1:, 1:] = features[:, :-1]
+    return tokens
 
-    Encoder: each agent's observation (+ one-hot id) -> embedding -> ``n_blocks`` of self-attention
-    over all agents -> encodings, and a value head per agent. Decoder: the shifted action stream
-    (a start token, then a_0 .. a_{N-2}) -> ``n_blocks`` of ``DecoderBlock`` (causal self-attention,
-    then each agent's encoding querying the actions before it) -> per-agent action head: masked
+
+class AgentTokenGuider(GuiderNetwork):
+    """What MAT and Sable share: agent tokens in, an encoder and a decoder of ``n_blocks`` each, and the same heads.
+
+    Observation (+ one-hot id) -> LayerNorm, Linear, GELU -> encoder -> value head per agent. Shifted
+    actions -> Linear, GELU -> decoder (which also reads the encodings) -> action head: masked
     categorical logits, or a Gaussian mean with a state-independent log-std.
 
     Args:
         embed_dim: width of every token.
         n_blocks: encoder blocks and decoder blocks (as many of each).
-        n_heads: attention heads (must divide ``embed_dim``).
+        n_heads: attention or retention heads (must divide ``embed_dim``).
         agent_id: append a one-hot agent id to each observation.
         log_std_init: initial log-std of continuous actions.
     """
@@ -76,7 +100,7 @@ class MATGuider(GuiderNetwork):
         self.built = False
 
     def build(self, info: EnvInfo) -> None:
-        """Create the encoder, decoder and heads for ``info``'s agents, observations and actions."""
+        """Create the embeddings, heads and (``build_blocks``) the encoder and decoder for ``info``'s agents and actions."""
         e = self.embed_dim
         obs_dim = info.obs_dim + (info.n_agents if self.agent_id else 0)
         self.n_agents = info.n_agents
@@ -84,75 +108,108 @@ class MATGuider(GuiderNetwork):
         self.action_dim = info.action_dim
         self.observation_embedding = nn.Sequential(nn.LayerNorm(obs_dim), nn.Linear(obs_dim, e), nn.GELU())
         self.encoder_norm = nn.LayerNorm(e)
-        self.encoder = nn.ModuleList(EncoderBlock(e, self.n_heads) for _ in range(self.n_blocks))
         self.value_head = nn.Sequential(nn.Linear(e, e), nn.GELU(), nn.LayerNorm(e), nn.Linear(e, 1))
         self.action_embedding = nn.Sequential(nn.Linear(info.action_dim + 1, e, bias=False), nn.GELU())
         self.decoder_norm = nn.LayerNorm(e)
-        self.decoder = nn.ModuleList(DecoderBlock(e, self.n_heads) for _ in range(self.n_blocks))
         self.action_head = nn.Sequential(nn.Linear(e, e), nn.GELU(), nn.LayerNorm(e), nn.Linear(e, info.action_dim))
         nn.init.orthogonal_(self.action_head[-1].weight, gain=0.01)
         nn.init.zeros_(self.action_head[-1].bias)
         if not self.categorical:
             self.log_std = nn.Parameter(torch.full((1, info.action_dim), float(self.log_std_init)))
+        self.build_blocks()
         self.built = True
 
-    # ---- encoder --------------------------------------------------------------------------
-    def encode(self, td: TensorDictBase) -> torch.Tensor:
-        """The agents' encodings ``[B, N, E]`` (leading batch dimensions flattened into B)."""
+    @abstractmethod
+    def build_blocks(self) -> None:
+        """Create ``self.encoder`` and ``self.decoder``."""
+
+    def embed_observations(self, td: TensorDictBase) -> torch.Tensor:
+        """Observation tokens ``[M, N, E]`` (leading batch dimensions flattened into M), before the encoder blocks."""
         if not self.built:
-            raise RuntimeError("MATGuider.build(env_info) must be called before use")
+            raise RuntimeError(f"{type(self).__name__}.build(env_info) must be called before use")
         obs = td.get(OBSERVATION)
         if self.agent_id:
             obs = agent_id_features(obs)
-        x = self.encoder_norm(self.observation_embedding(obs.reshape(-1, *obs.shape[-2:])))
-        for block in self.encoder:
-            x = block(x)
-        return x
+        return self.encoder_norm(self.observation_embedding(obs.reshape(-1, *obs.shape[-2:])))
 
-    def _values(self, encodings: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
-        return self.value_head(encodings).reshape(*batch_shape, self.n_agents)
+    def embed_actions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Action-stream tokens ``[..., A + 1]`` -> ``[..., E]``, before the decoder blocks."""
+        return self.decoder_norm(self.action_embedding(tokens))
 
-    def value(self, td: TensorDictBase) -> torch.Tensor:
-        return self._values(self.encode(td), td.batch_size)
-
-    # ---- decoder --------------------------------------------------------------------------
-    def action_tokens(self, action: torch.Tensor) -> torch.Tensor:
-        """Decoder inputs ``[B, N, A + 1]``: a start token (channel 0), then agent i-1's action at position i.
-
-        A categorical action is one-hot over channels 1..A, a continuous one is written there as is.
-        Agent N-1's action is never an input.
-        """
-        features = nn.functional.one_hot(action, self.action_dim).to(torch.float32) if self.categorical else action
-        tokens = torch.zeros(*features.shape[:-1], self.action_dim + 1, device=features.device, dtype=features.dtype)
-        tokens[:, 0, 0] = 1.0
-        tokens[:, 1:, 1:] = features[:, :-1]
-        return tokens
-
-    def decode(self, tokens: torch.Tensor, encodings: torch.Tensor, action_mask: torch.Tensor | None) -> Distribution:
-        """Every position's conditional ``[B, N]``: position i reads tokens 0..i (actions of agents < i) and the encodings."""
-        x = self.decoder_norm(self.action_embedding(tokens))
-        for block in self.decoder:
-            x = block(x, encodings)
-        out = self.action_head(x)
+    def distribution(self, out: torch.Tensor, action_mask: torch.Tensor | None) -> Distribution:
+        """The action head on decoder outputs ``[..., E]``: masked categorical or diagonal Gaussian."""
+        out = self.action_head(out)
         if self.categorical:
             return masked_categorical(out, action_mask)
         return diagonal_gaussian(out, self.log_std)
 
-    def forward(self, td: TensorDictBase) -> tuple[Distribution, torch.Tensor]:
+    def flat_actions(self, td: TensorDictBase) -> torch.Tensor:
+        """``td``'s actions with the leading batch dimensions flattened: ``[M, N]`` (or ``[M, N, A]``)."""
+        action = td.get(ACTION)
+        return action.reshape(-1, self.n_agents) if self.categorical else action.reshape(-1, self.n_agents, self.action_dim)
+
+    def flat_mask(self, td: TensorDictBase) -> torch.Tensor | None:
+        """``td``'s action mask ``[M, N, A]``, or None."""
+        mask = td.get(ACTION_MASK, None)
+        return None if mask is None else mask.reshape(-1, self.n_agents, self.action_dim)
+
+    def write_token(self, tokens: torch.Tensor, position: int, action: torch.Tensor) -> None:
+        """Write one agent's sampled action ``[M]`` (or ``[M, A]``) into the action stream ``[M, N, A + 1]`` at ``position``."""
+        if self.categorical:
+            tokens[:, position, 1:] = nn.functional.one_hot(action, self.action_dim).to(tokens.dtype)
+        else:
+            tokens[:, position, 1:] = action
+
+
+class MATGuider(AgentTokenGuider):
+    """MAT's encoder-decoder transformer over agent tokens (Wen et al. 2022; ALGORITHMS.md section 4). Memoryless.
+
+    Encoder: ``n_blocks`` of self-attention over all agents of a step. Decoder: ``n_blocks`` of
+    ``DecoderBlock`` on the shifted action stream (a start token, then a_0 .. a_{N-2}): causal
+    self-attention, then each agent's encoding querying the actions before it. Arguments as
+    ``AgentTokenGuider``.
+    """
+
+    def build_blocks(self) -> None:
+        self.encoder = nn.ModuleList(EncoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
+        self.decoder = nn.ModuleList(DecoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
+
+    def encode(self, td: TensorDictBase) -> torch.Tensor:
+        """The agents' encodings ``[M, N, E]`` (leading batch dimensions flattened into M)."""
+        x = self.embed_observations(td)
+        for block in self.encoder:
+            x = block(x)
+        return x
+
+    def value(self, td: TensorDictBase) -> torch.Tensor:
+        """Each agent's value ``[..., N]``."""
+        return self.value_head(self.encode(td)).reshape(*td.batch_size, self.n_agents)
+
+    def rollout_values(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.value(td), self.value(td.get("next"))
+
+    def decode(self, tokens: torch.Tensor, encodings: torch.Tensor, action_mask: torch.Tensor | None) -> Distribution:
+        """Every position's conditional ``[M, N]``: position i reads tokens 0..i (actions of agents < i) and the encodings."""
+        x = self.embed_actions(tokens)
+        for block in self.decoder:
+            x = block(x, encodings)
+        return self.distribution(x, action_mask)
+
+    def forward(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
         batch_shape = td.batch_size
         encodings = self.encode(td)
-        action = td.get(ACTION)
-        action = action.reshape(-1, self.n_agents) if self.categorical else action.reshape(-1, self.n_agents, self.action_dim)
-        dist = self.decode(self.action_tokens(action), encodings, self._flat_mask(td))
-        return _reshape_distribution(dist, batch_shape), self._values(encodings, batch_shape)
+        tokens = shifted_action_tokens(self.flat_actions(td), self.action_dim, self.categorical)
+        dist = self.decode(tokens, encodings, self.flat_mask(td))
+        return _reshape_distribution(dist, batch_shape), self.value_head(encodings).reshape(*batch_shape, self.n_agents)
 
     @torch.no_grad()
-    def sample(self, td: TensorDictBase, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, td: TensorDictBase, deterministic: bool = False, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
         batch_shape = td.batch_size
         encodings = self.encode(td)
-        mask = self._flat_mask(td)
-        b = encodings.shape[0]
-        tokens = torch.zeros(b, self.n_agents, self.action_dim + 1, device=encodings.device)
+        mask = self.flat_mask(td)
+        tokens = torch.zeros(encodings.shape[0], self.n_agents, self.action_dim + 1, device=encodings.device)
         tokens[:, 0, 0] = 1.0
         actions, log_probs = [], []
         for i in range(self.n_agents):
@@ -164,17 +221,135 @@ class MATGuider(GuiderNetwork):
             actions.append(action)
             log_probs.append(agent.log_prob(action))
             if i + 1 < self.n_agents:
-                if self.categorical:
-                    tokens[:, i + 1, 1:] = nn.functional.one_hot(action[:, 0], self.action_dim).to(tokens.dtype)
-                else:
-                    tokens[:, i + 1, 1:] = action[:, 0]
+                self.write_token(tokens, i + 1, action[:, 0])
         action = torch.cat(actions, dim=1)
-        action = action.reshape(*batch_shape, self.n_agents, *action.shape[2:])
-        return action, torch.cat(log_probs, dim=1).reshape(*batch_shape, self.n_agents)
+        return action.reshape(*batch_shape, *action.shape[1:]), torch.cat(log_probs, dim=1).reshape(*batch_shape, self.n_agents), None
 
-    def _flat_mask(self, td: TensorDictBase) -> torch.Tensor | None:
-        mask = td.get(ACTION_MASK, None)
-        return None if mask is None else mask.reshape(-1, self.n_agents, self.action_dim)
+
+class SableGuider(AgentTokenGuider):
+    """Sable: MAT's encoder-decoder with retention in place of attention, and a memory across timesteps
+    (Mahjoub et al. 2025, the MAGPO paper's default guider; ALGORITHMS.md section 4).
+
+    Tokens are (timestep, agent) pairs. The encoder's retention reads every agent of the same and
+    earlier timesteps of the episode; the decoder's reads the action stream causally (earlier
+    timesteps whole, the current one up to the agent). Older timesteps fade by each head's kappa
+    (``hcmarl.nn.retention``). Acting is recurrent, one timestep at a time, with a state
+    ``[M, n_blocks, 3, H, d, d]`` (encoder, decoder self-retention, decoder cross-retention);
+    training replays each env's rollout in one parallel pass from the state at its first step.
+    Episode starts (``is_init``) cut the memory.
+
+    Args:
+        decay_scaling: Sable's "retention heads scaling parameter": the heads' decays are
+            ``decay_scaling * (1 - 2^-e)``, e evenly spaced over [5, 9].
+        **kwargs: ``embed_dim``, ``n_blocks``, ``n_heads``, ``agent_id``, ``log_std_init`` of ``AgentTokenGuider``.
+    """
+
+    recurrent = True
+    in_keys = [OBSERVATION, ACTION_MASK, IS_INIT]
+
+    def __init__(self, decay_scaling: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 < decay_scaling <= 1.0:
+            raise ConfigError(f"model.guider.network.decay_scaling must be in (0, 1], got {decay_scaling}")
+        self.decay_scaling = decay_scaling
+        self.head_dim = self.embed_dim // self.n_heads
+
+    def build_blocks(self) -> None:
+        self.encoder = nn.ModuleList(RetentionEncoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
+        self.decoder = nn.ModuleList(RetentionDecoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
+        self.register_buffer("kappa", head_decays(self.n_heads, self.decay_scaling))
+
+    def initial_state(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros(batch_size, self.n_blocks, 3, self.n_heads, self.head_dim, self.head_dim, device=device)
+
+    def encode(
+        self, x: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder blocks on observation tokens ``[M, L, E]`` with their states ``[M, n_blocks, H, d, d]``."""
+        states = []
+        for j, block in enumerate(self.encoder):
+            x, next_state = block(x, masks, state[:, j], carry)
+            states.append(next_state)
+        return x, torch.stack(states, dim=1) if carry else None
+
+    def decode(
+        self, tokens: torch.Tensor, encodings: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decoder blocks on the action stream ``[M, L, A + 1]`` with states ``[M, n_blocks, 2, H, d, d]``; outputs ``[M, L, E]``."""
+        x = self.embed_actions(tokens)
+        states = []
+        for j, block in enumerate(self.decoder):
+            x, next_state = block(x, encodings, masks, state[:, j], carry)
+            states.append(next_state)
+        return x, torch.stack(states, dim=1) if carry else None
+
+    def _rollout_state(self, td: TensorDictBase, state: torch.Tensor | None) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+        if td.batch_dims != 2:
+            raise ValueError(f"SableGuider reads rollouts [envs, time]; got a TensorDict of batch size {tuple(td.batch_size)}")
+        b, t = td.batch_size
+        is_init = td.get(IS_INIT).reshape(b, t)
+        return b, t, is_init, self.initial_state(b, is_init.device) if state is None else state
+
+    def forward(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
+        """Parallel form over rollouts ``[B, T]``: every step's conditionals ``[B, T, N]`` and values."""
+        b, t, is_init, state = self._rollout_state(td, state)
+        n = self.n_agents
+        masks = retention_masks(is_init, n, self.kappa)
+        encodings, _ = self.encode(self.embed_observations(td).reshape(b, t * n, -1), masks, state[:, :, 0], carry=False)
+        tokens = shifted_action_tokens(self.flat_actions(td), self.action_dim, self.categorical).reshape(b, t * n, -1)
+        out, _ = self.decode(tokens, encodings, masks, state[:, :, 1:], carry=False)
+        mask = self.flat_mask(td)
+        dist = self.distribution(out.reshape(b * t, n, -1), mask)
+        return _reshape_distribution(dist, td.batch_size), self.value_head(encodings).reshape(b, t, n)
+
+    @torch.no_grad()
+    def sample(
+        self, td: TensorDictBase, deterministic: bool = False, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Recurrent form, one timestep ``[...]``: decode agent by agent from ``state``; the state is cut where ``is_init``."""
+        batch_shape = td.batch_size
+        x = self.embed_observations(td)
+        m = x.shape[0]
+        state = self.initial_state(m, x.device) if state is None else state
+        is_init = td.get(IS_INIT).reshape(m, 1)
+        masks = retention_masks(is_init, self.n_agents, self.kappa)
+        encodings, encoder_state = self.encode(x, masks, state[:, :, 0], carry=True)
+        mask = self.flat_mask(td)
+        tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=x.device)
+        tokens[:, 0, 0] = 1.0
+        actions, log_probs = [], []
+        for i in range(self.n_agents):
+            # agent i reads the action stream up to position i: the prefix suffices; the full stream (i = N-1) carries the state
+            last = i + 1 == self.n_agents
+            prefix_masks = masks if last else retention_masks(is_init, i + 1, self.kappa)
+            out, decoder_state = self.decode(tokens[:, : i + 1], encodings[:, : i + 1], prefix_masks, state[:, :, 1:], carry=last)
+            agent = self.distribution(out[:, i : i + 1], None if mask is None else mask[:, i : i + 1])
+            action = agent.mode if deterministic else agent.sample()
+            actions.append(action)
+            log_probs.append(agent.log_prob(action))
+            if not last:
+                self.write_token(tokens, i + 1, action[:, 0])
+        action = torch.cat(actions, dim=1)
+        next_state = torch.cat([encoder_state.unsqueeze(2), decoder_state], dim=2)
+        return action.reshape(*batch_shape, *action.shape[1:]), torch.cat(log_probs, dim=1).reshape(*batch_shape, self.n_agents), next_state
+
+    @torch.no_grad()
+    def rollout_values(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recurrent replay of rollouts ``[B, T]``: V of each step's observation, and of its next observation read with
+        the state after the step (the terminal observation where an episode ended)."""
+        b, t, is_init, state = self._rollout_state(td, state)
+        observations = self.embed_observations(td).reshape(b, t, self.n_agents, -1)
+        next_observations = self.embed_observations(td.get("next")).reshape(b, t, self.n_agents, -1)
+        continuing = retention_masks(torch.zeros_like(is_init[:, :1]), self.n_agents, self.kappa)
+        encoder_state = state[:, :, 0]
+        values, next_values = [], []
+        for step in range(t):
+            masks = retention_masks(is_init[:, step : step + 1], self.n_agents, self.kappa)
+            encodings, encoder_state = self.encode(observations[:, step], masks, encoder_state, carry=True)
+            next_encodings, _ = self.encode(next_observations[:, step], continuing, encoder_state, carry=False)
+            values.append(self.value_head(encodings))
+            next_values.append(self.value_head(next_encodings))
+        return torch.stack(values, dim=1).reshape(b, t, self.n_agents), torch.stack(next_values, dim=1).reshape(b, t, self.n_agents)
 
 
 def _reshape_distribution(dist: Distribution, batch_shape: torch.Size) -> Distribution:
