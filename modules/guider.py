@@ -93,9 +93,9 @@ class Guider(nn.Module):
         """A recurrent guider needs the envs to mark episode starts (``is_init``)."""
         return [InitTracker()] if self.recurrent else []
 
-    def build(self, info: EnvInfo) -> None:
-        """Create the network for the env described by ``info``."""
-        self.network.build(info)
+    def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
+        """Create the network for the env described by ``info`` (reading a conductor's K instructions if ``n_instructions > 0``)."""
+        self.network.build(info, n_instructions)
 
     def check_learner(self, learner: Learner | None) -> None:
         """ConfigErrors for a learner this guider cannot be paired with (MAGPO, CTDS) or a missing one (MAT)."""

@@ -97,12 +97,13 @@ class MARLModule(L.LightningModule):
         if self.conductor is not None:
             self.conductor.build(info)
             n_instructions = self.conductor.n_instructions
+        # with one instruction (K = 1) the actors read nothing more: the instruction carries no information
+        read_instructions = n_instructions if n_instructions > 1 else 0
         if self.guider is not None:
             self.guider.check_learner(self.learner)
-            self.guider.build(info)
+            self.guider.build(info, read_instructions)
         if self.learner is not None:
-            # with one instruction (K = 1) the actor reads nothing more: the instruction carries no information
-            self.learner.build(info, n_instructions if n_instructions > 1 else 0)
+            self.learner.build(info, read_instructions)
         if self.critic is not None:
             self.critic.build(info, n_instructions)
 
@@ -112,8 +113,13 @@ class MARLModule(L.LightningModule):
             raise ConfigError("model: a recipe needs a model.learner (decentralised actors) or a model.guider (MAT), or both (MAGPO)")
         if self.critic is None and self.guider is None:
             raise ConfigError("model.critic is missing: only a model.guider's value head can stand in for it; add a critic (see recipes/mappo/)")
-        if self.guider is not None and self.conductor is not None:
-            raise ConfigError("model.conductor with model.guider is not supported yet: the guider does not read instructions; remove one of them")
+        if self.conductor is not None and self.critic is None:
+            raise ConfigError(
+                "model.conductor needs a model.critic with hcmarl.nn.InstructionCritic: its advantages come from Q(s, .) "
+                "(ALGORITHMS.md section 3); add one (see recipes/hcpo/)"
+            )
+        if self.guider is not None and self.conductor is not None and self.learner is None:
+            raise ConfigError("model.conductor with a model.guider needs a model.learner too (the local conductors instruct the deployed learner)")
         if self.guider is None and self.learner is not None and isinstance(self.learner.constraint, GuidedImitation):
             raise ConfigError(
                 "model.learner.constraint is hcmarl.guided.GuidedImitation, which imitates a guider, but the recipe has no "
@@ -149,31 +155,39 @@ class MARLModule(L.LightningModule):
 
     # ---- acting ---------------------------------------------------------------------------
     def behaviour_policy(self) -> ActingPolicy:
-        """What collects training data: the guider if there is one (MAGPO, MAT), else the learner sampling
-        (after the central conductor's instruction, for HCPO)."""
+        """What collects training data: the guider if there is one (MAGPO, MAT), else the learner sampling;
+        with a conductor (HCPO, or a conductor-guided guider), after the central conductor's instruction."""
         if self.guider is not None:
             memory = self.guider.new_collection_memory()
-            act = functools.partial(self.guider.act, memory=memory)
-            return ActingPolicy(act, self.guider.network.in_keys, [ACTION, LOG_PROB], begin_rollout=memory.begin_rollout)
+            actor, in_keys = functools.partial(self.guider.act, memory=memory), self.guider.network.in_keys
+            begin_rollout = memory.begin_rollout
+        else:
+            actor, in_keys, begin_rollout = self.learner.act, self.learner.actor.in_keys, None
         if self.conductor is None:
-            return ActingPolicy(self.learner.act, self.learner.actor.in_keys, [ACTION, LOG_PROB])
+            return ActingPolicy(actor, in_keys, [ACTION, LOG_PROB], begin_rollout=begin_rollout)
         conductor = self.conductor
 
         def act(td: TensorDictBase) -> TensorDictBase:
-            return self.learner.act(conductor.behave(td))
+            return actor(conductor.behave(td))
 
-        return ActingPolicy(act, [*conductor.network.in_keys, *self.learner.actor.in_keys], [ACTION, LOG_PROB])
+        return ActingPolicy(act, [*conductor.network.in_keys, *in_keys], [ACTION, LOG_PROB], begin_rollout=begin_rollout)
 
     def deployment_policy(self, execution: EvaluationMode | None = None) -> ActingPolicy:
         """What is evaluated and deployed: decentralised actors, reading no global state.
 
         With a conductor, each agent's instruction comes from ``execution`` (default: the conductor's
         ``execution`` setting, ``local``); only ``central`` reads the global state. ``guider`` (and a
-        recipe with no learner, MAT) acts with the guider, centrally, sampling unless ``deterministic_eval``.
+        recipe with no learner, MAT) acts with the guider, centrally (after the central conductor's
+        instruction, if there is a conductor), sampling unless ``deterministic_eval``.
         """
         if execution == "guider" or self.learner is None:
-            act = functools.partial(self.guider.act, deterministic=self.deterministic_eval, memory=GuiderMemory())
-            return ActingPolicy(act, self.guider.network.in_keys, [ACTION, LOG_PROB])
+            guide = functools.partial(self.guider.act, deterministic=self.deterministic_eval, memory=GuiderMemory())
+            if self.conductor is None:
+                return ActingPolicy(guide, self.guider.network.in_keys, [ACTION, LOG_PROB])
+            conductor = self.conductor
+            return ActingPolicy(
+                lambda td: guide(conductor.instruct(td, "central")), [*conductor.network.in_keys, *self.guider.network.in_keys], [ACTION, LOG_PROB]
+            )
         in_keys = self.learner.actor.in_keys
         if self.conductor is None:
             return ActingPolicy(lambda td: self.learner.act(td, deterministic=self.deterministic_eval), in_keys, [ACTION, LOG_PROB])

@@ -17,7 +17,7 @@ from hcmarl.constraints import ClipPPO
 from hcmarl.envs import make_env
 from hcmarl.errors import ConfigError
 from hcmarl.guided import GuidedClip, GuidedImitation
-from hcmarl.keys import ACTION, ADVANTAGE, IS_INIT, LOG_PROB, OBSERVATION, VALUE_TARGET
+from hcmarl.keys import ACTION, ADVANTAGE, AGENT_INSTRUCTION, IS_INIT, LOG_PROB, OBSERVATION, STATE, VALUE_TARGET
 from hcmarl.modules import Conductor, Critic, Guider, Learner, MARLModule
 from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MATGuider, MLPActor, SableGuider
 from hcmarl.constraints import Distill
@@ -42,6 +42,10 @@ def _magpo(delta: float = 1.3, lam: float = 2.0, **kwargs) -> MARLModule:
     module = MARLModule(learner=_learner(lam), guider=_guider(delta, **kwargs))
     module.build(make_env(ENV, num_envs=1, seed=0).info)
     return module
+
+
+def _conductor() -> Conductor:
+    return Conductor(ConductorNetwork(), LocalConductors(), TrustRegion(), Distill(), n_instructions=4)
 
 
 def _rollout(module: MARLModule, steps: int = 16) -> TensorDict:
@@ -84,6 +88,30 @@ def test_a_sable_guider_replays_each_rollout_from_the_state_it_started_with() ->
     opt_guider, opt_learner = module.guider.make_optimizer(), module.learner.make_optimizer()
     metrics = module.guider.update(second, GradientStep(opt_guider), module.learner, GradientStep(opt_learner), start_state=start)
     assert all(torch.isfinite(v) for values in metrics.values() for v in values.values())
+
+
+def test_a_conductor_instructs_the_guider_and_the_learner() -> None:
+    """Conductor-guided MAGPO (issue 8's hybrid 1): the central conductor's M_t is stored with the guider's behaviour, both
+    the guider and the learner read it, and the deployed learner is instructed by the local conductors."""
+    torch.manual_seed(0)
+    module = MARLModule(learner=_learner(), critic=Critic(InstructionCritic()), guider=_guider(minibatches=2), conductor=_conductor())
+    module.build(make_env(ENV, num_envs=1, seed=0).info)
+    assert AGENT_INSTRUCTION in module.guider.network.in_keys and AGENT_INSTRUCTION in module.learner.actor.in_keys
+    batch = _rollout(module)
+    guider_dist, _ = module.guider.network(batch)
+    torch.testing.assert_close(batch.get(LOG_PROB), guider_dist.log_prob(batch.get(ACTION)), atol=1e-5, rtol=0)
+    other = batch.clone()
+    other.set(AGENT_INSTRUCTION, (batch.get(AGENT_INSTRUCTION) + 1) % 4)
+    assert not torch.allclose(module.guider.network(other)[0].log_prob(batch.get(ACTION)), batch.get(LOG_PROB), atol=1e-4)
+    assert set(module.evaluation_modes()) == {"eval", "eval/guider", "eval/central"}
+    module.compute_advantages(batch)
+    metrics = module.update_roles(batch, [GradientStep(opt) for opt in module.configure_optimizers()])
+    assert {"conductor/kl", "guider/mask_frac", "learner/imitation_kl", "critic/value_loss", "local/cross_entropy"} <= set(metrics)
+    deployed = module.deployment_policy()
+    td = make_env(ENV, num_envs=2, seed=5).reset()
+    td.set(STATE, torch.full_like(td.get(STATE), float("nan")))
+    action = deployed(td).get(ACTION)
+    assert action.shape == (2, 3) and td.get(AGENT_INSTRUCTION).shape == (2, 3)
 
 
 def test_both_roles_step_from_the_same_pre_update_parameters() -> None:
@@ -156,13 +184,8 @@ def test_evaluation_deploys_the_learner_alone_and_the_guider_centrally() -> None
         (lambda: MARLModule(learner=Learner(MLPActor(), ClipPPO(), Simultaneous()), guider=_guider()), "GuidedImitation"),
         (lambda: MARLModule(guider=_guider(delta=1.3)), "delta"),
         (lambda: MARLModule(learner=Learner(MLPActor(share_params=False), GuidedImitation(), Sequential()), guider=_guider()), "Simultaneous"),
-        (
-            lambda: MARLModule(
-                learner=_learner(), critic=Critic(InstructionCritic()), guider=_guider(),
-                conductor=Conductor(ConductorNetwork(), LocalConductors(), TrustRegion(), Distill()),
-            ),
-            "conductor",
-        ),
+        (lambda: MARLModule(learner=_learner(), guider=_guider(), conductor=_conductor()), "InstructionCritic"),
+        (lambda: MARLModule(critic=Critic(InstructionCritic()), guider=_guider(delta=math.inf), conductor=_conductor()), "model.learner"),
     ],
 )
 def test_impossible_role_combinations_are_config_errors(build, match: str) -> None:

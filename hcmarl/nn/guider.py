@@ -17,7 +17,7 @@ from torch import nn
 
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ACTION_MASK, IS_INIT, OBSERVATION
+from hcmarl.keys import ACTION, ACTION_MASK, AGENT_INSTRUCTION, IS_INIT, OBSERVATION
 from hcmarl.nn.actors import agent_id_features
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical, select_agents
 from hcmarl.nn.retention import RetentionDecoderBlock, RetentionEncoderBlock, RetentionMasks, head_decays, retention_masks
@@ -39,8 +39,9 @@ class GuiderNetwork(nn.Module, ABC):
     in_keys: list = [OBSERVATION, ACTION_MASK]
 
     @abstractmethod
-    def build(self, info: EnvInfo) -> None:
-        """Create the layers for the env described by ``info``."""
+    def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
+        """Create the layers for the env described by ``info``; with ``n_instructions = K > 0`` every agent token also
+        reads its conductor instruction ``("agents", "instruction")`` (a conductor-guided guider)."""
 
     @abstractmethod
     def forward(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
@@ -97,12 +98,19 @@ class AgentTokenGuider(GuiderNetwork):
         self.n_heads = n_heads
         self.agent_id = agent_id
         self.log_std_init = log_std_init
+        self.n_instructions = 0
         self.built = False
 
-    def build(self, info: EnvInfo) -> None:
-        """Create the embeddings, heads and (``build_blocks``) the encoder and decoder for ``info``'s agents and actions."""
+    def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
+        """Create the embeddings, heads and (``build_blocks``) the encoder and decoder for ``info``'s agents and actions.
+
+        With ``n_instructions = K > 0`` each observation token also carries the agent's instruction, one-hot.
+        """
         e = self.embed_dim
-        obs_dim = info.obs_dim + (info.n_agents if self.agent_id else 0)
+        self.n_instructions = n_instructions
+        if n_instructions > 0:
+            self.in_keys = [*type(self).in_keys, AGENT_INSTRUCTION]
+        obs_dim = info.obs_dim + (info.n_agents if self.agent_id else 0) + n_instructions
         self.n_agents = info.n_agents
         self.categorical = info.categorical
         self.action_dim = info.action_dim
@@ -130,6 +138,8 @@ class AgentTokenGuider(GuiderNetwork):
         obs = td.get(OBSERVATION)
         if self.agent_id:
             obs = agent_id_features(obs)
+        if self.n_instructions > 0:
+            obs = torch.cat([obs, nn.functional.one_hot(td.get(AGENT_INSTRUCTION), self.n_instructions).to(obs.dtype)], dim=-1)
         return self.encoder_norm(self.observation_embedding(obs.reshape(-1, *obs.shape[-2:])))
 
     def embed_actions(self, tokens: torch.Tensor) -> torch.Tensor:
