@@ -4,20 +4,16 @@ Not a test: it trains for minutes to hours. Example:
 
     python benchmarks/learning.py --recipe mappo/coordsum_3x10 --seeds 0 1 2 --frames 5000000 --parallel 2
 
-Each seed runs ``hcmarl fit`` in its own process (one torch thread each); the evaluation
-curves are read back from each run's ``metrics.csv``.
+Each seed runs ``hcmarl fit`` in its own process (one torch thread each) through
+``hcmarl.sweep``, which also resumes or skips; the evaluation curves are read back from each
+run's ``metrics.csv`` by ``hcmarl.report.runs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import statistics
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -25,47 +21,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from hcmarl.report.runs import discover, version_dirs  # noqa: E402
+from hcmarl.sweep import execute, expand_grid  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_seed(recipe: str, seed: int, frames: int, out: Path, extra: list[str]) -> Path:
-    """Train one seed, continuing from its last checkpoint if an earlier call was cut short; returns the seed's folder."""
-    seed_dir = out / "runs" / recipe / f"seed{seed}"
-    previous = sorted(seed_dir.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    if previous and (previous[-1] / "final_eval.json").exists() and json.loads((previous[-1] / "final_eval.json").read_text())["frames"] >= frames:
-        return seed_dir
-    resume = [c for v in previous for c in v.glob("checkpoints/last.ckpt")]
-    cmd = [
-        sys.executable, "-m", "hcmarl.cli", "fit", "--config", str(ROOT / "recipes" / f"{recipe}.yaml"),
-        "--seed_everything", str(seed), "--data.total_frames", str(frames),
-        "--trainer.logger.init_args.save_dir", str(out / "runs"), "--trainer.logger.init_args.name", f"{recipe}/seed{seed}",
-        "--trainer.logger.init_args.version", str(len(previous)), "--trainer.enable_progress_bar", "false",
-        *(["--ckpt_path", str(resume[-1])] if resume else []), *extra,
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    log = out / f"{recipe.replace('/', '_')}_seed{seed}.log"
-    with open(log, "a") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=out)
-    return seed_dir
-
-
-def _versions(seed_dir: Path) -> list[Path]:
-    return sorted(seed_dir.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-
-
 def eval_curve(seed_dir: Path) -> list[tuple[float, float]]:
-    """(frames, eval/return) pairs of a seed over all its (resumed) runs, in frame order."""
-    points: dict[float, float] = {}
-    for version in _versions(seed_dir):
-        with open(version / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-        frames_at_epoch = {r["epoch"]: float(r["frames"]) for r in rows if r.get("frames")}
-        points |= {frames_at_epoch[r["epoch"]]: float(r["eval/return"]) for r in rows if r.get("eval/return") and r["epoch"] in frames_at_epoch}
-    return sorted(points.items())
+    """(frames, eval/return) pairs of a seed over all its (resumed) versions, in frame order."""
+    (run,), _ = discover([seed_dir])
+    return list(zip(*(values.tolist() for values in run.curve("eval/return"))))
 
 
 def final_result(seed_dir: Path) -> dict:
-    return json.loads((_versions(seed_dir)[-1] / "final_eval.json").read_text())
+    return json.loads((version_dirs(seed_dir)[-1] / "final_eval.json").read_text())
 
 
 def _std(values: list[float]) -> float:
@@ -138,9 +107,9 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.docs.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(args.parallel) as pool:
-        futures = {s: pool.submit(run_seed, args.recipe, s, args.frames, args.work, args.overrides) for s in args.seeds}
-        runs = {s: f.result() for s, f in futures.items()}
+    grid = expand_grid(args.recipe, args.seeds, [], args.work / "runs", args.frames)
+    execute(grid, args.overrides, args.parallel)
+    runs = {run.seed: run.folder for run in grid}
     stem = args.recipe.replace("/", "_")
     print(summarise(args.recipe, runs, args.docs / f"{stem}.md", args.docs / f"{stem}.png"))
 

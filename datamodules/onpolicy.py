@@ -3,20 +3,23 @@
 DESIGN.md, "One iteration", step 1. One Lightning epoch is one iteration: the train loader
 has length 1 (so Lightning prefetches nothing) and collects only when asked, with the
 module's behaviour policy. The validation loader runs evaluation episodes with the
-module's deployment policy.
+module's deployment policy; ``record_episode`` draws one such episode frame by frame.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import lightning as L
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, RewardSum, TransformedEnv
+from torchrl.envs.utils import step_mdp
 
 from hcmarl.envs import check_env_name, make_env
 from hcmarl.envs.base import EnvInfo
@@ -54,6 +57,18 @@ def episode_returns(reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Ten
     ended_before = (done.long().cumsum(dim=1) - done.long()) > 0
     live = (~ended_before).to(reward.dtype)
     return (reward.squeeze(-1) * live).sum(dim=1), live.sum(dim=1)
+
+
+@dataclass(frozen=True)
+class RecordedEpisode:
+    """One episode drawn frame by frame: ``frames`` holds the first observation's image and one per step."""
+
+    frames: list[np.ndarray]
+    episode_return: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.frames) - 1
 
 
 class OnPolicyDataModule(L.LightningDataModule):
@@ -104,6 +119,7 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.env_info: EnvInfo | None = None
         self.train_env: TransformedEnv | None = None
         self.eval_env: TransformedEnv | None = None
+        self.render_env: TransformedEnv | None = None
         self._collector: Collector | None = None
         self._behaviour: ActingPolicy | None = None
         self._rollouts: Iterator[TensorDictBase] | None = None
@@ -124,10 +140,13 @@ class OnPolicyDataModule(L.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
+    def _eval_seed(self) -> int:
+        return self.seed + 7 + self._rank() * RANK_SEED_STRIDE + 50_021
+
     def setup(self, stage: str) -> None:
         device, rank = self._device(), self._rank()
         if self.eval_env is None:
-            base = make_env(self.env_name, self.eval_episodes, self.seed + 7 + rank * RANK_SEED_STRIDE + 50_021, device, **self.env_kwargs)
+            base = make_env(self.env_name, self.eval_episodes, self._eval_seed(), device, **self.env_kwargs)
             self.env_info = base.info
             self.eval_env = TransformedEnv(base)
         if stage == "fit" and self.train_env is None:
@@ -183,6 +202,28 @@ class OnPolicyDataModule(L.LightningDataModule):
         if self.env_info.has_win:
             out.set("win", rollout.get(("next", "win")).squeeze(-1).any(dim=1))
         return out
+
+    @torch.no_grad()
+    def record_episode(self, policy: Any) -> RecordedEpisode:
+        """One episode on one env with ``policy`` (the evaluation seed), drawn after the reset and after every step.
+
+        The env must render (``hcmarl.envs.check_renderable``); the episode ends when the env is done
+        or after ``max_steps`` steps.
+        """
+        if self.render_env is None:
+            self.render_env = TransformedEnv(make_env(self.env_name, 1, self._eval_seed(), self._device(), **self.env_kwargs))
+        self._add_policy_transforms(self.render_env)
+        env, draw = self.render_env, self.render_env.base_env.render_frame
+        td = env.reset()
+        frames, episode_return = [draw()], 0.0
+        for _ in range(self.env_info.max_steps):
+            td = env.step(policy(td))
+            frames.append(draw())
+            episode_return += float(td.get(("next", REWARD)).sum())
+            if bool(td.get(("next", "done")).any()):
+                break
+            td = step_mdp(td)
+        return RecordedEpisode(frames, episode_return)
 
     # ---- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

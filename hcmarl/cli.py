@@ -2,11 +2,16 @@
 
 ``hcmarl fit|validate|bench --config recipes/<algorithm>/<family>_<task>.yaml [overrides]``.
 Recipes may use OmegaConf interpolation (``${data.env}``), resolved after command-line
-overrides. Errors a user can fix end with one message and exit code 2.
+overrides. ``--render [--render_dir DIR]`` records an episode video after each evaluation; a
+W&B logger's run is grouped under the recipe. Two more subcommands have their own parsers and
+no Lightning CLI: ``hcmarl sweep`` trains a recipe over seeds x override values
+(:mod:`hcmarl.sweep`) and ``hcmarl report`` writes tables, figures and a page from finished runs
+(:mod:`hcmarl.report`). Errors a user can fix end with one message and exit code 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -14,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import DDPStrategy
-from jsonargparse import set_parsing_settings
+from jsonargparse import ActionYesNo, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from hcmarl.datamodules.onpolicy import iterations_for
-from hcmarl.errors import HcmarlError
+from hcmarl.errors import ConfigError, HcmarlError
 
 
 def _seed(seed_everything: Any) -> int:
@@ -87,7 +93,8 @@ class HcmarlTrainer(Trainer):
 
 
 class HcmarlCLI(LightningCLI):
-    """LightningCLI with frames-based run length, interpolation after overrides, and a final evaluation."""
+    """LightningCLI with frames-based run length, interpolation after overrides, a final evaluation,
+    episode videos (``--render``) and W&B runs grouped by recipe."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -99,6 +106,45 @@ class HcmarlCLI(LightningCLI):
         parser.link_arguments(("data.total_frames", "data.num_envs", "data.rollout_steps"), "trainer.max_epochs", compute_fn=iterations_for)
         parser.link_arguments("data.eval_every", "trainer.check_val_every_n_epoch")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed)
+        parser.add_argument(
+            "--render", action=ActionYesNo, default=False,
+            help="After each evaluation, record one episode of the deployment policy on one env as a video (vmas, mpe envs).",
+        )
+        parser.add_argument("--render_dir", type=str | None, default=None, help="Folder for --render's videos (default: videos/ in the run folder).")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, and remember the ``--config`` files named (``recipe_files``): resolving a recipe's
+        interpolation drops them from the parsed config."""
+        super().parse_arguments(parser, args)
+        self.recipe_files: list[str] = []
+        if args is None or isinstance(args, (list, tuple)):
+            finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+            finder.add_argument("-c", "--config", action="append", default=[])
+            self.recipe_files = finder.parse_known_args(sys.argv[1:] if args is None else list(args))[0].config
+
+    def before_fit(self) -> None:
+        self._prepare_run()
+
+    def before_validate(self) -> None:
+        self._prepare_run()
+
+    def before_bench(self) -> None:
+        self._prepare_run()
+
+    def _prepare_run(self) -> None:
+        """Add the episode-video callback for ``--render``; give a W&B logger its recipe group, seed and resolved config."""
+        from hcmarl.modules.callbacks import EpisodeVideo
+        from hcmarl.modules.loggers import WandbLogger, recipe_name
+
+        config = self.config[self.subcommand]
+        if config.render_dir is not None and not config.render:
+            raise ConfigError("--render_dir is set without --render; add --render to record an episode video")
+        if config.render:
+            self.trainer.callbacks.append(EpisodeVideo(config.render_dir))
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                resolved = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False))
+                logger.describe_run(recipe_name(self.recipe_files, self.datamodule.env_name), config.seed_everything, resolved)
 
     def after_fit(self) -> None:
         """Evaluate the final policy, print the result and write ``final_eval.json`` into the run folder."""
@@ -158,10 +204,23 @@ def user_error(err: BaseException) -> HcmarlError | None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: errors a user can fix print one line and exit with code 2."""
+    """Console entry point: ``report`` and ``sweep`` go to their own parsers, the rest to the Lightning CLI.
+
+    Errors a user can fix print one line and exit with code 2.
+    """
     torch.set_float32_matmul_precision("high")
+    argv = sys.argv[1:] if args is None else args
     try:
-        build_cli(args)
+        if argv[:1] == ["report"]:
+            from hcmarl.report.cli import main as report_main
+
+            report_main(argv[1:])
+        elif argv[:1] == ["sweep"]:
+            from hcmarl.sweep import main as sweep_main
+
+            sweep_main(argv[1:])
+        else:
+            build_cli(args)
     except Exception as err:
         cause = user_error(err)
         if cause is None:

@@ -27,3 +27,11 @@ class MissingDependencyError(HcmarlError, ImportError):
 
 class NonFiniteLossError(HcmarlError, FloatingPointError):
     """A loss became NaN or infinite; training stops and the last checkpoint is kept."""
+
+
+class RunDataError(HcmarlError, ValueError):
+    """Run folders or an exported metrics file that cannot be read as runs; the message names the file and what is missing."""
+
+
+class SweepError(HcmarlError, RuntimeError):
+    """Runs of an ``hcmarl sweep`` failed; the message names their log files."""

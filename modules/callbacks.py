@@ -1,16 +1,22 @@
-"""Lightning callbacks: a progress bar in frames, and a throughput meter for ``hcmarl bench``."""
+"""Lightning callbacks: a progress bar in frames, a throughput meter for ``hcmarl bench``, and episode
+videos for ``--render``."""
 
 from __future__ import annotations
 
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
+
+from hcmarl.envs import check_renderable
+from hcmarl.video import write_video
 
 SHOWN_METRICS = {"perf/fps": "fps", "train/return": "return", "eval/return": "eval"}
 
@@ -74,3 +80,42 @@ class ThroughputMeter(Callback):
             }
         )
         self._last_end = now
+
+
+class EpisodeVideo(Callback):
+    """After each evaluation, one episode of the deployment policy on one env, written as a video.
+
+    ``hcmarl fit|validate --render`` adds it; a recipe can list it under ``trainer.callbacks``. The
+    video (MP4, or GIF without imageio-ffmpeg; :mod:`hcmarl.video`) holds the first observation and
+    one frame per step, and is named after the env and the frames trained so far, e.g.
+    ``vmas-balance_4096frames.mp4``. Its path is printed, and a W&B logger gets it as ``eval/video``.
+    Only rank zero records. The env must render (``hcmarl.envs.RENDERING_FAMILIES``).
+
+    Args:
+        dirpath: folder for the videos; None: ``videos/`` in the run folder (``trainer.log_dir``).
+        fps: frames per second.
+    """
+
+    def __init__(self, dirpath: str | None = None, fps: int = 10) -> None:
+        self.dirpath = dirpath
+        self.fps = fps
+        self._dir: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_renderable(trainer.datamodule.env_name)
+        # trainer.log_dir is a collective under DDP: every rank asks here, only rank zero records
+        self._dir = Path(self.dirpath) if self.dirpath is not None else Path(trainer.log_dir or trainer.default_root_dir) / "videos"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        episode = dm.record_episode(pl_module.deployment_policy())
+        path = write_video(episode.frames, self._dir / f"{dm.env_name.replace('/', '-')}_{dm.frames}frames", self.fps)
+        print(
+            f"Episode video: {path} ({len(episode.frames)} frames: {episode.steps} steps, "
+            f"return {episode.episode_return:.4g})"
+        )
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_video("eval/video", [str(path)], caption=[f"{dm.env_name}, {dm.frames:,} frames"])

@@ -7,6 +7,8 @@ Names are ``family/task``: ``vmas/balance``, ``coordsum/3x10``, ``smax/3s5z``,
 Each family module (``hcmarl.envs.<family>``) provides ``tasks() -> list[str]`` (raising
 ``MissingDependencyError`` when its package is absent, except where the task list is static)
 and ``make(task, num_envs, seed, device, **kwargs) -> EnvBase`` whose result has ``.info``.
+The envs of the families in ``RENDERING_FAMILIES`` also draw themselves:
+``render_frame(index=0) -> np.ndarray``, an RGB image ``[H, W, 3]`` of sub-env ``index``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torchrl.envs import EnvBase
 
 from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, REWARD, STATE, EnvInfo
-from hcmarl.errors import MissingDependencyError, UnknownEnvError
+from hcmarl.errors import ConfigError, MissingDependencyError, UnknownEnvError
 
 FAMILY_MODULES: dict[str, str] = {
     "coordsum": "hcmarl.envs.coordsum",
@@ -27,6 +29,9 @@ FAMILY_MODULES: dict[str, str] = {
     "mamujoco": "hcmarl.envs.mamujoco",
     "mpe": "hcmarl.envs.mpe",
 }
+
+RENDERING_FAMILIES: tuple[str, ...] = ("vmas", "mpe")
+"""The families whose envs have ``render_frame`` (episode videos)."""
 
 
 def _family(family: str):
@@ -56,6 +61,16 @@ def check_env_name(name: str) -> tuple[str, str]:
     raise UnknownEnvError(f"unknown env name {name!r} (names are 'family/task'); known: {', '.join(known_env_names())}")
 
 
+def check_renderable(name: str) -> None:
+    """Raise ``ConfigError`` unless env ``name`` belongs to one of ``RENDERING_FAMILIES``."""
+    family, _ = check_env_name(name)
+    if family not in RENDERING_FAMILIES:
+        raise ConfigError(
+            f"data.env={name!r} cannot be rendered as a video: the {family!r} envs do not draw themselves; "
+            f"the families that render are {', '.join(RENDERING_FAMILIES)}"
+        )
+
+
 def make_env(
     name: str,
     num_envs: int = 1,
@@ -68,4 +83,4 @@ def make_env(
     return _family(family).make(task, num_envs=num_envs, seed=seed, device=torch.device(device), **kwargs)
 
 
-__all__ = ["make_env", "known_env_names", "check_env_name", "EnvInfo", "OBSERVATION", "ACTION", "ACTION_MASK", "STATE", "REWARD"]
+__all__ = ["make_env", "known_env_names", "check_env_name", "check_renderable", "RENDERING_FAMILIES", "EnvInfo", "OBSERVATION", "ACTION", "ACTION_MASK", "STATE", "REWARD"]

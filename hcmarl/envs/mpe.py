@@ -91,7 +91,8 @@ class MpeMultiAgentEnv(EnvBase):
         self.scenario = scenario
         self.max_cycles = max_cycles
         self._envs = [
-            module.parallel_env(max_cycles=max_cycles, continuous_actions=False, **scenario_kwargs) for _ in range(num_envs)
+            module.parallel_env(max_cycles=max_cycles, continuous_actions=False, render_mode="rgb_array", **scenario_kwargs)
+            for _ in range(num_envs)
         ]
         first = self._envs[0]
         self.agent_names: list[str] = list(first.possible_agents)
@@ -214,6 +215,10 @@ class MpeMultiAgentEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         """Env ``i`` is reset with ``seed + i`` at its next reset."""
         self._next_seeds = [None if seed is None else seed + i for i in range(self.batch_size[0])]
+
+    def render_frame(self, index: int = 0) -> np.ndarray:
+        """Env ``index`` drawn as an RGB image ``[H, W, 3]`` (uint8), off-screen with pygame."""
+        return self._envs[index].render()
 
 
 def tasks() -> list[str]:

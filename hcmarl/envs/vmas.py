@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
@@ -185,6 +186,10 @@ class VmasMultiAgentEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         self._env.seed(seed)
 
+    def render_frame(self, index: int = 0) -> np.ndarray:
+        """World ``index`` drawn as an RGB image ``[H, W, 3]`` (uint8), headless through pyglet's EGL
+        (without EGL, pyglet needs a display: run under ``xvfb-run``)."""
+        return self._env.render(mode="rgb_array", env_index=index)
 
 
 def tasks() -> list[str]:

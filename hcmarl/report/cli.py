@@ -1,0 +1,79 @@
+"""``hcmarl report PATH... [--out DIR]``: the command-line entry point of :func:`hcmarl.report.report`."""
+
+from __future__ import annotations
+
+import argparse
+
+from hcmarl.errors import ConfigError
+from hcmarl.report.build import report
+from hcmarl.report.stats import CONFIDENCE, RESAMPLES
+from hcmarl.report.tables import LAST_EVALUATIONS
+
+
+def parse_bounds(items: list[str]) -> dict[str, tuple[float, float]]:
+    """``["coordsum/3x10=0:200"]`` -> ``{"coordsum/3x10": (0.0, 200.0)}``."""
+    bounds = {}
+    for item in items:
+        task, _, values = item.rpartition("=")
+        low, _, high = values.partition(":")
+        try:
+            bounds[task] = (float(low), float(high))
+        except ValueError:
+            raise ConfigError(f"--bounds '{item}' is not TASK=MIN:MAX, e.g. --bounds coordsum/3x10=0:200") from None
+        if not task:
+            raise ConfigError(f"--bounds '{item}' names no task; write TASK=MIN:MAX, e.g. --bounds coordsum/3x10=0:200")
+    return bounds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hcmarl report",
+        description="Tables (HCPO: median of the last evaluations; MAGPO: normalised IQM with bootstrap intervals and "
+        "probability of improvement), learning curves and a Markdown page from finished runs.",
+    )
+    parser.add_argument("paths", nargs="+", help="run folders (searched for metrics.csv) or exported .csv files")
+    parser.add_argument("--out", default="report", help="folder for report.md and the figures (default: report)")
+    parser.add_argument(
+        "--metric", default="auto", help="auto (win rate where logged, else return), return, win_rate, or a column such as eval/guider/return"
+    )
+    parser.add_argument(
+        "--last", type=int, default=LAST_EVALUATIONS, help="evaluations per seed whose median the HCPO table reports (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--band", choices=("ci", "std"), default="ci", help="learning-curve band: bootstrap interval of the mean, or std (default: ci)"
+    )
+    parser.add_argument(
+        "--bounds", action="append", default=[], metavar="TASK=MIN:MAX",
+        help="normalisation bounds of a task instead of the observed min and max (repeatable)",
+    )
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--confidence", type=float, default=CONFIDENCE, help="interval level (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap's random generator (default: 0)")
+    parser.add_argument("--title", default="Results", help="the page's title")
+    parser.add_argument(
+        "--export", default=None, metavar="CSV", help="also write every run's evaluations into this compact CSV, readable back by hcmarl report"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    """Parse ``argv`` (the words after ``hcmarl report``), write the report and print the files written."""
+    args = build_parser().parse_args(argv)
+    if args.last < 1:
+        raise ConfigError(f"--last {args.last}: the HCPO score needs at least one evaluation per seed, e.g. --last 10")
+    written = report(
+        args.paths,
+        args.out,
+        metric=args.metric,
+        last=args.last,
+        band=args.band,
+        bounds=parse_bounds(args.bounds),
+        resamples=args.resamples,
+        confidence=args.confidence,
+        seed=args.seed,
+        title=args.title,
+        export=args.export,
+    )
+    print("hcmarl report wrote:")
+    for path in written:
+        print(f"  {path}")

@@ -1,0 +1,317 @@
+"""Runs read back from disk: run folders written by ``hcmarl fit`` or a W&B project export.
+
+A *run* here is one seed of one algorithm on one task, with its evaluation curves: for every
+``eval/...`` metric, ``(frames, value)`` points in frame order. Run folders (``metrics.csv`` beside
+``config.yaml``) and export rows that share algorithm, task and seed are one run, merged in
+version order: a run resumed from a checkpoint continues in a new ``version_K+1`` folder, and its
+curve is the union over its versions (a later version's point replaces an earlier one at equal frames).
+
+Identity of a run folder:
+
+- algorithm: the first part of the logger name in ``config.yaml`` (``trainer.logger.init_args.name``,
+  e.g. ``mappo/coordsum/3x10`` or ``mappo/coordsum_3x10/seed0``), plus any ``key=value`` parts that
+  ``hcmarl sweep`` adds (``mappo (lr=0.001)``); without a config, the folder's path below the
+  searched root stands for the name;
+- task: ``data.env`` in ``config.yaml``, else the name's middle parts;
+- seed: ``seed_everything`` in ``config.yaml``, else a final ``seed<k>`` part of the name.
+
+A W&B export is one CSV file in long format, one row per logged step of a run (what
+``wandb.Api().run(...).history()`` gives, concatenated over runs):
+
+- ``run`` or ``name`` (required): the run's name, parsed like a logger name above;
+- ``frames`` (required) and one or more ``eval/...`` columns (e.g. ``eval/return``,
+  ``eval/win_rate``); an evaluation row without ``frames`` takes them from the latest row at or
+  before its ``epoch`` (needs an ``epoch`` column), as in ``metrics.csv``;
+- optional ``algorithm`` (else ``group``'s or the name's first part), ``task`` (else ``data.env``,
+  else the group's or name's middle parts) and ``seed`` (else ``seed_everything``, else the name's
+  ``seed<k>`` part).
+
+:func:`write_export` writes runs in this format (one row per evaluation), which is how a compact
+copy of finished runs is kept next to a report.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from hcmarl.errors import RunDataError
+
+METRIC_ALIASES = {"return": "eval/return", "win_rate": "eval/win_rate"}
+EXPORT_ID_COLUMNS = ("run", "algorithm", "task", "seed", "frames")
+_SEED_PART = re.compile(r"seed[_=-]?(\d+)")
+_VERSION = re.compile(r"version_(\d+)")
+
+Points = dict[str, dict[float, float]]
+"""metric -> {frames: value}"""
+
+
+@dataclass
+class Run:
+    """One seed of one algorithm on one task, and where it was read from."""
+
+    algorithm: str
+    task: str
+    seed: int
+    curves: dict[str, list[tuple[float, float]]]
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.algorithm} on {self.task}, seed {self.seed}"
+
+    @property
+    def last_frames(self) -> float:
+        """Frames at the run's last evaluation (any metric)."""
+        return max(points[-1][0] for points in self.curves.values())
+
+    def curve(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(frames, values)`` of ``metric``, in frame order."""
+        if metric not in self.curves:
+            raise RunDataError(f"{self.label} ({', '.join(self.sources)}) has no '{metric}'; it has: {', '.join(sorted(self.curves))}")
+        frames, values = zip(*self.curves[metric])
+        return np.asarray(frames), np.asarray(values)
+
+
+def version_dirs(folder: Path) -> list[Path]:
+    """``folder/version_K`` subfolders in increasing K (the versions of one resumed run)."""
+    versions = [p for p in folder.glob("version_*") if p.is_dir() and _VERSION.fullmatch(p.name)]
+    return sorted(versions, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _number(text: str | None, where: str) -> float | None:
+    """A logged value; None where nothing (or NaN) was logged."""
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise RunDataError(f"{where}: the value '{text}' is not a number") from None
+    return None if math.isnan(value) else value
+
+
+def _is_eval_metric(column: str) -> bool:
+    return column.startswith("eval/") and not column.endswith("/episodes")
+
+
+def curves_from_rows(rows: Sequence[Mapping[str, str]], where: str) -> Points:
+    """Evaluation points of logged rows (``metrics.csv`` or one run of an export).
+
+    A row with ``frames`` and an ``eval/...`` value gives that point. An evaluation row without
+    ``frames`` (Lightning logs validation as its own row) takes the frames of the latest row at
+    or before its ``epoch``: the final evaluation after the last epoch gets the last frames.
+    Evaluation rows before any frames are counted are left out.
+    """
+    metrics = [c for c in (rows[0].keys() if rows else []) if _is_eval_metric(c)]
+    counted = [(_number(r.get("epoch"), where), _number(r.get("frames"), where)) for r in rows]
+    known = sorted((e, f) for e, f in counted if e is not None and f is not None)
+    epochs = [e for e, _ in known]
+    points: Points = {m: {} for m in metrics}
+    for row, (epoch, frames) in zip(rows, counted):
+        present = {m: v for m in metrics if (v := _number(row.get(m), where)) is not None}
+        if not present:
+            continue
+        if frames is None:
+            if epoch is None:
+                raise RunDataError(f"{where}: an evaluation row has neither 'frames' nor 'epoch', so its frame count is unknown")
+            i = bisect.bisect_right(epochs, epoch)
+            if i == 0:
+                continue
+            frames = known[i - 1][1]
+        for m, v in present.items():
+            points[m][frames] = v
+    return {m: p for m, p in points.items() if p}
+
+
+def parse_run_name(name: str) -> tuple[str, str | None, int | None]:
+    """``(algorithm, task or None, seed or None)`` from a logger or W&B run name.
+
+    ``mappo/coordsum_3x10/seed0`` -> ``("mappo", "coordsum_3x10", 0)``;
+    ``mappo/coordsum_3x10/lr=0.001/seed1`` -> ``("mappo (lr=0.001)", "coordsum_3x10", 1)``;
+    ``mappo/coordsum/3x10`` -> ``("mappo", "coordsum/3x10", None)``. An ``env=...`` value (a sweep
+    over ``data.env``) changes the task, so it is not part of the algorithm.
+    """
+    parts = [p for p in name.strip("/").split("/") if p]
+    if not parts:
+        raise RunDataError("a run has an empty name, so its algorithm is unknown; give the logger a name such as mappo/coordsum_3x10")
+    seed = None
+    if len(parts) > 1 and (match := _SEED_PART.fullmatch(parts[-1])):
+        seed, parts = int(match.group(1)), parts[:-1]
+    tags = [t for p in parts[1:] if "=" in p for t in p.split(",") if not t.startswith("env=")]
+    task_parts = [p for p in parts[1:] if "=" not in p]
+    algorithm = parts[0] + (f" ({', '.join(tags)})" if tags else "")
+    return algorithm, "/".join(task_parts) or None, seed
+
+
+def _identity(where: str, algorithm: str, task: object, seed: object) -> tuple[str, str, int]:
+    """Check and convert a run's identity; the message says where each piece can come from."""
+    if not isinstance(task, str) or not task:
+        raise RunDataError(
+            f"{where}: the task is unknown; it needs data.env in config.yaml, a 'task' column, or a name like <algorithm>/<task>/seed<k>"
+        )
+    if seed is None or isinstance(seed, bool) or str(seed).strip() == "":
+        raise RunDataError(f"{where}: the seed is unknown; it needs seed_everything in config.yaml, a 'seed' column, or a name ending in seed<k>")
+    try:
+        return algorithm, task, int(float(seed))
+    except ValueError:
+        raise RunDataError(f"{where}: the seed '{seed}' is not an integer") from None
+
+
+@dataclass
+class _Part:
+    """One version folder, or one run of an export, before versions are merged."""
+
+    key: tuple[str, str, int]
+    order: tuple
+    points: Points
+    source: str
+
+
+def _relative_name(folder: Path, root: Path) -> str:
+    """A folder's path below the searched root, standing for the logger name when there is no config."""
+    try:
+        name = folder.relative_to(root).as_posix()
+    except ValueError:
+        name = "."
+    return folder.name if name == "." else name
+
+
+def _read_folder(folder: Path, root: Path) -> _Part:
+    with open(folder / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    config_path = folder / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    config = config if isinstance(config, dict) else {}
+    logger = (config.get("trainer") or {}).get("logger") or {}
+    logger_args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+    has_version = _VERSION.fullmatch(folder.name) is not None
+    named_folder = folder.parent if has_version else folder
+    name = logger_args.get("name") or _relative_name(named_folder, root)
+    algorithm, name_task, name_seed = parse_run_name(str(name))
+    seed = config.get("seed_everything")
+    seed = name_seed if seed is None or isinstance(seed, bool) else seed
+    key = _identity(str(folder), algorithm, (config.get("data") or {}).get("env") or name_task, seed)
+    version = int(folder.name.split("_")[1]) if has_version else 0
+    return _Part(key, (str(named_folder), version), curves_from_rows(rows, str(folder / "metrics.csv")), str(folder))
+
+
+def read_export(path: Path) -> list[_Part]:
+    """The runs of a W&B export CSV (format in the module docstring), unmerged."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    id_column = next((c for c in ("run", "name") if c in columns), None)
+    missing = [c for c, ok in (("run or name", id_column), ("frames", "frames" in columns)) if not ok]
+    if not any(_is_eval_metric(c) for c in columns):
+        missing.append("an eval/... metric such as eval/return")
+    if missing:
+        raise RunDataError(
+            f"{path} is not a run export: it lacks the column(s) {', '.join(missing)}. Expected one row per logged step with "
+            "'run' (or 'name'), 'frames', eval/... metrics, and optionally 'algorithm', 'task', 'seed', 'group', 'epoch' "
+            f"(see hcmarl.report.runs); its columns are: {', '.join(columns) or 'none'}"
+        )
+    by_run: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_run.setdefault(row[id_column], []).append(row)
+    parts = []
+    for order, (run_name, run_rows) in enumerate(by_run.items()):
+        first = run_rows[0]
+        where = f"{path}, run '{run_name}'"
+        algorithm, name_task, _ = parse_run_name(first.get("group") or run_name)
+        key = _identity(
+            where,
+            first.get("algorithm") or algorithm,
+            first.get("task") or first.get("data.env") or name_task,
+            first.get("seed") or first.get("seed_everything") or parse_run_name(run_name)[2],
+        )
+        parts.append(_Part(key, (str(path), order), curves_from_rows(run_rows, where), where))
+    return parts
+
+
+def _merge(parts: Iterable[_Part]) -> list[Run]:
+    merged: dict[tuple[str, str, int], Run] = {}
+    for part in sorted(parts, key=lambda p: p.order):
+        run = merged.setdefault(part.key, Run(*part.key, curves={}))
+        points = {m: dict(c) for m, c in run.curves.items()}
+        for metric, new in part.points.items():
+            points.setdefault(metric, {}).update(new)
+        run.curves = {m: sorted(p.items()) for m, p in points.items()}
+        run.sources.append(part.source)
+    return sorted(merged.values(), key=lambda r: (r.task, r.algorithm, r.seed))
+
+
+def discover(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
+    """Every run under ``paths`` (folders searched for ``metrics.csv``, or export ``.csv`` files).
+
+    Returns the runs (sorted by task, algorithm, seed) and notes on what was left out:
+    folders whose logs hold no evaluation.
+    """
+    parts: list[_Part] = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise RunDataError(f"{path} does not exist; give run folders (written by hcmarl fit) or an exported .csv")
+        if path.is_file() and path.name == "metrics.csv":
+            parts.append(_read_folder(path.parent, path.parent.parent))
+        elif path.is_file():
+            parts.extend(read_export(path))
+        else:
+            parts.extend(_read_folder(m.parent, path) for m in sorted(path.rglob("metrics.csv")))
+    if not parts:
+        raise RunDataError(
+            f"no runs found in {', '.join(str(p) for p in paths)}: expected folders holding metrics.csv "
+            "(as hcmarl fit writes them) or an exported .csv of runs"
+        )
+    notes = [f"{p.source}: no evaluation logged, left out" for p in parts if not p.points]
+    runs = _merge(p for p in parts if p.points)
+    if not runs:
+        raise RunDataError(f"no evaluation in any run found in {', '.join(str(p) for p in paths)}: train longer than data.eval_every iterations")
+    return runs, notes
+
+
+def split_incomplete(runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
+    """``(complete, incomplete)``: a run is incomplete when it stops before another seed of its algorithm and task."""
+    longest: dict[tuple[str, str], float] = {}
+    for run in runs:
+        key = (run.algorithm, run.task)
+        longest[key] = max(longest.get(key, 0.0), run.last_frames)
+    complete = [r for r in runs if r.last_frames >= longest[(r.algorithm, r.task)]]
+    return complete, [r for r in runs if r.last_frames < longest[(r.algorithm, r.task)]]
+
+
+def resolve_metric(runs: Sequence[Run], metric: str) -> str:
+    """The column to score ``runs`` by: ``auto`` is ``eval/win_rate`` when every run logs it, else ``eval/return``.
+
+    ``return`` and ``win_rate`` are short for ``eval/return`` and ``eval/win_rate``; any other
+    name is a column (``eval/guider/return``) that every run must have.
+    """
+    if metric == "auto":
+        metric = "win_rate" if runs and all("eval/win_rate" in r.curves for r in runs) else "return"
+    column = METRIC_ALIASES.get(metric, metric)
+    for run in runs:
+        run.curve(column)
+    return column
+
+
+def write_export(runs: Sequence[Run], path: Path) -> Path:
+    """Write ``runs`` as an export CSV (one row per evaluation), readable back by :func:`discover`."""
+    metrics = sorted({m for r in runs for m in r.curves})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*EXPORT_ID_COLUMNS, *metrics])
+        for run in runs:
+            values = {m: dict(c) for m, c in run.curves.items()}
+            for frames in sorted({f for c in values.values() for f in c}):
+                cells = [f"{values[m][frames]:.10g}" if frames in values.get(m, {}) else "" for m in metrics]
+                writer.writerow([f"{run.algorithm}/{run.task}/seed{run.seed}", run.algorithm, run.task, run.seed, f"{frames:.0f}", *cells])
+    return path

@@ -1,0 +1,288 @@
+"""``hcmarl sweep``: one recipe over a grid of seeds x override values, each grid point one ``hcmarl fit`` run.
+
+    hcmarl sweep --config mappo/coordsum_3x10 --seeds 0-4 --set model.learner.init_args.lr=1e-3,5e-4 \\
+        --parallel 2 --out sweeps --frames 1000000 -- --data.num_envs 32
+
+The grid is the cartesian product of every ``--set`` key's values, times the seeds. Run
+``(values, seed)`` logs into ``<out>/<recipe>[/<key>=<value>,...]/seed<seed>/version_K`` (``key`` is
+the last part of the dotted name unless two keys share it), which ``hcmarl report <out>`` reads
+back. Each run is ``python -m hcmarl.cli fit ...`` in its own process with one torch thread
+(``OMP_NUM_THREADS=1``), ``--parallel`` at a time, its output appended to ``fit.log`` beside its
+versions. The sweep is resumable: a run whose ``final_eval.json`` (in any version) reports at least
+the requested frames is skipped, a run with a ``last.ckpt`` continues from it into a new version,
+and the others start afresh. The run folders need the CSV logger every recipe uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from hcmarl.errors import ConfigError, SweepError
+from hcmarl.recipes import RECIPES_DIR
+from hcmarl.report.runs import version_dirs
+
+RESERVED = ("seed_everything", "data.total_frames", "ckpt_path", "config", "trainer.logger")
+"""Keys the sweep sets itself: ``--seeds``, ``--frames``, resumption, ``--config``, the run folders."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+_print_lock = threading.Lock()
+
+
+def say(message: str) -> None:
+    """Print one line whole, also when runs finish at once in several threads."""
+    with _print_lock:
+        print(message, flush=True)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> 0..4, ``"0,2,5"`` -> [0, 2, 5], ``"3"`` -> [3]; ranges and lists mix (``"0-2,7"``); repeats are dropped."""
+    seeds: list[int] = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
+        if match is None:
+            raise ConfigError(f"--seeds '{text}': '{item}' is not a seed or a range; write e.g. 0-4, 0,2,5 or 3")
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        if last < first:
+            raise ConfigError(f"--seeds '{text}': the range {item} ends before it starts; write it as {last}-{first}")
+        seeds += [s for s in range(first, last + 1) if s not in seeds]
+    return seeds
+
+
+def _split_values(text: str) -> list[str]:
+    """Split at commas outside brackets, so that list values such as ``[64,64]`` stay whole."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{("
+        depth -= char in "]})"
+        if char == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += char
+    return [*values, current]
+
+
+def parse_set(text: str) -> tuple[str, list[str]]:
+    """``"model.learner.init_args.lr=1e-3,5e-4"`` -> ``("model.learner.init_args.lr", ["1e-3", "5e-4"])``."""
+    key, sep, values = text.partition("=")
+    key = key.strip().removeprefix("--")
+    items = [v.strip() for v in _split_values(values)]
+    if not sep or not key or not all(items):
+        raise ConfigError(f"--set '{text}' is not KEY=VALUE[,VALUE...]; e.g. --set model.learner.init_args.lr=1e-3,5e-4")
+    if key != "data.total_frames" and any(key == r or key.startswith(r + ".") for r in RESERVED):
+        raise ConfigError(f"--set {key}: the sweep sets this key itself; use --seeds, --frames or --out instead")
+    return key, items
+
+
+def resolve_recipe(config: str) -> tuple[str, Path]:
+    """``(recipe name, path)`` of ``--config``: a YAML file, or a shipped recipe's name such as ``mappo/coordsum_3x10``."""
+    path = Path(config)
+    if path.is_file():
+        return f"{path.resolve().parent.name}/{path.stem}", path.resolve()
+    shipped = RECIPES_DIR / f"{config.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return config.removesuffix(".yaml"), shipped
+    raise ConfigError(f"--config {config}: no such file, nor a shipped recipe; give a YAML path or a name such as mappo/coordsum_3x10")
+
+
+def _recipe_frames(path: Path) -> int:
+    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    if "total_frames" not in data:
+        raise ConfigError(f"{path} sets no data.total_frames, so the sweep cannot tell finished runs; give --frames")
+    return int(data["total_frames"])
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One grid point: a recipe, its override values and a seed, trained for ``frames``."""
+
+    recipe: str
+    config: Path
+    seed: int
+    overrides: tuple[tuple[str, str], ...]
+    frames: int
+    out: Path
+    tag: str = ""
+
+    @property
+    def name(self) -> str:
+        """The logger name, which is also the run's folder below ``out``."""
+        return "/".join(p for p in (self.recipe, self.tag, f"seed{self.seed}") if p)
+
+    @property
+    def folder(self) -> Path:
+        return self.out / self.name
+
+    def finished_frames(self) -> int | None:
+        """The most frames any version's ``final_eval.json`` reports, None if none finished."""
+        done = [json.loads(p.read_text()).get("frames", 0) for v in version_dirs(self.folder) if (p := v / "final_eval.json").exists()]
+        return max(done) if done else None
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest version's ``checkpoints/last.ckpt``, if any."""
+        found = [c for v in version_dirs(self.folder) if (c := v / "checkpoints" / "last.ckpt").exists()]
+        return found[-1] if found else None
+
+    def command(self, extra: Sequence[str]) -> list[str]:
+        """The ``hcmarl fit`` command: a new version, resuming from the last checkpoint if there is one."""
+        versions = version_dirs(self.folder)
+        version = int(versions[-1].name.split("_")[1]) + 1 if versions else 0
+        checkpoint = self.last_checkpoint()
+        return [
+            sys.executable, "-m", "hcmarl.cli", "fit", "--config", str(self.config),
+            "--seed_everything", str(self.seed), "--data.total_frames", str(self.frames),
+            "--trainer.logger.init_args.save_dir", str(self.out), "--trainer.logger.init_args.name", self.name,
+            "--trainer.logger.init_args.version", str(version), "--trainer.enable_progress_bar", "false",
+            *[arg for key, value in self.overrides if key != "data.total_frames" for arg in (f"--{key}", value)],
+            *(["--ckpt_path", str(checkpoint)] if checkpoint else []),
+            *extra,
+        ]
+
+
+def _frames(value: str) -> int:
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ConfigError(f"--set data.total_frames={value}: not a number of frames; e.g. --set data.total_frames=100000,200000") from None
+
+
+def _short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Each key's last dotted part, or the whole key where two keys share that part."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def expand_grid(
+    config: str, seeds: Sequence[int], sets: Sequence[tuple[str, list[str]]], out: Path, frames: int | None = None
+) -> list[SweepRun]:
+    """Every (override values, seed) of the grid, override combinations outermost, in the order given."""
+    recipe, path = resolve_recipe(config)
+    keys = [k for k, _ in sets]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--set names a key twice ({', '.join(k for k in keys if keys.count(k) > 1)}); give its values once, comma-separated")
+    if frames is not None and "data.total_frames" in keys:
+        raise ConfigError("both --frames and --set data.total_frames give the run length; keep one")
+    if not seeds:
+        raise ConfigError("--seeds names no seed; e.g. --seeds 0-4")
+    short = _short_keys(keys)
+    fixed_frames = None if "data.total_frames" in keys else frames if frames is not None else _recipe_frames(path)
+    runs, tags = [], {}
+    for values in itertools.product(*[v for _, v in sets]):
+        overrides = tuple(zip(keys, values))
+        tag = ",".join(f"{short[k]}={_UNSAFE.sub('-', v)}" for k, v in overrides)
+        if tags.setdefault(tag, overrides) != overrides:
+            raise ConfigError(f"the overrides {tags[tag]} and {overrides} give one folder name '{tag}'; use values that differ in letters or digits")
+        run_frames = _frames(dict(overrides)["data.total_frames"]) if fixed_frames is None else fixed_frames
+        runs += [SweepRun(recipe, path, seed, overrides, run_frames, out.resolve(), tag) for seed in seeds]
+    return runs
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one run: ``skipped`` (already finished), ``finished`` or ``failed``."""
+
+    run: SweepRun
+    status: str
+    log: Path | None = None
+
+
+def run_one(run: SweepRun, extra: Sequence[str]) -> Outcome:
+    """Train one grid point unless finished; its output goes to ``<folder>/fit.log``."""
+    done = run.finished_frames()
+    if done is not None and done >= run.frames:
+        say(f"skip   {run.name}: finished, final_eval.json reports {done:,} frames >= {run.frames:,}")
+        return Outcome(run, "skipped")
+    checkpoint = run.last_checkpoint()
+    say(f"start  {run.name}" + (f" (resuming from {checkpoint})" if checkpoint else ""))
+    run.folder.mkdir(parents=True, exist_ok=True)
+    log = run.folder / "fit.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    started = time.monotonic()
+    with open(log, "a") as f:
+        code = subprocess.run(run.command(extra), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    elapsed = time.monotonic() - started
+    if code != 0:
+        say(f"FAILED {run.name} (exit code {code} after {elapsed:.0f} s); log: {log}")
+        return Outcome(run, "failed", log)
+    say(f"done   {run.name} in {elapsed:.0f} s")
+    return Outcome(run, "finished", log)
+
+
+def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -> list[Outcome]:
+    """Run the grid ``parallel`` at a time; raises :class:`SweepError` naming the logs of failed runs."""
+    if parallel < 1:
+        raise ConfigError(f"--parallel {parallel}: give at least 1")
+    cores = os.cpu_count() or 1
+    if parallel > cores:
+        print(
+            f"hcmarl sweep: warning: --parallel {parallel} exceeds the {cores} CPU cores (os.cpu_count()); "
+            "runs will share cores and each will be slower",
+            file=sys.stderr,
+        )
+    with ThreadPoolExecutor(parallel) as pool:
+        outcomes = list(pool.map(lambda r: run_one(r, extra), runs))
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise SweepError(f"{len(failed)} of {len(runs)} runs failed; see their logs: {', '.join(str(o.log) for o in failed)}")
+    return outcomes
+
+
+def check_extra(extra: Sequence[str]) -> None:
+    """Refuse extra ``hcmarl fit`` arguments that would fight the sweep's own."""
+    for arg in extra:
+        key = arg.removeprefix("--").split("=", 1)[0]
+        if arg.startswith("--") and any(key == r or key.startswith(r + ".") for r in RESERVED):
+            raise ConfigError(f"'{arg}' after -- is set by the sweep itself; use --seeds, --frames, --set or --out instead")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hcmarl sweep",
+        description="Train a recipe over seeds x override values, each run in its own folder; resumable. "
+        "Arguments after -- go to every hcmarl fit.",
+    )
+    parser.add_argument("--config", required=True, help="a recipe: a YAML path or a shipped name such as mappo/coordsum_3x10")
+    parser.add_argument("--seeds", required=True, help="seeds: 0-4, 0,2,5 or 3")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
+        help="values of a config key to sweep (repeatable: the grid is their product)",
+    )
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time, one CPU thread each (default: 1)")
+    parser.add_argument("--out", type=Path, default=Path("sweeps"), help="root of the run folders (default: sweeps)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per run (default: the recipe's data.total_frames)")
+    parser.add_argument("--dry-run", action="store_true", help="print each run's status and command, run nothing")
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    """Parse ``argv`` (the words after ``hcmarl sweep``; after ``--``, extra ``hcmarl fit`` arguments) and run the grid."""
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, extra = build_parser().parse_args(argv[:split]), argv[split + 1 :]
+    check_extra(extra)
+    runs = expand_grid(args.config, parse_seeds(args.seeds), [parse_set(s) for s in args.sets], args.out, args.frames)
+    print(f"hcmarl sweep: {len(runs)} runs of {runs[0].recipe} into {runs[0].out}")
+    if args.dry_run:
+        for run in runs:
+            done = run.finished_frames()
+            if done is not None and done >= run.frames:
+                print(f"# skip {run.name}: finished, final_eval.json reports {done:,} frames >= {run.frames:,}")
+            else:
+                print(shlex.join(run.command(extra)))
+        return
+    outcomes = execute(runs, extra, args.parallel)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped")}
+    print(f"hcmarl sweep: {counts['finished']} trained, {counts['skipped']} already finished. Report: hcmarl report {args.out}")

@@ -1,0 +1,295 @@
+"""``hcmarl report``: the statistics against hand-computed values and loop references, run folders, the page."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hcmarl.cli import main
+from hcmarl.errors import ConfigError, RunDataError
+from hcmarl.report import report
+from hcmarl.report.runs import discover, parse_run_name, resolve_metric
+from hcmarl.report.stats import (
+    improvement_estimate,
+    iqm,
+    iqm_estimate,
+    minmax_normalise,
+    probability_of_improvement,
+)
+from hcmarl.report.tables import aggregate, final_scores, hcpo_scores, hcpo_table
+
+FRAMES_PER_EPOCH = 100
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_iqm_of_one_to_eight_is_the_mean_of_the_middle_four() -> None:
+    assert iqm([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx((3 + 4 + 5 + 6) / 4)
+
+
+def test_iqm_of_nine_scores_drops_two_at_each_end_without_fractional_weights() -> None:
+    # floor(9 / 4) = 2 cut at each end: mean of 1, 2, 4, 8, 16 (a fractional IQM would give 26.75 / 4.5)
+    assert iqm([64, 0, 16, 1, 32, 2, 0, 8, 4]) == pytest.approx(31 / 5)
+    assert iqm([5, 1, 3]) == pytest.approx(3.0)  # fewer than four scores: nothing is cut
+    assert iqm([[1, 2], [2, 2], [1, 1], [2, 1]]) == pytest.approx(1.5)  # all runs of all tasks together
+
+
+def _iqm_by_hand(values: np.ndarray) -> float:
+    ordered = sorted(values)
+    cut = len(ordered) // 4
+    middle = ordered[cut : len(ordered) - cut]
+    return sum(middle) / len(middle)
+
+
+def test_stratified_bootstrap_matches_a_loop_reference() -> None:
+    tasks = [np.array([1.0, 5.0, 2.0]), np.array([10.0, 0.0, 3.0, 7.0])]
+    resamples, seed = 50, 3
+    estimate = iqm_estimate(tasks, resamples=resamples, seed=seed)
+
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(t), size=(resamples, len(t))) for t in tasks]  # per task, in task order
+    reference = []
+    for b in range(resamples):
+        sample = [float(t[i]) for t, d in zip(tasks, draws) for i in d[b]]
+        reference.append(_iqm_by_hand(np.array(sample)))
+    assert estimate.value == pytest.approx(_iqm_by_hand(np.array([1, 5, 2, 10, 0, 3, 7.0])))  # = (1+2+3+5+7)/5
+    assert estimate.value == pytest.approx(3.6)
+    assert estimate.low == pytest.approx(np.percentile(reference, 2.5))
+    assert estimate.high == pytest.approx(np.percentile(reference, 97.5))
+    assert estimate.low < estimate.high
+
+
+def test_bootstrap_interval_of_equal_seeds_has_zero_width() -> None:
+    estimate = iqm_estimate([np.full(4, 0.7), np.full(3, 0.7)], resamples=200, seed=0)
+    assert estimate.value == estimate.low == estimate.high == pytest.approx(0.7)
+
+
+def test_probability_of_improvement_by_hand() -> None:
+    # task 1: pairs (3,1)=1 (3,3)=1/2 (3,5)=0 (4,1)=1 (4,3)=1 (4,5)=0 -> 3.5/6; task 2: 1 > 0 -> 1
+    x, y = [[3, 4], [1]], [[1, 3, 5], [0]]
+    assert probability_of_improvement(x, y) == pytest.approx((3.5 / 6 + 1.0) / 2)
+    assert probability_of_improvement(y, x) == pytest.approx(1 - (3.5 / 6 + 1.0) / 2)
+    # rliable's own test case: 1/3
+    xs = np.array([[1, 2], [2, 2], [1, 1], [2, 1]])
+    ys = np.array([[1, 1], [2, 2], [3, 3]])
+    assert probability_of_improvement(list(xs.T), list(ys.T)) == pytest.approx(1 / 3)
+
+
+def test_probability_of_improvement_interval_matches_a_loop_reference() -> None:
+    x, y = [np.array([3.0, 4.0, 1.0]), np.array([1.0, 2.0])], [np.array([1.0, 3.0, 5.0]), np.array([0.0, 2.0, 2.5])]
+    resamples, seed = 40, 7
+    estimate = improvement_estimate(x, y, resamples=resamples, seed=seed)
+
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(s), size=(resamples, len(s))) for s in [*x, *y]]  # X's tasks, then Y's
+    reference = []
+    for b in range(resamples):
+        per_task = []
+        for t in range(2):
+            xs, ys = x[t][draws[t][b]], y[t][draws[2 + t][b]]
+            wins = sum(1.0 if a > c else 0.5 if a == c else 0.0 for a in xs for c in ys)
+            per_task.append(wins / (len(xs) * len(ys)))
+        reference.append(sum(per_task) / 2)
+    assert estimate.low == pytest.approx(np.percentile(reference, 2.5))
+    assert estimate.high == pytest.approx(np.percentile(reference, 97.5))
+    # task 1: 3 vs (1,3,5) = 1.5, 4 = 2, 1 = 0.5 -> 4/9; task 2: 1 vs (0,2,2.5) = 1, 2 = 1.5 -> 2.5/6
+    assert estimate.value == pytest.approx((4 / 9 + 2.5 / 6) / 2)
+
+
+def test_minmax_normalisation_over_all_algorithms_or_given_bounds() -> None:
+    scores = {"a": {"t": [0.0, 10.0], "u": [1.0]}, "b": {"t": [5.0], "u": [3.0]}}
+    normalised, bounds = minmax_normalise(scores)
+    assert bounds == {"t": (0.0, 10.0), "u": (1.0, 3.0)}
+    np.testing.assert_allclose(normalised["a"]["t"], [0.0, 1.0])
+    np.testing.assert_allclose(normalised["b"]["t"], [0.5])
+    np.testing.assert_allclose(normalised["b"]["u"], [1.0])
+    normalised, _ = minmax_normalise(scores, {"t": (0.0, 20.0)})
+    np.testing.assert_allclose(normalised["a"]["t"], [0.0, 0.5])
+    with pytest.raises(ConfigError, match="max > min"):
+        minmax_normalise({"a": {"t": [2.0, 2.0]}})
+    with pytest.raises(ConfigError, match="unknown task"):
+        minmax_normalise(scores, {"nope": (0.0, 1.0)})
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def write_run(
+    root: Path,
+    name: str,
+    env: str,
+    seed: int,
+    evals: list[float],
+    first_epoch: int = 0,
+    version: int = 0,
+    metric: str = "eval/return",
+    final: bool = True,
+) -> Path:
+    """A run folder as ``hcmarl fit`` writes it: a train row with frames per epoch, separate evaluation rows.
+
+    Training runs ``2 * len(evals)`` epochs from ``first_epoch`` and evaluates after every second
+    one, so evaluation ``i`` lands at ``(first_epoch + 2 i + 2) * FRAMES_PER_EPOCH`` frames. With
+    ``final``, the last evaluation is the one after fit: logged at the epoch after the last train
+    row, without frames. Without it, the run is cut short after its last evaluation's epoch.
+    """
+    folder = root / name / f"version_{version}"
+    folder.mkdir(parents=True)
+    fields = ["epoch", "step", "frames", "train/return", "eval/episodes", metric]
+    rows = []
+    for epoch in range(first_epoch, first_epoch + 2 * len(evals)):
+        rows.append({"epoch": epoch, "step": epoch, "frames": (epoch + 1) * FRAMES_PER_EPOCH, "train/return": 0.0})
+        i, odd = divmod(epoch - first_epoch, 2)
+        if odd and (i < len(evals) - 1 or not final):
+            rows.append({"epoch": epoch, "step": epoch, "eval/episodes": 4, metric: evals[i]})
+    if final:
+        rows.append({"epoch": first_epoch + 2 * len(evals), "step": 0, "eval/episodes": 4, metric: evals[-1]})
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    config = {"seed_everything": seed, "trainer": {"logger": {"init_args": {"name": name}}}, "data": {"env": env}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.fixture
+def fixture_runs(tmp_path: Path) -> Path:
+    """Two algorithms on two tasks; alg_a's seed 1 on coordsum/3x10 is resumed into a second version."""
+    root = tmp_path / "runs"
+    write_run(root, "alg_a/coordsum_3x10/seed0", "coordsum/3x10", 0, [float(i) for i in range(12)])
+    values = [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 13.0, 14.0, 15.0, 16.0, 22.0]
+    # cut short after logging a 7th evaluation (99) past its last checkpoint, then resumed from epoch 12
+    write_run(root, "alg_a/coordsum_3x10/seed1", "coordsum/3x10", 1, values[:6] + [99.0], final=False)
+    write_run(root, "alg_a/coordsum_3x10/seed1", "coordsum/3x10", 1, values[6:], first_epoch=12, version=1)
+    for seed in (0, 1):
+        write_run(root, f"alg_b/coordsum_3x10/seed{seed}", "coordsum/3x10", seed, [20.0] * 12)
+        write_run(root, f"alg_a/coordsum_3x30/seed{seed}", "coordsum/3x30", seed, [1.0 + seed] * 12)
+        write_run(root, f"alg_b/coordsum_3x30/seed{seed}", "coordsum/3x30", seed, [3.0 + seed] * 12)
+    return root
+
+
+def test_versions_of_a_resumed_seed_are_one_curve(fixture_runs: Path) -> None:
+    runs, notes = discover([fixture_runs])
+    assert notes == [] and len(runs) == 8
+    (resumed,) = [r for r in runs if (r.algorithm, r.task, r.seed) == ("alg_a", "coordsum/3x10", 1)]
+    frames, values = resumed.curve("eval/return")
+    # version 0's last point (99 at 1,400 frames) is replaced by version 1's point at the same frames;
+    # the final evaluation (logged without frames) takes the last train row's 2,400
+    np.testing.assert_allclose(values, [0, 2, 4, 6, 8, 10, 12, 13, 14, 15, 16, 22])
+    np.testing.assert_allclose(frames, [200 * (i + 1) for i in range(12)])
+    assert len(resumed.sources) == 2
+
+
+def test_hcpo_table_medians_by_hand(fixture_runs: Path) -> None:
+    runs, _ = discover([fixture_runs])
+    metrics = {"coordsum/3x10": "eval/return", "coordsum/3x30": "eval/return"}
+    scores = hcpo_scores(runs, metrics)
+    # seed 0: last ten of 0..11 are 2..11 -> median 6.5; seed 1: 4, 6, 8, 10, 12, 13, 14, 15, 16, 22 -> (12 + 13) / 2
+    np.testing.assert_allclose(scores["coordsum/3x10"]["alg_a"], [6.5, 12.5])
+    np.testing.assert_allclose(scores["coordsum/3x10"]["alg_b"], [20.0, 20.0])
+    table = hcpo_table(scores, metrics)
+    assert f"9.50 ({math.sqrt(((6.5 - 9.5) ** 2 + (12.5 - 9.5) ** 2) / 1):.2f})" in table  # mean 9.5, sample std 4.24
+    assert "**20.00 (0.00)**" in table and "**3.50 (0.71)**" in table
+    np.testing.assert_allclose(hcpo_scores(runs, metrics, last=3)["coordsum/3x10"]["alg_a"], [10.0, 16.0])
+
+
+def test_aggregate_normalises_final_scores(fixture_runs: Path) -> None:
+    runs, _ = discover([fixture_runs])
+    metrics = {"coordsum/3x10": "eval/return", "coordsum/3x30": "eval/return"}
+    agg = aggregate(final_scores(runs, metrics), resamples=100)
+    # 3x10 finals: alg_a 11, 22; alg_b 20, 20 -> bounds (11, 22). 3x30: alg_a 1, 2; alg_b 3, 4 -> (1, 4)
+    assert agg.bounds == {"coordsum/3x10": (11.0, 22.0), "coordsum/3x30": (1.0, 4.0)}
+    # alg_b normalised: 9/11, 9/11, 2/3, 1 -> IQM drops one at each end: mean(9/11, 9/11)
+    assert agg.iqm["alg_b"].value == pytest.approx(9 / 11)
+    # alg_a: 0, 1, 0, 1/3 -> mean(0, 1/3)
+    assert agg.iqm["alg_a"].value == pytest.approx(1 / 6)
+    assert list(agg.iqm) == ["alg_b", "alg_a"]
+    (x, y, poi), = agg.improvement
+    # 3x10: b (9/11, 9/11) vs a (0, 1): 2 of 4 pairs -> 1/2; 3x30: every b beats every a -> 1
+    assert (x, y) == ("alg_b", "alg_a") and poi.value == pytest.approx(0.75)
+
+
+def test_auto_metric_prefers_win_rate(tmp_path: Path) -> None:
+    write_run(tmp_path, "alg/smax_3m/seed0", "smax/3m", 0, [0.0, 0.5, 1.0], metric="eval/win_rate")
+    runs, _ = discover([tmp_path])
+    assert resolve_metric(runs, "auto") == "eval/win_rate"
+    with pytest.raises(RunDataError, match="eval/return"):
+        resolve_metric(runs, "return")
+
+
+def test_run_names_give_algorithm_task_and_seed() -> None:
+    assert parse_run_name("mappo/coordsum_3x10/seed0") == ("mappo", "coordsum_3x10", 0)
+    assert parse_run_name("mappo/coordsum/3x10") == ("mappo", "coordsum/3x10", None)
+    assert parse_run_name("mappo/coordsum_3x10/lr=0.001,env=coordsum-3x30/seed4") == ("mappo (lr=0.001)", "coordsum_3x10", 4)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def test_report_writes_every_file_it_promises(fixture_runs: Path, tmp_path: Path) -> None:
+    write_run(fixture_runs, "alg_b/coordsum_3x30/seed2", "coordsum/3x30", 2, [5.0, 6.0])  # stops early: left out
+    out = tmp_path / "report"
+    written = report([fixture_runs], out, resamples=100, export=out / "runs.csv")
+    names = sorted(p.name for p in written)
+    assert names == sorted(
+        ["runs.csv", "curves_coordsum_3x10.png", "curves_coordsum_3x10.svg", "curves_coordsum_3x30.png",
+         "curves_coordsum_3x30.svg", "iqm.png", "iqm.svg", "report.md"]
+    )
+    for path in written:
+        assert path.is_file() and path.stat().st_size > 0
+    assert (out / "iqm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (out / "iqm.svg").read_bytes()
+    page = (out / "report.md").read_text()
+    for image in ("iqm.png", "iqm.svg", "curves_coordsum_3x10.png", "curves_coordsum_3x30.svg"):
+        assert f"]({image})" in page  # relative links beside the page
+    assert "alg_b on coordsum/3x30, seed 2" in page and "**20.00 (0.00)**" in page
+    assert "**3.50 (0.71)**" in page  # alg_b on 3x30 without its short seed 2
+
+    # the export reads back into the same tables
+    again = tmp_path / "again"
+    report([out / "runs.csv"], again, resamples=100)
+    strip = lambda text: text.split("\n", 3)[3]  # noqa: E731 (the sources line differs)
+    assert strip((again / "report.md").read_text()) == strip(page)
+
+
+def test_report_command_on_an_empty_folder_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hcmarl: error: no runs found") and "metrics.csv" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_command_writes_the_page(fixture_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    main(["report", str(fixture_runs), "--out", str(tmp_path / "out"), "--resamples", "50", "--band", "std"])
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_export_without_required_columns_names_them(tmp_path: Path) -> None:
+    bad = tmp_path / "export.csv"
+    bad.write_text("Name,step,eval/return\nx,1,2\n")
+    with pytest.raises(RunDataError, match="frames") as info:
+        discover([bad])
+    assert "run or name" in str(info.value) and "Name, step, eval/return" in str(info.value)
+
+
+def test_wandb_export_rows_without_frames_take_them_from_the_epoch(tmp_path: Path) -> None:
+    export = tmp_path / "wandb.csv"
+    export.write_text(
+        "name,group,seed,epoch,frames,eval/return\n"
+        "r0,mappo/coordsum/3x10,0,0,100,\n"
+        "r0,mappo/coordsum/3x10,0,0,,5\n"
+        "r0,mappo/coordsum/3x10,0,1,200,\n"
+        "r0,mappo/coordsum/3x10,0,2,,7\n"
+    )
+    (run,), _ = discover([export])
+    assert (run.algorithm, run.task, run.seed) == ("mappo", "coordsum/3x10", 0)
+    assert run.curves["eval/return"] == [(100.0, 5.0), (200.0, 7.0)]

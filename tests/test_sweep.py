@@ -1,0 +1,154 @@
+"""``hcmarl sweep``: seeds and grids, resumption (mocked and one real tiny run), errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import hcmarl.sweep as sweep
+from hcmarl.cli import main
+from hcmarl.errors import ConfigError
+from hcmarl.sweep import check_extra, expand_grid, parse_seeds, parse_set
+
+TINY_FIT = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--data.eval_episodes", "2"]
+
+
+def test_seeds_as_range_list_or_one() -> None:
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("0,2,5") == [0, 2, 5]
+    assert parse_seeds("3") == [3]
+    assert parse_seeds("0-2,7,1") == [0, 1, 2, 7]
+    for bad in ("a", "4-2", "", "1,,2", "-1"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_set_values_split_outside_brackets() -> None:
+    assert parse_set("model.learner.init_args.lr=1e-3,5e-4") == ("model.learner.init_args.lr", ["1e-3", "5e-4"])
+    assert parse_set("model.x.hidden_sizes=[64,64],[128,128]") == ("model.x.hidden_sizes", ["[64,64]", "[128,128]"])
+    assert parse_set("data.total_frames=100,200") == ("data.total_frames", ["100", "200"])
+    for bad in ("lr", "=1,2", "lr=1,"):
+        with pytest.raises(ConfigError, match="KEY=VALUE"):
+            parse_set(bad)
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_set("seed_everything=1,2")
+
+
+def test_grid_is_the_product_of_set_values_times_seeds(tmp_path: Path) -> None:
+    sets = [("model.learner.init_args.lr", ["1e-3", "5e-4"]), ("data.num_envs", ["4", "8", "16"])]
+    runs = expand_grid("mappo/coordsum_3x10", [0, 1], sets, tmp_path)
+    assert len(runs) == 12 and len({r.folder for r in runs}) == 12
+    assert {(r.overrides, r.seed) for r in runs} == {
+        ((("model.learner.init_args.lr", lr), ("data.num_envs", n)), s) for lr in ("1e-3", "5e-4") for n in ("4", "8", "16") for s in (0, 1)
+    }
+    first = runs[0]
+    assert first.name == "mappo/coordsum_3x10/lr=1e-3,num_envs=4/seed0"
+    assert first.folder == tmp_path.resolve() / "mappo/coordsum_3x10/lr=1e-3,num_envs=4/seed0"
+    assert first.frames == 20_000_000  # the recipe's data.total_frames
+    command = first.command([])
+    assert command[command.index("--model.learner.init_args.lr") + 1] == "1e-3"
+    assert command[command.index("--data.num_envs") + 1] == "4"
+    assert command[command.index("--seed_everything") + 1] == "0"
+    assert command[command.index("--trainer.logger.init_args.name") + 1] == first.name
+    # keys that share their last part keep their full names
+    (run,) = expand_grid("mappo/coordsum_3x10", [0], [("model.learner.init_args.lr", ["1"]), ("model.critic.init_args.lr", ["2"])], tmp_path, 64)
+    assert run.tag == "model.learner.init_args.lr=1,model.critic.init_args.lr=2" and run.frames == 64
+
+
+def test_sweep_refuses_what_it_sets_itself(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--frames"):
+        expand_grid("mappo/coordsum_3x10", [0], [("data.total_frames", ["64"])], tmp_path, frames=64)
+    with pytest.raises(ConfigError, match="twice"):
+        expand_grid("mappo/coordsum_3x10", [0], [("data.num_envs", ["4"]), ("data.num_envs", ["8"])], tmp_path)
+    with pytest.raises(ConfigError, match="no such file"):
+        expand_grid("mappo/no_such_recipe", [0], [], tmp_path)
+    for extra in (["--seed_everything", "3"], ["--data.total_frames=5"], ["--trainer.logger.init_args.name", "x"]):
+        with pytest.raises(ConfigError, match="set by the sweep"):
+            check_extra(extra)
+    check_extra(["--data.num_envs", "4", "--trainer.devices", "1"])
+
+
+def _finished(folder: Path, version: int, frames: int) -> None:
+    (folder / f"version_{version}").mkdir(parents=True, exist_ok=True)
+    (folder / f"version_{version}" / "final_eval.json").write_text(json.dumps({"eval/return": 1.0, "frames": frames}))
+
+
+def _checkpoint(folder: Path, version: int) -> Path:
+    path = folder / f"version_{version}" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.fixture
+def fake_fit(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Replace the training subprocess: record each command and succeed."""
+    commands: list[list[str]] = []
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the sweep gives each run one thread whatever the caller has
+
+    def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+        commands.append(cmd)
+        assert kwargs["env"]["OMP_NUM_THREADS"] == "1"
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    return commands
+
+
+def test_finished_runs_are_skipped_and_cut_runs_resume(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
+    runs = expand_grid("mappo/coordsum_3x10", [0, 1, 2, 3], [], tmp_path, frames=64)
+    _finished(runs[0].folder, 0, 64)  # done
+    _checkpoint(runs[1].folder, 0)  # cut short
+    _finished(runs[2].folder, 0, 32)  # done with fewer frames: continue from its checkpoint
+    ckpt = _checkpoint(runs[2].folder, 0)
+    outcomes = sweep.execute(runs, ["--data.num_envs", "4"])
+    assert [o.status for o in outcomes] == ["skipped", "finished", "finished", "finished"]
+    assert "skip   mappo/coordsum_3x10/seed0: finished, final_eval.json reports 64 frames >= 64" in capsys.readouterr().out
+    by_seed = {cmd[cmd.index("--seed_everything") + 1]: cmd for cmd in fake_fit}
+    assert sorted(by_seed) == ["1", "2", "3"]
+    assert by_seed["2"][by_seed["2"].index("--ckpt_path") + 1] == str(ckpt)
+    assert by_seed["2"][by_seed["2"].index("--trainer.logger.init_args.version") + 1] == "1"
+    assert "--ckpt_path" in by_seed["1"] and "--ckpt_path" not in by_seed["3"]
+    assert by_seed["3"][-2:] == ["--data.num_envs", "4"]
+
+
+def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
+    main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0-1", "--set", "data.num_envs=4,8", "--frames", "64", "--out", str(tmp_path),
+          "--dry-run"])
+    printed = capsys.readouterr().out.splitlines()
+    assert fake_fit == [] and printed[0].startswith("hcmarl sweep: 4 runs")
+    assert sum("-m hcmarl.cli fit" in line for line in printed) == 4
+
+
+def test_failed_run_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, **kwargs: subprocess.CompletedProcess(cmd, 1))
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0,1", "--frames", "64", "--out", str(tmp_path), "--parallel", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "exceeds the 1 CPU cores" in err
+    assert "hcmarl: error: 2 of 2 runs failed" in err and str(tmp_path.resolve() / "mappo/coordsum_3x10/seed0/fit.log") in err
+
+
+def test_a_real_sweep_trains_then_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    argv = ["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0", "--frames", "64", "--out", str(tmp_path / "sweep"), "--", *TINY_FIT]
+    main(argv)
+    (folder,) = [p.parent for p in (tmp_path / "sweep").rglob("final_eval.json")]
+    assert folder == tmp_path.resolve() / "sweep/mappo/coordsum_3x10/seed0/version_0"
+    assert json.loads((folder / "final_eval.json").read_text())["frames"] == 64
+    assert "done   mappo/coordsum_3x10/seed0" in capsys.readouterr().out
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(sweep.subprocess, "run", no_training)
+    main(argv)
+    assert "skip   mappo/coordsum_3x10/seed0: finished" in capsys.readouterr().out
+
+    main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--resamples", "20"])
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "| coordsum/3x10 | mappo | 0 | 64 | 1 |" in page  # one evaluation: the final one
