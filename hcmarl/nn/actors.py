@@ -9,7 +9,7 @@ evaluates a batch of any shape ``[...]`` (for recurrent actors: whole rollouts
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -30,6 +30,19 @@ def agent_id_features(obs: torch.Tensor) -> torch.Tensor:
     n = obs.shape[-2]
     eye = torch.eye(n, device=obs.device, dtype=obs.dtype).expand(*obs.shape[:-2], n, n)
     return torch.cat([obs, eye], dim=-1)
+
+
+def observation_features(
+    td: TensorDictBase, agent_id: bool, instruction_features: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Each agent's observation ``[..., N, D]``, then its one-hot id if ``agent_id``, then its encoded conductor
+    instruction ``("agents", "instruction")`` if ``instruction_features`` is given (ALGORITHMS.md section 3)."""
+    obs = td.get(OBSERVATION)
+    if agent_id:
+        obs = agent_id_features(obs)
+    if instruction_features is not None:
+        obs = torch.cat([obs, instruction_features(td.get(AGENT_INSTRUCTION))], dim=-1)
+    return obs
 
 
 class Actor(nn.Module, ABC):
@@ -115,12 +128,7 @@ class Actor(nn.Module, ABC):
     def inputs(self, td: TensorDictBase) -> torch.Tensor:
         if not self.built:
             raise RuntimeError(f"{type(self).__name__}.build(env_info) must be called before use")
-        obs = td.get(OBSERVATION)
-        if self.agent_id:
-            obs = agent_id_features(obs)
-        if self.n_instructions > 0:
-            obs = torch.cat([obs, self.instruction_features(td.get(AGENT_INSTRUCTION))], dim=-1)
-        return obs
+        return observation_features(td, self.agent_id, self.instruction_features if self.n_instructions > 0 else None)
 
     def instruction_features(self, instruction: torch.Tensor) -> torch.Tensor:
         """Each agent's instruction ``[..., N]`` encoded, ``[..., N, K or embed_dim]`` (ALGORITHMS.md section 3).

@@ -18,7 +18,7 @@ from torch import nn
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ACTION_MASK, AGENT_INSTRUCTION, IS_INIT, OBSERVATION
-from hcmarl.nn.actors import agent_id_features
+from hcmarl.nn.actors import observation_features
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical, select_agents
 from hcmarl.nn.retention import RetentionDecoderBlock, RetentionEncoderBlock, RetentionMasks, head_decays, retention_masks
 from hcmarl.nn.transformer import DecoderBlock, EncoderBlock
@@ -135,12 +135,11 @@ class AgentTokenGuider(GuiderNetwork):
         """Observation tokens ``[M, N, E]`` (leading batch dimensions flattened into M), before the encoder blocks."""
         if not self.built:
             raise RuntimeError(f"{type(self).__name__}.build(env_info) must be called before use")
-        obs = td.get(OBSERVATION)
-        if self.agent_id:
-            obs = agent_id_features(obs)
-        if self.n_instructions > 0:
-            obs = torch.cat([obs, nn.functional.one_hot(td.get(AGENT_INSTRUCTION), self.n_instructions).to(obs.dtype)], dim=-1)
+        obs = observation_features(td, self.agent_id, self._one_hot_instruction if self.n_instructions > 0 else None)
         return self.encoder_norm(self.observation_embedding(obs.reshape(-1, *obs.shape[-2:])))
+
+    def _one_hot_instruction(self, instruction: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(instruction, self.n_instructions).to(torch.float32)
 
     def embed_actions(self, tokens: torch.Tensor) -> torch.Tensor:
         """Action-stream tokens ``[..., A + 1]`` -> ``[..., E]``, before the decoder blocks."""
