@@ -293,3 +293,15 @@ def test_wandb_export_rows_without_frames_take_them_from_the_epoch(tmp_path: Pat
     (run,), _ = discover([export])
     assert (run.algorithm, run.task, run.seed) == ("mappo", "coordsum/3x10", 0)
     assert run.curves["eval/return"] == [(100.0, 5.0), (200.0, 7.0)]
+
+
+def test_report_logs_its_figures_to_an_offline_wandb_run(fixture_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    main(["report", str(fixture_runs), "--out", str(tmp_path / "out"), "--resamples", "50", "--wandb", "hcmarl-test"])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("W&B run with the figures: ")][0]
+    run_dir = Path(line.split(": ", 1)[1])
+    images = sorted(p.name.split("_")[0] for p in (run_dir / "files" / "media" / "images" / "report").glob("*.png"))
+    assert images == ["curves", "curves", "iqm"]
+    assert (run_dir / "files" / "report.md").read_text() == (tmp_path / "out" / "report.md").read_text()

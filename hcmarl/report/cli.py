@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--export", default=None, metavar="CSV", help="also write every run's evaluations into this compact CSV, readable back by hcmarl report"
     )
+    parser.add_argument(
+        "--wandb", default=None, metavar="PROJECT", help="also log the figures and the page to this W&B project (offline without an API key)"
+    )
     return parser
 
 
@@ -77,3 +80,7 @@ def main(argv: list[str]) -> None:
     print("hcmarl report wrote:")
     for path in written:
         print(f"  {path}")
+    if args.wandb is not None:
+        from hcmarl.report.wandb_upload import log_report
+
+        print(f"W&B run with the figures: {log_report(written, args.wandb, args.title)}")
