@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -295,12 +298,17 @@ def test_wandb_export_rows_without_frames_take_them_from_the_epoch(tmp_path: Pat
     assert run.curves["eval/return"] == [(100.0, 5.0), (200.0, 7.0)]
 
 
-def test_report_logs_its_figures_to_an_offline_wandb_run(fixture_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    main(["report", str(fixture_runs), "--out", str(tmp_path / "out"), "--resamples", "50", "--wandb", "hcmarl-test"])
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("W&B run with the figures: ")][0]
+def test_report_logs_its_figures_to_an_offline_wandb_run(fixture_runs: Path, tmp_path: Path) -> None:
+    """In its own process, as W&B keeps per-process state that a later run in the test process would trip over."""
+    pytest.importorskip("wandb")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "hcmarl.cli", "report", str(fixture_runs), "--out", str(tmp_path / "out"), "--resamples", "50",
+         "--wandb", "hcmarl-test"],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith("W&B run with the figures: ")][0]
     run_dir = Path(line.split(": ", 1)[1])
     images = sorted(p.name.split("_")[0] for p in (run_dir / "files" / "media" / "images" / "report").glob("*.png"))
     assert images == ["curves", "curves", "iqm"]

@@ -25,6 +25,7 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    wandb.finish()  # a run an earlier test left open would be reused by the logger
     yield tmp_path
     wandb.finish()
 
