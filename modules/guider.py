@@ -188,8 +188,6 @@ class Guider(nn.Module):
             batch = batch.reshape(-1)
         target = batch.get(VALUE_TARGET)
         batch = batch.select(*keys, strict=False)
-        if start_state is None and self.recurrent:
-            start_state = self.network.initial_state(batch.shape[0], target.device)
         if train_value and self.value_norm is not None:
             self.value_norm.update(target)
             target = self.value_norm.normalize(target)
