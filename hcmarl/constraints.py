@@ -2,7 +2,8 @@
 
 A constraint sees tensors, not roles: ``evaluate(indices)`` returns an ``Evaluation`` (the new
 per-agent log-probabilities, entropies ``[b, n]`` and distributions of the samples at ``indices``
-for the agents being updated); ``old_log_prob`` and ``advantage`` are ``[B, n]``; ``factor`` is
+for the agents being updated, and, where a role holds the policy near another one, that fixed
+anchor at the same samples); ``old_log_prob`` and ``advantage`` are ``[B, n]``; ``factor`` is
 ``[B, 1]`` or None. ``step`` holds the optimiser, and so the parameters being moved. ``kl_weight``
 ``[B, n]`` or None weights the samples of a constraint's KL (HCPO's ``paper_weighting``); constraints
 without a KL term do not read it.
@@ -16,15 +17,44 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from hcmarl.nn.distributions import detach_distribution, map_distribution, select_agents
 from hcmarl.optim import GradientStep, minibatch_indices
+
+Distribution = torch.distributions.Distribution
 
 
 class Evaluation(NamedTuple):
-    """The current policy on some samples, for the agents being updated."""
+    """The current policy on some samples, for the agents being updated.
+
+    ``anchor`` is a fixed distribution the policy is held near at the same samples and agents
+    (MAGPO: the learner for the guider, the guider for the learner; ALGORITHMS.md section 4), and
+    ``anchor_log_prob`` its log-probability of the taken actions; None where there is none.
+    """
 
     log_prob: torch.Tensor
     entropy: torch.Tensor
-    distribution: torch.distributions.Distribution
+    distribution: Distribution
+    anchor: Distribution | None = None
+    anchor_log_prob: torch.Tensor | None = None
+
+    def select(self, agents: slice) -> Evaluation:
+        """The same evaluation restricted to ``agents`` (the last batch dimension), e.g. one agent of a sequential update."""
+        anchor = None if self.anchor is None else select_agents(self.anchor, agents)
+        anchor_log_prob = None if self.anchor_log_prob is None else self.anchor_log_prob[..., agents]
+        return Evaluation(self.log_prob[..., agents], self.entropy[..., agents], select_agents(self.distribution, agents), anchor, anchor_log_prob)
+
+
+def evaluate_actions(dist: Distribution, action: torch.Tensor, anchor: Distribution | None = None) -> Evaluation:
+    """The ``Evaluation`` of ``dist`` on the taken ``action``, with the (detached) ``anchor`` and its log-probability if given."""
+    if anchor is None:
+        return Evaluation(dist.log_prob(action), dist.entropy(), dist)
+    anchor = detach_distribution(anchor)
+    return Evaluation(dist.log_prob(action), dist.entropy(), dist, anchor, anchor.log_prob(action))
+
+
+def index_distribution(dist: Distribution, idx: torch.Tensor) -> Distribution:
+    """The samples ``idx`` of a distribution over a batch (the first dimension), e.g. an anchor's minibatch."""
+    return map_distribution(dist, lambda t: t[idx])
 
 
 Evaluate = Callable[[torch.Tensor], Evaluation]
@@ -92,12 +122,12 @@ class MinibatchConstraint(Constraint):
 
     @abstractmethod
     def objective(
-        self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
     ) -> torch.Tensor:
-        """Per-sample objective to maximise."""
+        """Per-sample objective to maximise, from the current policy's ``evaluation`` on a minibatch."""
 
-    def diagnostics(self, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Extra per-minibatch diagnostics from log(pi_new / pi_old); none by default."""
+    def diagnostics(self, evaluation: Evaluation, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra per-minibatch diagnostics from the evaluation and log(pi_new / pi_old), under no_grad; none by default."""
         return {}
 
     def update(
@@ -112,13 +142,14 @@ class MinibatchConstraint(Constraint):
         sums: dict[str, torch.Tensor] = {}
         for _ in range(self.epochs):
             for idx in minibatch_indices(advantage.shape[0], self.minibatches, advantage.device):
-                log_prob, entropy, _ = evaluate(idx)
+                evaluation = evaluate(idx)
+                log_prob, entropy = evaluation.log_prob, evaluation.entropy
                 mb_factor = None if factor is None else factor[idx]
-                loss = -self.objective(log_prob, old_log_prob[idx], advantage[idx], mb_factor).mean() - self.ent_coef * entropy.mean()
+                loss = -self.objective(evaluation, old_log_prob[idx], advantage[idx], mb_factor).mean() - self.ent_coef * entropy.mean()
                 step(loss, self.max_grad_norm)
                 with torch.no_grad():
                     log_ratio = log_prob - old_log_prob[idx]
-                    values = {"policy_loss": loss, "entropy": entropy.mean(), "approx_kl": (-log_ratio).mean(), **self.diagnostics(log_ratio)}
+                    values = {"policy_loss": loss, "entropy": entropy.mean(), "approx_kl": (-log_ratio).mean(), **self.diagnostics(evaluation, log_ratio)}
                     for key, value in values.items():
                         sums[key] = sums.get(key, 0.0) + value.detach()
         return {key: value / (self.epochs * self.minibatches) for key, value in sums.items()}
@@ -139,11 +170,11 @@ class ClipPPO(MinibatchConstraint):
         self.eps = eps
 
     def objective(
-        self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
     ) -> torch.Tensor:
-        return clip_ppo_objective(log_prob, old_log_prob, advantage, self.eps, factor)
+        return clip_ppo_objective(evaluation.log_prob, old_log_prob, advantage, self.eps, factor)
 
-    def diagnostics(self, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
+    def diagnostics(self, evaluation: Evaluation, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"clip_frac": clip_fraction(log_ratio.exp(), self.eps)}
 
 
@@ -210,9 +241,9 @@ class A2POClip(ClipPPO):
         return placed
 
     def objective(
-        self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
     ) -> torch.Tensor:
-        return preceding_ratio_clip_objective(log_prob, old_log_prob, advantage, self.eps, self.eps_others, factor)
+        return preceding_ratio_clip_objective(evaluation.log_prob, old_log_prob, advantage, self.eps, self.eps_others, factor)
 
 
 class A2C(MinibatchConstraint):
@@ -226,9 +257,9 @@ class A2C(MinibatchConstraint):
         super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
 
     def objective(
-        self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
     ) -> torch.Tensor:
-        objective = log_prob * advantage
+        objective = evaluation.log_prob * advantage
         return objective if factor is None else factor * objective
 
 

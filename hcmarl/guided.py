@@ -13,6 +13,9 @@ collection, and A the normalised advantage:
 
 Both are computed from the same pre-update parameters of each minibatch; the guider role
 (``hcmarl.modules.Guider``) runs the loop and steps both networks.
+
+``GuidedTrustRegion`` (a hybrid's guider) takes a trust-region step on the double clip's inner ratio
+and the same masked KL; the learner then runs ``GuidedImitation`` by its own schedule.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from typing import Literal
 
 import torch
 
-from hcmarl.constraints import clip_fraction, clip_ppo_objective
+from hcmarl.constraints import Evaluation, MinibatchConstraint, clip_fraction, clip_ppo_objective
 from hcmarl.errors import ConfigError
 from hcmarl.nn.distributions import detach_distribution, kl_divergence
+from hcmarl.trust_region import TrustRegion
 
 Distribution = torch.distributions.Distribution
 KLDirection = Literal["guider_learner", "learner_guider"]
@@ -88,10 +92,8 @@ class GuidedClip:
         ent_coef: float = 0.01,
         max_grad_norm: float | None = 0.5,
     ) -> None:
-        if not delta > 1.0:
-            raise ConfigError(f"model.guider.constraint.delta must be greater than 1 (or .inf for no double clip), got {delta}")
         self.eps = eps
-        self.delta = float(delta)
+        self.delta = _check_delta(delta)
         self.epochs = epochs
         self.minibatches = minibatches
         self.ent_coef = ent_coef
@@ -140,11 +142,18 @@ class GuidedClip:
         return {"policy_loss": loss.detach(), "entropy": entropy.detach().mean(), "clip_frac": clip_fraction(ratio, self.eps)}
 
 
-class GuidedImitation:
+class GuidedImitation(MinibatchConstraint):
     """The learner's MAGPO rule: imitate the guider plus lambda times PPO against the behaviour (ALGORITHMS.md section 4).
 
-    loss = KL(stopgrad(mu) || pi) + lam * (-min(r A, clip(r, 1 - eps, 1 + eps) A)), r = exp(l - g_old),
-    per agent and timestep; the learner is stepped by the guider's loop, on its minibatches.
+    Per agent and timestep, objective (to maximise) = lam * factor * min(r A, clip(r, 1 - eps, 1 + eps) A)
+    - KL(stopgrad(mu) || pi), r = exp(l - g_old); ``factor`` is a sequential schedule's product of the preceding
+    agents' ratios (1 otherwise). Two ways to run it:
+
+    - under ``GuidedClip`` (MAGPO), the guider's loop steps the learner on its own minibatches, from the same
+      pre-update parameters; ``epochs`` and ``minibatches`` stay None;
+    - under any other guider constraint (e.g. ``GuidedTrustRegion``), the learner updates after the guider, by
+      its own schedule (``Simultaneous``, or ``Sequential`` with one actor per agent) over ``epochs`` x
+      ``minibatches``, imitating the updated guider.
 
     Args:
         lam: weight of the PPO term, >= 0 (lambda; 0: CTDS's pure imitation; checked when the guider is built).
@@ -153,6 +162,8 @@ class GuidedImitation:
             ``learner_guider`` = KL(pi || mu) (as the paper writes it).
         ent_coef: weight of the learner's entropy bonus.
         max_grad_norm: gradient-norm clip of the learner (None or 0: no clip).
+        epochs: passes over the batch when the learner runs its own loop (None under ``GuidedClip``).
+        minibatches: minibatches per pass when the learner runs its own loop (None under ``GuidedClip``).
     """
 
     def __init__(
@@ -162,38 +173,84 @@ class GuidedImitation:
         kl_direction: KLDirection = "guider_learner",
         ent_coef: float = 0.0,
         max_grad_norm: float | None = 0.5,
+        epochs: int | None = None,
+        minibatches: int | None = None,
     ) -> None:
+        super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
         self.lam = lam
         self.eps = eps
         self.kl_direction = kl_direction
-        self.ent_coef = ent_coef
-        self.max_grad_norm = max_grad_norm
 
     def imitation_kl(self, learner: Distribution, guider: Distribution) -> torch.Tensor:
         """Per-sample KL between the (constant) guider and the learner, in ``kl_direction``."""
         guider = detach_distribution(guider)
         return kl_divergence(guider, learner) if self.kl_direction == "guider_learner" else kl_divergence(learner, guider)
 
-    def loss(
-        self,
-        learner: Distribution,
-        log_prob: torch.Tensor,
-        guider: Distribution,
-        old_log_prob: torch.Tensor,
-        advantage: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The learner's loss, mean over samples and agents ``[b, N]``, and detached diagnostics."""
-        kl = self.imitation_kl(learner, guider)
-        loss = kl.mean()
+    def objective(
+        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-sample lam * factor * clip(r) A - KL, the learner being ``evaluation`` and the guider its ``anchor``."""
+        if evaluation.anchor is None:
+            raise ValueError("GuidedImitation imitates a guider: the evaluation must carry the guider's distribution as its anchor")
+        objective = -self.imitation_kl(evaluation.distribution, evaluation.anchor)
         if self.lam > 0:
-            loss = loss - self.lam * clip_ppo_objective(log_prob, old_log_prob, advantage, self.eps).mean()
-        entropy = learner.entropy()
-        if self.ent_coef > 0:
-            loss = loss - self.ent_coef * entropy.mean()
-        ratio = (log_prob - old_log_prob).detach().exp()
-        return loss, {
-            "policy_loss": loss.detach(),
-            "imitation_kl": kl.detach().mean(),
-            "entropy": entropy.detach().mean(),
-            "clip_frac": clip_fraction(ratio, self.eps),
+            objective = objective + self.lam * clip_ppo_objective(evaluation.log_prob, old_log_prob, advantage, self.eps, factor)
+        return objective
+
+    def diagnostics(self, evaluation: Evaluation, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "imitation_kl": self.imitation_kl(evaluation.distribution, evaluation.anchor).mean(),
+            "clip_frac": clip_fraction(log_ratio.exp(), self.eps),
         }
+
+    def loss(self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The learner's loss on one of ``GuidedClip``'s minibatches, mean over samples and agents ``[b, N]``, and
+        detached diagnostics; ``evaluation`` is the learner's, anchored at the guider."""
+        loss = -self.objective(evaluation, old_log_prob, advantage, None).mean() - self.ent_coef * evaluation.entropy.mean()
+        with torch.no_grad():
+            metrics = self.diagnostics(evaluation, evaluation.log_prob - old_log_prob)
+        return loss, {"policy_loss": loss.detach(), "entropy": evaluation.entropy.detach().mean(), **metrics}
+
+
+class GuidedTrustRegion(TrustRegion):
+    """A trust-region guider that keeps MAGPO's delta band and masked KL (a hybrid of ALGORITHMS.md sections 1 and 4).
+
+    The natural-gradient step of ``TrustRegion`` (KL(mu_old || mu) <= max_kl, line search) on the per-sample surrogate
+    ``inner A - mask KL(mu || stopgrad(pi))``: the linear surrogate with GuidedClip's inner ratio
+    inner = exp(clip(g - l, -log delta, log delta) + l - g_old) in place of rho (no PPO clip: the trust region bounds
+    the step), and the same mask, 1 where g - l lies outside (-log delta, log delta). The learner pi is the
+    evaluation's anchor. ``delta = .inf`` (or no learner) gives ``TrustRegion``'s surrogate on the guider.
+
+    Args:
+        delta: the band, > 1: log mu - log pi is clipped to +- log delta.
+        max_kl, cg_iters, damping, backtrack, max_backtracks, accept_ratio, fisher_fraction: see ``TrustRegion``.
+    """
+
+    def __init__(
+        self,
+        delta: float = 1.5,
+        max_kl: float = 0.01,
+        cg_iters: int = 10,
+        damping: float = 0.1,
+        backtrack: float = 0.8,
+        max_backtracks: int = 10,
+        accept_ratio: float = 0.5,
+        fisher_fraction: float = 1.0,
+    ) -> None:
+        super().__init__(max_kl, cg_iters, damping, backtrack, max_backtracks, accept_ratio, fisher_fraction)
+        self.delta = _check_delta(delta)
+
+    def surrogate(self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Per-sample ``weight * inner * A - mask * KL(mu || pi)`` (``TrustRegion.surrogate`` without an anchor)."""
+        if evaluation.anchor is None or math.isinf(self.delta):
+            return super().surrogate(evaluation, old_log_prob, advantage, weight)
+        learner_log_prob = evaluation.anchor_log_prob
+        inner = inner_ratio(evaluation.log_prob, learner_log_prob, old_log_prob, self.delta)
+        mask = guided_mask(evaluation.log_prob.detach(), learner_log_prob, self.delta)
+        return weight * inner * advantage - mask * kl_divergence(evaluation.distribution, evaluation.anchor)
+
+
+def _check_delta(delta: float) -> float:
+    if not delta > 1.0:
+        raise ConfigError(f"model.guider.constraint.delta must be greater than 1 (or .inf for no double clip), got {delta}")
+    return float(delta)

@@ -8,23 +8,35 @@ from typing import Callable, Literal
 import torch
 from tensordict import TensorDictBase
 
-from hcmarl.constraints import Constraint, Evaluation
+from hcmarl.constraints import Constraint, Evaluation, evaluate_actions, index_distribution
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, KL_WEIGHT, LOG_PROB, VALUE
-from hcmarl.nn.distributions import select_agents
 from hcmarl.optim import GradientStep
 
-Policy = Callable[[TensorDictBase], torch.distributions.Distribution]
+Distribution = torch.distributions.Distribution
+Policy = Callable[[TensorDictBase], Distribution]
 
 
 class Schedule(ABC):
-    """Runs a constraint over the agents of a flat batch ``[B]`` (group ``agents`` is ``[B, N]``)."""
+    """Runs a constraint over the agents of a flat batch ``[B]`` (group ``agents`` is ``[B, N]``).
+
+    ``anchor``, if given, is a fixed distribution over the same samples and agents (batch ``[B, N]``) that the
+    constraint may hold the policy near (MAGPO's guider for its learner); each evaluation carries its minibatch.
+    """
 
     requires_separate_params: bool = False
 
     @abstractmethod
-    def update(self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]: ...
+    def update(
+        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, anchor: Distribution | None = None
+    ) -> dict[str, torch.Tensor]: ...
+
+
+def evaluate_minibatch(policy: Policy, batch: TensorDictBase, idx: torch.Tensor, anchor: Distribution | None) -> Evaluation:
+    """The policy on the samples ``idx`` of ``batch``, for all agents, with the anchor at the same samples."""
+    minibatch = batch[idx]
+    return evaluate_actions(policy(minibatch), minibatch.get(ACTION), None if anchor is None else index_distribution(anchor, idx))
 
 
 class Simultaneous(Schedule):
@@ -34,11 +46,11 @@ class Simultaneous(Schedule):
     conductor's w_new/w_old over shared actors, ALGORITHMS.md section 3).
     """
 
-    def update(self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
+    def update(
+        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, anchor: Distribution | None = None
+    ) -> dict[str, torch.Tensor]:
         def evaluate(idx: torch.Tensor) -> Evaluation:
-            minibatch = batch[idx]
-            dist = policy(minibatch)
-            return Evaluation(dist.log_prob(minibatch.get(ACTION)), dist.entropy(), dist)
+            return evaluate_minibatch(policy, batch, idx, anchor)
 
         factor, kl_weight = batch.get(FACTOR, None), batch.get(KL_WEIGHT, None)
         return constraint.update(evaluate, batch.get(LOG_PROB), batch.get(ADVANTAGE), factor, step, kl_weight)
@@ -108,7 +120,9 @@ class Sequential(Schedule):
             )
         return semi_greedy_order(semi_greedy_scores(advantage, value))
 
-    def update(self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
+    def update(
+        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, anchor: Distribution | None = None
+    ) -> dict[str, torch.Tensor]:
         old_log_prob, advantage, action = batch.get(LOG_PROB), batch.get(ADVANTAGE), batch.get(ACTION)
         factor, kl_weight = batch.get(FACTOR, None), batch.get(KL_WEIGHT, None)
         if factor is None:
@@ -120,9 +134,7 @@ class Sequential(Schedule):
             own = slice(agent, agent + 1)
 
             def evaluate(idx: torch.Tensor, own: slice = own) -> Evaluation:
-                minibatch = batch[idx]
-                dist = policy(minibatch)
-                return Evaluation(dist.log_prob(minibatch.get(ACTION))[..., own], dist.entropy()[..., own], select_agents(dist, own))
+                return evaluate_minibatch(policy, batch, idx, anchor).select(own)
 
             step.restrict_to_agent(agent)
             placed = constraint.at_position(position + 1, len(order))

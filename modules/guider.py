@@ -1,10 +1,12 @@
 """MAGPO's guider role (ALGORITHMS.md section 4): the autoregressive joint policy that collects, and its update.
 
-The guider alone acts in training rollouts. Its update runs the minibatch loop that MAGPO shares
-with the learner: on each minibatch both networks are evaluated with their pre-update
-parameters, the guider's loss (``GuidedClip``, plus its value loss) treats the learner as a
-constant and the learner's (``GuidedImitation``) treats the guider as one, and both step, each
-with its own optimiser. Without a learner (MAT alone) the same loop is PPO on the guider.
+The guider alone acts in training rollouts. With ``GuidedClip`` its update runs the minibatch loop
+that MAGPO shares with the learner: on each minibatch both networks are evaluated with their
+pre-update parameters, the guider's loss (``GuidedClip``, plus its value loss) treats the learner
+as a constant and the learner's (``GuidedImitation``) treats the guider as one, and both step, each
+with its own optimiser. Without a learner (MAT alone) the same loop is PPO on the guider. Any other
+constraint (e.g. ``GuidedTrustRegion``) moves the guider's policy alone, anchored at the learner;
+the learner then imitates the updated guider by its own schedule, and a critic role gives the values.
 
 A recurrent guider (Sable) keeps its hidden state in a ``GuiderMemory`` per stream of envs
 (the collector's, or one evaluation's), not in the TensorDict: the state is ``[envs, blocks, 3,
@@ -22,10 +24,12 @@ from torch import nn
 from torchrl.envs import InitTracker, Transform
 
 from hcmarl.advantages import ValueLoss, ValueNorm, value_loss
+from hcmarl.constraints import Constraint, Evaluation, evaluate_actions, index_distribution
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.guided import GuidedClip, GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE_TARGET
+from hcmarl.nn.distributions import detach_distribution, map_distribution
 from hcmarl.modules.learner import Learner
 from hcmarl.nn.guider import GuiderNetwork
 from hcmarl.optim import GradientStep, minibatch_indices
@@ -49,11 +53,13 @@ class GuiderMemory:
 
 
 class Guider(nn.Module):
-    """The guider mu_phi(a_i | o, a_<i) with a value per agent, moved by ``GuidedClip``.
+    """The guider mu_phi(a_i | o, a_<i) with a value per agent, moved by ``GuidedClip`` (or another constraint).
 
     Args:
         network: the guider block, e.g. ``hcmarl.nn.MATGuider``.
-        constraint: the guider's rule and the shared minibatch loop (``hcmarl.guided.GuidedClip``).
+        constraint: the guider's rule: ``hcmarl.guided.GuidedClip`` (MAGPO's shared minibatch loop, which also trains
+            the value head and steps the learner), or any other constraint, which moves the guider's policy alone
+            (e.g. ``hcmarl.guided.GuidedTrustRegion``; the recipe then needs a critic role).
         lr: Adam learning rate of the guider.
         vf_coef: weight of the value loss in the guider's loss (its value head is the critic when the
             recipe has no critic role).
@@ -65,7 +71,7 @@ class Guider(nn.Module):
     def __init__(
         self,
         network: GuiderNetwork,
-        constraint: GuidedClip,
+        constraint: GuidedClip | Constraint,
         lr: float = 2.5e-4,
         vf_coef: float = 0.5,
         value_loss: ValueLoss = "huber",
@@ -89,6 +95,11 @@ class Guider(nn.Module):
         """Whether the network carries a memory across steps (its minibatches are then whole env rollouts)."""
         return self.network.recurrent
 
+    @property
+    def joint(self) -> bool:
+        """Whether the update is MAGPO's shared loop (``GuidedClip``): guider policy, value head and learner step together."""
+        return isinstance(self.constraint, GuidedClip)
+
     def env_transforms(self) -> list[Transform]:
         """A recurrent guider needs the envs to mark episode starts (``is_init``)."""
         return [InitTracker()] if self.recurrent else []
@@ -99,22 +110,39 @@ class Guider(nn.Module):
 
     def check_learner(self, learner: Learner | None) -> None:
         """ConfigErrors for a learner this guider cannot be paired with (MAGPO, CTDS) or a missing one (MAT)."""
+        delta = getattr(self.constraint, "delta", math.inf)
         if learner is None:
-            if not math.isinf(self.constraint.delta):
+            if not math.isinf(delta):
                 raise ConfigError(
-                    f"model.guider.constraint.delta={self.constraint.delta}: the double clip holds the guider near a learner, "
+                    f"model.guider.constraint.delta={delta}: the double clip holds the guider near a learner, "
                     "and this recipe has none (MAT alone); set delta: .inf, or add a model.learner using GuidedImitation"
                 )
             return
-        if not isinstance(learner.constraint, GuidedImitation):
+        imitation = learner.constraint
+        if not isinstance(imitation, GuidedImitation):
             raise ConfigError(
                 "model.guider is set, so the learner imitates it: model.learner.constraint must be "
-                f"hcmarl.guided.GuidedImitation (got {type(learner.constraint).__name__})"
+                f"hcmarl.guided.GuidedImitation (got {type(imitation).__name__})"
             )
-        if learner.constraint.lam < 0:
-            raise ConfigError(f"model.learner.constraint.lam must be >= 0, got {learner.constraint.lam}")
-        if not isinstance(learner.schedule, Simultaneous):
-            raise ConfigError("with a guider, the learner's agents step together: set model.learner.schedule to hcmarl.schedules.Simultaneous")
+        if imitation.lam < 0:
+            raise ConfigError(f"model.learner.constraint.lam must be >= 0, got {imitation.lam}")
+        own_loop = imitation.epochs is not None or imitation.minibatches is not None
+        if self.joint and own_loop:
+            raise ConfigError(
+                "model.guider.constraint is GuidedClip, whose loop steps the learner on the guider's minibatches: "
+                "remove model.learner.constraint.init_args.epochs and minibatches"
+            )
+        if self.joint and not isinstance(learner.schedule, Simultaneous):
+            raise ConfigError(
+                "model.guider.constraint is GuidedClip, which steps all the learner's agents together on its minibatches: set "
+                "model.learner.schedule to hcmarl.schedules.Simultaneous, or move the guider by another constraint "
+                "(e.g. hcmarl.guided.GuidedTrustRegion) so that the learner runs its own schedule"
+            )
+        if not self.joint and (imitation.epochs is None or imitation.minibatches is None):
+            raise ConfigError(
+                f"model.guider.constraint is {type(self.constraint).__name__}, which moves the guider alone; the learner then "
+                "runs its own loop: set model.learner.constraint.init_args.epochs and minibatches"
+            )
         if learner.actor.recurrent:
             raise ConfigError("a guider with a recurrent learner is not supported yet: use hcmarl.nn.MLPActor for model.learner.actor")
 
@@ -126,9 +154,10 @@ class Guider(nn.Module):
         """A ConfigError if the constraint asks for more minibatches than the batch has units (frames, or env rollouts
         for a recurrent guider)."""
         units, unit = (num_envs, "data.num_envs") if self.recurrent else (frames_per_batch, "the frames per iteration")
-        if self.constraint.minibatches > units:
+        minibatches = getattr(self.constraint, "minibatches", 1)
+        if minibatches > units:
             raise ConfigError(
-                f"model.guider.constraint.minibatches={self.constraint.minibatches} exceeds {unit} ({units})"
+                f"model.guider.constraint.minibatches={minibatches} exceeds {unit} ({units})"
                 + (" (a recurrent guider's minibatches are whole env rollouts)" if self.recurrent else "")
                 + "; lower minibatches or raise "
                 + ("data.num_envs" if self.recurrent else "data.num_envs * data.rollout_steps")
@@ -174,18 +203,62 @@ class Guider(nn.Module):
         train_value: bool = True,
         start_state: torch.Tensor | None = None,
     ) -> dict[str, dict[str, torch.Tensor]]:
-        """MAGPO's joint update on a batch ``[E, T]`` holding advantages (ALGORITHMS.md section 4).
+        """The guider's update on a batch ``[E, T]`` holding advantages; returns the mean diagnostics per role,
+        ``{"guider": {...}, "learner": {...}}`` (the learner's only from MAGPO's joint loop).
+
+        Minibatches are frames, or, for a recurrent guider, whole env rollouts replayed from ``start_state``
+        (the state at their first step). ``GuidedClip``: ``joint_update``; any other constraint: ``update_alone``.
+        """
+        if not self.recurrent:
+            batch = batch.reshape(-1)
+        if not self.joint:
+            return {"guider": self.update_alone(batch, step, learner, start_state)}
+        return self.joint_update(batch, step, learner, learner_step, train_value, start_state)
+
+    def update_alone(
+        self, batch: TensorDictBase, step: GradientStep, learner: Learner | None = None, start_state: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The constraint moves the guider's policy alone over the whole batch, each sample anchored at the (constant)
+        learner's distribution; the value head is left to the critic role (e.g. ``GuidedTrustRegion``)."""
+        anchor = None
+        if learner is not None:
+            with torch.no_grad():
+                anchor = learner.actor(batch)
+        old_log_prob, advantage, action = batch.get(LOG_PROB), batch.get(ADVANTAGE), batch.get(ACTION)
+        batch = batch.select(*self.network.in_keys, ACTION, strict=False)  # what evaluate indexes (actions: teacher forcing)
+
+        def evaluate(idx: torch.Tensor) -> Evaluation:
+            dist, _ = self.network(batch[idx], None if start_state is None else start_state[idx])
+            return evaluate_actions(dist, action[idx], None if anchor is None else index_distribution(anchor, idx))
+
+        return self.constraint.update(evaluate, old_log_prob, advantage, None, step)
+
+    @torch.no_grad()
+    def distribution(self, batch: TensorDictBase, start_state: torch.Tensor | None = None) -> torch.distributions.Distribution:
+        """mu(a_i | o, a_<i) at every sample of a batch ``[E, T]``, teacher-forced on the taken actions, flattened to
+        ``[E * T, N]`` in ``batch.reshape(-1)``'s order: the target a learner with its own loop imitates."""
+        if self.recurrent:
+            dist, _ = self.network(batch, start_state)
+            return map_distribution(dist, lambda t: t.reshape(-1, *t.shape[2:]))
+        return self.network(batch.reshape(-1))[0]
+
+    def joint_update(
+        self,
+        batch: TensorDictBase,
+        step: GradientStep,
+        learner: Learner | None = None,
+        learner_step: GradientStep | None = None,
+        train_value: bool = True,
+        start_state: torch.Tensor | None = None,
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """MAGPO's joint update (ALGORITHMS.md section 4) on a batch, flat ``[B]`` or ``[E, T]`` for a recurrent guider.
 
         Per minibatch: guider loss = GuidedClip(mu; pi constant) + vf_coef * value loss (if ``train_value``);
         learner loss = GuidedImitation(pi; mu constant); both from the pre-update parameters, then both step.
-        Minibatches are frames, or, for a recurrent guider, whole env rollouts replayed from ``start_state``
-        (the state at their first step). Returns the mean diagnostics per role: ``{"guider": {...}, "learner": {...}}``.
         """
         rule = self.constraint
         imitation = None if learner is None else learner.constraint
         keys = [*self.network.in_keys, ACTION, LOG_PROB, ADVANTAGE] + ([] if learner is None else learner.actor.in_keys)
-        if not self.recurrent:
-            batch = batch.reshape(-1)
         target = batch.get(VALUE_TARGET)
         batch = batch.select(*keys, strict=False)
         if train_value and self.value_norm is not None:
@@ -213,7 +286,8 @@ class Guider(nn.Module):
                     loss = loss + self.vf_coef * v_loss
                     guider_metrics["value_loss"] = v_loss.detach()
                 if learner is not None:
-                    learner_loss, learner_metrics = imitation.loss(learner_dist, learner_log_prob, guider_dist, old_log_prob, advantage)
+                    learner_eval = Evaluation(learner_log_prob, learner_dist.entropy(), learner_dist, detach_distribution(guider_dist))
+                    learner_loss, learner_metrics = imitation.loss(learner_eval, old_log_prob, advantage)
                 step(loss, rule.max_grad_norm)
                 if learner is not None:
                     learner_step(learner_loss, imitation.max_grad_norm)

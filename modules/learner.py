@@ -57,7 +57,7 @@ class Learner(nn.Module):
 
         A recurrent actor's minibatches are whole env rollouts, a feed-forward actor's single frames.
         """
-        minibatches = getattr(self.constraint, "minibatches", 1)
+        minibatches = getattr(self.constraint, "minibatches", None) or 1  # None: a guider's loop sets the minibatches
         units, unit = (num_envs, "data.num_envs") if self.actor.recurrent else (frames_per_batch, "frames per iteration")
         if minibatches > units:
             raise ConfigError(
@@ -75,11 +75,15 @@ class Learner(nn.Module):
         td.set(LOG_PROB, dist.log_prob(action))
         return td
 
-    def update(self, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
+    def update(
+        self, batch: TensorDictBase, step: GradientStep, anchor: torch.distributions.Distribution | None = None
+    ) -> dict[str, torch.Tensor]:
         """One policy update on a batch holding advantages; returns detached diagnostics.
 
         The batch is flat ``[B]`` for feed-forward actors and ``[envs, time]`` for recurrent ones
-        (minibatches are then drawn over envs, and each env's rollout is replayed whole).
+        (minibatches are then drawn over envs, and each env's rollout is replayed whole). ``anchor``, a fixed
+        distribution over the same samples, is what the constraint holds the actors near (a guider, for
+        ``GuidedImitation``).
         """
         batch = batch.select(*self.actor.in_keys, ACTION, LOG_PROB, ADVANTAGE, VALUE, FACTOR, KL_WEIGHT, strict=False)  # minibatches index only these
-        return self.schedule.update(self.actor, self.constraint, batch, step)
+        return self.schedule.update(self.actor, self.constraint, batch, step, anchor)

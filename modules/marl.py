@@ -120,6 +120,11 @@ class MARLModule(L.LightningModule):
             )
         if self.guider is not None and self.conductor is not None and self.learner is None:
             raise ConfigError("model.conductor with a model.guider needs a model.learner too (the local conductors instruct the deployed learner)")
+        if self.guider is not None and not self.guider.joint and self.critic is None:
+            raise ConfigError(
+                f"model.guider.constraint is {type(self.guider.constraint).__name__}, which moves the guider's policy only: "
+                "its value head is trained by GuidedClip's loop alone; add a model.critic (see recipes/magpo_trust_region/)"
+            )
         if self.guider is None and self.learner is not None and isinstance(self.learner.constraint, GuidedImitation):
             raise ConfigError(
                 "model.learner.constraint is hcmarl.guided.GuidedImitation, which imitates a guider, but the recipe has no "
@@ -265,7 +270,8 @@ class MARLModule(L.LightningModule):
         """One iteration's updates on a batch ``[envs, time]`` holding advantages; ``steps`` follow ``configure_optimizers``.
 
         Order (DESIGN.md, ALGORITHMS.md sections 3 and 4): conductor, learner (starting from the conductor's
-        factor; with a guider, guider and learner together in its minibatch loop), critic, local conductors.
+        factor; with a guider, guider and learner together in GuidedClip's minibatch loop, or the guider then the
+        learner imitating it by its own schedule), critic, local conductors.
         """
         step = dict(zip(self.optimizer_roles(), steps))
         metrics: dict[str, torch.Tensor] = {}
@@ -277,11 +283,14 @@ class MARLModule(L.LightningModule):
                 batch.set(KL_WEIGHT, kl_weight)
         flat = batch.reshape(-1)
         if self.guider is not None:
+            start_state = self.guider.rollout_start_state()
             updates = self.guider.update(
-                batch, step["guider"], self.learner, step.get("learner"), train_value=self.critic is None,
-                start_state=self.guider.rollout_start_state(),
+                batch, step["guider"], self.learner, step.get("learner"), train_value=self.critic is None, start_state=start_state
             )
             metrics |= {f"{role}/{k}": v for role, values in updates.items() for k, v in values.items()}
+            if self.learner is not None and not self.guider.joint:
+                anchor = self.guider.distribution(batch, start_state)
+                metrics |= {f"learner/{k}": v for k, v in self.learner.update(flat, step["learner"], anchor).items()}
         else:
             learner_batch = batch if self.learner.actor.recurrent else flat
             metrics |= {f"learner/{k}": v for k, v in self.learner.update(learner_batch, step["learner"]).items()}

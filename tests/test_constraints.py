@@ -17,7 +17,7 @@ from torch.distributions import Categorical
 from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 
-from hcmarl.constraints import Evaluation, ClipPPO, clip_ppo_objective
+from hcmarl.constraints import Evaluation, ClipPPO, clip_ppo_objective, evaluate_actions
 from hcmarl.optim import GradientStep, minibatch_indices
 
 
@@ -177,7 +177,8 @@ def test_a2c_gradient_is_the_factor_weighted_policy_gradient() -> None:
     logits = nn.Parameter(torch.randn(N, K))
     actions = torch.randint(0, K, (B, N))
     advantage, factor = torch.randn(B, N), torch.rand(B, 1) + 0.5
-    loss = -A2C().objective(Categorical(logits=logits.expand(B, N, K)).log_prob(actions), None, advantage, factor).mean()
+    dist = Categorical(logits=logits.expand(B, N, K))
+    loss = -A2C().objective(evaluate_actions(dist, actions), None, advantage, factor).mean()
     (grad,) = torch.autograd.grad(loss, logits)
     onehot = torch.nn.functional.one_hot(actions, K).float()
     expected = -((factor * advantage).unsqueeze(-1) * (onehot - torch.softmax(logits.detach(), -1))).sum(0) / (B * N)

@@ -13,7 +13,7 @@ from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import TransformedEnv
 
-from hcmarl.constraints import ClipPPO
+from hcmarl.constraints import ClipPPO, evaluate_actions
 from hcmarl.envs import make_env
 from hcmarl.errors import ConfigError
 from hcmarl.guided import GuidedClip, GuidedImitation
@@ -134,7 +134,8 @@ def test_both_roles_step_from_the_same_pre_update_parameters() -> None:
     loss = loss + guider.vf_coef * torch.nn.functional.huber_loss(value, guider.value_norm.normalize(target), delta=10.0)
     GradientStep(g_opt)(loss, 0.5)
     old_dist, _ = old_guider.network(flat)
-    learner_loss, _ = learner.constraint.loss(learner.actor(flat), learner.actor(flat).log_prob(flat.get(ACTION)), old_dist, flat.get(LOG_PROB), flat.get(ADVANTAGE))
+    learner_eval = evaluate_actions(learner.actor(flat), flat.get(ACTION), old_dist)
+    learner_loss, _ = learner.constraint.loss(learner_eval, flat.get(LOG_PROB), flat.get(ADVANTAGE))
     GradientStep(l_opt)(learner_loss, 0.5)
 
     learner_before = module.learner.state_dict()["actor.net.0.weight"].clone()

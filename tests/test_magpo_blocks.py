@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict
 from torch.distributions import Categorical, Independent, Normal
 
-from hcmarl.constraints import clip_ppo_objective
+from hcmarl.constraints import clip_ppo_objective, evaluate_actions
 from hcmarl.envs.base import EnvInfo
 from hcmarl.guided import GuidedClip, GuidedImitation, guided_clip_objective, guided_mask
 from hcmarl.keys import ACTION, ACTION_MASK, OBSERVATION
@@ -153,7 +153,7 @@ def test_learner_kl_term_matches_a_direct_computation(direction: str) -> None:
     guider_logits, learner_logits, action, old_log_prob, advantage = _categorical_batch(seed=2)
     guider, learner = Categorical(logits=guider_logits), Categorical(logits=learner_logits)
     rule = GuidedImitation(lam=0.0, kl_direction=direction)
-    loss, metrics = rule.loss(learner, learner.log_prob(action), guider, old_log_prob, advantage)
+    loss, metrics = rule.loss(evaluate_actions(learner, action, guider), old_log_prob, advantage)
     p, q = torch.softmax(guider_logits, -1), torch.softmax(learner_logits, -1)
     direct = (p * (p.log() - q.log())).sum(-1) if direction == "guider_learner" else (q * (q.log() - p.log())).sum(-1)
     assert torch.allclose(loss, direct.mean(), atol=1e-6) and torch.allclose(metrics["imitation_kl"], direct.mean(), atol=1e-6)
@@ -175,8 +175,9 @@ def test_learner_loss_adds_lambda_times_ppo_against_the_behaviour() -> None:
     guider_logits, learner_logits, action, old_log_prob, advantage = _categorical_batch(seed=4)
     guider, learner = Categorical(logits=guider_logits), Categorical(logits=learner_logits)
     l = learner.log_prob(action)
-    loss, _ = GuidedImitation(lam=4.0, eps=0.1).loss(learner, l, guider, old_log_prob, advantage)
-    pure, _ = GuidedImitation(lam=0.0).loss(learner, l, guider, old_log_prob, advantage)
+    evaluation = evaluate_actions(learner, action, guider)
+    loss, _ = GuidedImitation(lam=4.0, eps=0.1).loss(evaluation, old_log_prob, advantage)
+    pure, _ = GuidedImitation(lam=0.0).loss(evaluation, old_log_prob, advantage)
     assert torch.allclose(loss - pure, -4.0 * clip_ppo_objective(l, old_log_prob, advantage, 0.1).mean(), atol=1e-6)
 
 

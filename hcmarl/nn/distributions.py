@@ -6,6 +6,8 @@ are summed over action dimensions.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.distributions import Categorical, Independent, Normal
 
@@ -31,19 +33,23 @@ def kl_divergence(p: torch.distributions.Distribution, q: torch.distributions.Di
     return torch.distributions.kl_divergence(p, q)
 
 
+def map_distribution(
+    dist: torch.distributions.Distribution, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.distributions.Distribution:
+    """The same kind of distribution with ``fn`` applied to each parameter tensor (categorical logits ``[..., A]``;
+    Gaussian loc and scale ``[..., A]``); ``fn`` must keep the last (action) dimension."""
+    if isinstance(dist, Categorical):
+        return Categorical(logits=fn(dist.logits))
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        return Independent(Normal(fn(dist.base_dist.loc), fn(dist.base_dist.scale)), 1)
+    raise TypeError(f"hcmarl's distributions are masked categoricals and diagonal Gaussians, not {type(dist).__name__}")
+
+
 def select_agents(dist: torch.distributions.Distribution, agents: slice) -> torch.distributions.Distribution:
     """The same distribution restricted to ``agents`` on its last batch dimension (categorical or Gaussian)."""
-    if isinstance(dist, Categorical):
-        return Categorical(logits=dist.logits[..., agents, :])
-    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
-        return Independent(Normal(dist.base_dist.loc[..., agents, :], dist.base_dist.scale[..., agents, :]), 1)
-    raise TypeError(f"select_agents does not know {type(dist).__name__}")
+    return map_distribution(dist, lambda t: t[..., agents, :])
 
 
 def detach_distribution(dist: torch.distributions.Distribution) -> torch.distributions.Distribution:
     """The same distribution with its parameters detached: a constant target (categorical or Gaussian)."""
-    if isinstance(dist, Categorical):
-        return Categorical(logits=dist.logits.detach())
-    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
-        return Independent(Normal(dist.base_dist.loc.detach(), dist.base_dist.scale.detach()), 1)
-    raise TypeError(f"detach_distribution does not know {type(dist).__name__}")
+    return map_distribution(dist, torch.Tensor.detach)
