@@ -27,6 +27,7 @@ PER_AGENT_CRITIC = ["--model.critic.init_args.network", "hcmarl.nn.AgentValue"] 
         ("magpo/coordsum_3x10", []),
         ("mat/coordsum_3x10", []),
         ("magpo_sable/coordsum_3x10", ["--model.guider.init_args.constraint.init_args.minibatches", "2"]),
+        ("magpo_trust_region/coordsum_3x10", []),
     ],
 )
 def test_two_ranks_end_with_identical_parameters(name: str, extra: list[str], tmp_path: Path) -> None:

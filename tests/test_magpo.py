@@ -16,7 +16,7 @@ from torchrl.envs import TransformedEnv
 from hcmarl.constraints import ClipPPO, evaluate_actions
 from hcmarl.envs import make_env
 from hcmarl.errors import ConfigError
-from hcmarl.guided import GuidedClip, GuidedImitation
+from hcmarl.guided import GuidedClip, GuidedImitation, GuidedTrustRegion
 from hcmarl.keys import ACTION, ADVANTAGE, AGENT_INSTRUCTION, IS_INIT, LOG_PROB, OBSERVATION, STATE, VALUE_TARGET
 from hcmarl.modules import Conductor, Critic, Guider, Learner, MARLModule
 from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MATGuider, MLPActor, SableGuider
@@ -33,8 +33,13 @@ def _guider(delta: float = 1.3, epochs: int = 1, minibatches: int = 1) -> Guider
     return Guider(MATGuider(embed_dim=16, n_blocks=1, n_heads=1), rule, lr=1e-3)
 
 
-def _learner(lam: float = 2.0) -> Learner:
-    return Learner(MLPActor(share_params=True, agent_id=True), GuidedImitation(lam=lam, eps=0.2), Simultaneous(), lr=1e-3)
+def _learner(lam: float = 2.0, epochs: int | None = None) -> Learner:
+    imitation = GuidedImitation(lam=lam, eps=0.2, epochs=epochs, minibatches=None if epochs is None else 2)
+    return Learner(MLPActor(share_params=True, agent_id=True), imitation, Simultaneous(), lr=1e-3)
+
+
+def _trust_region_guider() -> Guider:
+    return Guider(MATGuider(embed_dim=16, n_blocks=1, n_heads=1), GuidedTrustRegion(delta=1.3, fisher_fraction=0.5))
 
 
 def _magpo(delta: float = 1.3, lam: float = 2.0, **kwargs) -> MARLModule:
@@ -187,6 +192,9 @@ def test_evaluation_deploys_the_learner_alone_and_the_guider_centrally() -> None
         (lambda: MARLModule(learner=Learner(MLPActor(share_params=False), GuidedImitation(), Sequential()), guider=_guider()), "Simultaneous"),
         (lambda: MARLModule(learner=_learner(), guider=_guider(), conductor=_conductor()), "InstructionCritic"),
         (lambda: MARLModule(critic=Critic(InstructionCritic()), guider=_guider(delta=math.inf), conductor=_conductor()), "model.learner"),
+        (lambda: MARLModule(learner=Learner(MLPActor(), GuidedImitation(epochs=4, minibatches=2), Simultaneous()), guider=_guider()), "remove"),
+        (lambda: MARLModule(learner=_learner(), guider=_trust_region_guider(), critic=Critic(CentralValue())), "epochs and minibatches"),
+        (lambda: MARLModule(learner=_learner(epochs=4), guider=_trust_region_guider()), "add a model.critic"),
     ],
 )
 def test_impossible_role_combinations_are_config_errors(build, match: str) -> None:
@@ -224,3 +232,31 @@ def test_mat_recipe_trains_the_guider_alone(run_cli, tmp_path) -> None:
     assert {"guider/policy_loss", "guider/value_loss", "eval/return"} <= logged
     assert not any(k.startswith("learner/") or k.startswith("eval/guider") for k in logged)
     assert math.isfinite(final_eval(run_dir)["eval/return"])
+
+
+def test_a_trust_region_guider_steps_alone_then_sequential_learners_imitate_the_updated_guider() -> None:
+    """Hybrid 2 (recipes/magpo_trust_region/): GuidedTrustRegion moves the guider's policy (not its value head), then each
+    learner agent imitates the guider *after* that step, by the Sequential schedule; a reference replays both by hand."""
+    torch.manual_seed(0)
+    learner = Learner(MLPActor(share_params=False), GuidedImitation(lam=1.0, eps=0.2, epochs=2, minibatches=2), Sequential(), lr=1e-3)
+    module = MARLModule(learner=learner, guider=_trust_region_guider(), critic=Critic(CentralValue()))
+    module.build(make_env(ENV, num_envs=1, seed=0).info)
+    batch = _rollout(module)
+    module.compute_advantages(batch)
+    reference, guider_before = copy.deepcopy(module), copy.deepcopy(module.guider)
+    torch.manual_seed(5)
+    metrics = module.update_roles(batch.clone(), [GradientStep(opt) for opt in module.configure_optimizers()])
+    assert metrics["guider/accepted"] == 1.0 and "learner/kl_agent2" in metrics and "learner/imitation_kl" in metrics
+
+    steps = dict(zip(reference.optimizer_roles(), [GradientStep(opt) for opt in reference.configure_optimizers()]))
+    flat = batch.reshape(-1)
+    torch.manual_seed(5)
+    reference.guider.update_alone(flat, steps["guider"], reference.learner)
+    with torch.no_grad():
+        updated_guider = reference.guider.network(flat)[0]
+    reference.learner.update(flat, steps["learner"], updated_guider)
+    for role in ("guider", "learner"):
+        for name, value in getattr(module, role).state_dict().items():
+            torch.testing.assert_close(value, getattr(reference, role).state_dict()[name], atol=1e-6, rtol=1e-5, msg=f"{role}.{name}")
+    moved = {name for name, value in module.guider.state_dict().items() if not torch.equal(value, guider_before.state_dict()[name])}
+    assert moved and not any(name.startswith("network.value_head") for name in moved)  # the critic role gives the values
