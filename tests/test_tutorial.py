@@ -1,0 +1,53 @@
+"""docs/tutorial.md: the hybrid it builds is the shipped one, and the mistakes it shows end in the errors it quotes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import recipe
+
+from hcmarl.cli import main
+
+OVERLAY = Path(__file__).resolve().parents[1] / "examples" / "conductor_over_magpo.yaml"
+
+
+def _printed(capsys: pytest.CaptureFixture, *configs: str) -> str:
+    args = ["fit"]
+    for config in configs:
+        args += ["--config", config]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_the_overlay_on_magpo_resolves_to_the_shipped_conductor_guided_magpo(capsys: pytest.CaptureFixture) -> None:
+    composed = _printed(capsys, recipe("magpo/coordsum_3x10"), str(OVERLAY))
+    shipped = _printed(capsys, recipe("magpo_conductor/coordsum_3x10"))
+    assert composed == shipped
+    assert yaml.safe_load(composed)["model"]["conductor"]["class_path"] == "hcmarl.modules.Conductor"
+
+
+@pytest.mark.parametrize(
+    "critic, message",
+    [
+        (None, "model.conductor needs a model.critic with hcmarl.nn.InstructionCritic"),
+        ("hcmarl.nn.CentralValue", "HCPO's critic must be Q(s, .)"),
+    ],
+)
+def test_the_tutorials_unfinished_steps_are_config_errors(critic: str | None, message: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    overlay = yaml.safe_load(OVERLAY.read_text())
+    if critic is None:
+        del overlay["model"]["critic"]
+    else:
+        overlay["model"]["critic"]["init_args"]["network"] = {"class_path": critic}
+    step = tmp_path / "step.yaml"
+    step.write_text(yaml.safe_dump(overlay))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", recipe("magpo/coordsum_3x10"), "--config", str(step), "--data.total_frames", "64",
+              "--data.num_envs", "4", "--data.rollout_steps", "8", "--trainer.enable_progress_bar", "false"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
