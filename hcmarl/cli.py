@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,19 @@ class HcmarlTrainer(Trainer):
         if kwargs.get("enable_progress_bar") is False and kwargs.get("callbacks"):
             kwargs["callbacks"] = [c for c in kwargs["callbacks"] if not isinstance(c, ProgressBar)]
         super().__init__(*args, strategy=strategy, **kwargs)
+
+    @property
+    def log_dir(self) -> str | None:
+        """The run folder (``config.yaml``, ``final_eval.json``, videos). Lightning gives a W&B logger its whole
+        ``save_dir``, shared by every run; here a W&B run gets ``<save_dir>/<project>/<run id>``, the folder its
+        checkpoints go to."""
+        from hcmarl.modules.loggers import WandbLogger
+
+        logger = self.loggers[0] if self.loggers else None
+        if not isinstance(logger, WandbLogger):
+            return super().log_dir
+        run_dir = os.path.join(logger.save_dir, str(logger.name), str(logger.version)) if self.is_global_zero else None
+        return self.strategy.broadcast(run_dir)
 
     def bench(self, model: LightningModule, datamodule: LightningDataModule, iterations: int = 5, warmup: int = 1) -> dict[str, float]:
         """Run ``warmup + iterations`` iterations and print collection, update and end-to-end frames/s.
@@ -147,9 +161,28 @@ class HcmarlCLI(LightningCLI):
                 logger.describe_run(recipe_name(self.recipe_files, self.datamodule.env_name), config.seed_everything, resolved)
 
     def after_fit(self) -> None:
-        """Evaluate the final policy, print the result and write ``final_eval.json`` into the run folder."""
-        if self.trainer.interrupted:
-            return
+        """Evaluate the final policy, print the result and write ``final_eval.json`` into the run folder; close W&B runs."""
+        try:
+            if not self.trainer.interrupted:
+                self._final_evaluation()
+        finally:
+            self._finish_loggers()
+
+    def after_validate(self) -> None:
+        self._finish_loggers()
+
+    def after_bench(self) -> None:
+        self._finish_loggers()
+
+    def _finish_loggers(self) -> None:
+        """Close this run's W&B runs: Lightning leaves them open, and a later run in the same process would log into them."""
+        from hcmarl.modules.loggers import WandbLogger
+
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.finish()
+
+    def _final_evaluation(self) -> None:
         results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: every rank asks
         if not self.trainer.is_global_zero or not results:
@@ -160,7 +193,9 @@ class HcmarlCLI(LightningCLI):
         (run_dir / "final_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
         shown = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items() if k.startswith("eval/"))
         print(f"\nFinal evaluation of the deployment policy after {metrics['frames']:,} frames: {shown}")
-        print(f"Results written to {run_dir / 'final_eval.json'}; metrics in {run_dir / 'metrics.csv'}")
+        metrics_file = run_dir / "metrics.csv"
+        logged = f"; metrics in {metrics_file}" if metrics_file.exists() else ""
+        print(f"Results written to {run_dir / 'final_eval.json'}{logged}")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:

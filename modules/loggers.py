@@ -79,3 +79,8 @@ class WandbLogger(_LightningWandbLogger):
         init["group"] = init.get("group") or recipe
         init["tags"] = [*(init.get("tags") or []), f"seed={seed}"]
         init["config"] = {**(init.get("config") or {}), **config, "recipe": recipe, "seed": seed}
+
+    def finish(self) -> None:
+        """Close the W&B run, if this process started one (rank zero); the next run in the process starts afresh."""
+        if self._experiment is not None:
+            self._experiment.finish()
