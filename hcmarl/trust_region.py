@@ -110,6 +110,7 @@ class TrustRegion(Constraint):
         """Per-sample surrogate to maximise, ``weight * rho * A`` with rho = pi_new / pi_old (ALGORITHMS.md section 1, ``TrustRegion``)."""
         return weight * torch.exp(evaluation.log_prob - old_log_prob) * advantage
 
+    @sdpa_kernel(SDPBackend.MATH)  # Fisher-vector products differentiate twice: only SDPA's math kernel has a double backward
     def update(
         self,
         evaluate: Evaluate,
@@ -123,19 +124,6 @@ class TrustRegion(Constraint):
 
         With ``kl_weight`` the trust region bounds the weighted mean sum(w * KL) / sum(w).
         """
-        # Fisher-vector products differentiate twice: attention must run on SDPA's math kernel, the only one with a double backward
-        with sdpa_kernel(SDPBackend.MATH):
-            return self._step(evaluate, old_log_prob, advantage, factor, step, kl_weight)
-
-    def _step(
-        self,
-        evaluate: Evaluate,
-        old_log_prob: torch.Tensor,
-        advantage: torch.Tensor,
-        factor: torch.Tensor | None,
-        step: GradientStep,
-        kl_weight: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor]:
         everything = torch.arange(advantage.shape[0], device=advantage.device)
         weight = torch.ones_like(advantage[..., :1]) if factor is None else factor
         params = _ParameterSlice(step)

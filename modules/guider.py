@@ -207,55 +207,15 @@ class Guider(nn.Module):
         ``{"guider": {...}, "learner": {...}}`` (the learner's only from MAGPO's joint loop).
 
         Minibatches are frames, or, for a recurrent guider, whole env rollouts replayed from ``start_state``
-        (the state at their first step). ``GuidedClip``: ``joint_update``; any other constraint: ``update_alone``.
+        (the state at their first step). Any constraint but ``GuidedClip``: ``update_alone``. ``GuidedClip``: MAGPO's
+        joint update (ALGORITHMS.md section 4); per minibatch, guider loss = GuidedClip(mu; pi constant) + vf_coef *
+        value loss (if ``train_value``) and learner loss = GuidedImitation(pi; mu constant), both from the pre-update
+        parameters, then both step.
         """
         if not self.recurrent:
             batch = batch.reshape(-1)
         if not self.joint:
             return {"guider": self.update_alone(batch, step, learner, start_state)}
-        return self.joint_update(batch, step, learner, learner_step, train_value, start_state)
-
-    def update_alone(
-        self, batch: TensorDictBase, step: GradientStep, learner: Learner | None = None, start_state: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """The constraint moves the guider's policy alone over the whole batch, each sample anchored at the (constant)
-        learner's distribution; the value head is left to the critic role (e.g. ``GuidedTrustRegion``)."""
-        anchor = None
-        if learner is not None:
-            with torch.no_grad():
-                anchor = learner.actor(batch)
-        old_log_prob, advantage, action = batch.get(LOG_PROB), batch.get(ADVANTAGE), batch.get(ACTION)
-        batch = batch.select(*self.network.in_keys, ACTION, strict=False)  # what evaluate indexes (actions: teacher forcing)
-
-        def evaluate(idx: torch.Tensor) -> Evaluation:
-            dist, _ = self.network(batch[idx], None if start_state is None else start_state[idx])
-            return evaluate_actions(dist, action[idx], None if anchor is None else index_distribution(anchor, idx))
-
-        return self.constraint.update(evaluate, old_log_prob, advantage, None, step)
-
-    @torch.no_grad()
-    def distribution(self, batch: TensorDictBase, start_state: torch.Tensor | None = None) -> torch.distributions.Distribution:
-        """mu(a_i | o, a_<i) at every sample of a batch ``[E, T]``, teacher-forced on the taken actions, flattened to
-        ``[E * T, N]`` in ``batch.reshape(-1)``'s order: the target a learner with its own loop imitates."""
-        if self.recurrent:
-            dist, _ = self.network(batch, start_state)
-            return map_distribution(dist, lambda t: t.reshape(-1, *t.shape[2:]))
-        return self.network(batch.reshape(-1))[0]
-
-    def joint_update(
-        self,
-        batch: TensorDictBase,
-        step: GradientStep,
-        learner: Learner | None = None,
-        learner_step: GradientStep | None = None,
-        train_value: bool = True,
-        start_state: torch.Tensor | None = None,
-    ) -> dict[str, dict[str, torch.Tensor]]:
-        """MAGPO's joint update (ALGORITHMS.md section 4) on a batch, flat ``[B]`` or ``[E, T]`` for a recurrent guider.
-
-        Per minibatch: guider loss = GuidedClip(mu; pi constant) + vf_coef * value loss (if ``train_value``);
-        learner loss = GuidedImitation(pi; mu constant); both from the pre-update parameters, then both step.
-        """
         rule = self.constraint
         imitation = None if learner is None else learner.constraint
         keys = [*self.network.in_keys, ACTION, LOG_PROB, ADVANTAGE] + ([] if learner is None else learner.actor.in_keys)
@@ -295,6 +255,33 @@ class Guider(nn.Module):
                 _accumulate(sums["guider"], guider_metrics)
         n = rule.epochs * rule.minibatches
         return {role: {k: v / n for k, v in values.items()} for role, values in sums.items() if values}
+
+    def update_alone(
+        self, batch: TensorDictBase, step: GradientStep, learner: Learner | None = None, start_state: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The constraint moves the guider's policy alone over the whole batch, each sample anchored at the (constant)
+        learner's distribution; the value head is left to the critic role (e.g. ``GuidedTrustRegion``)."""
+        anchor = None
+        if learner is not None:
+            with torch.no_grad():
+                anchor = learner.actor(batch)
+        old_log_prob, advantage, action = batch.get(LOG_PROB), batch.get(ADVANTAGE), batch.get(ACTION)
+        batch = batch.select(*self.network.in_keys, ACTION, strict=False)  # what evaluate indexes (actions: teacher forcing)
+
+        def evaluate(idx: torch.Tensor) -> Evaluation:
+            dist, _ = self.network(batch[idx], None if start_state is None else start_state[idx])
+            return evaluate_actions(dist, action[idx], None if anchor is None else index_distribution(anchor, idx))
+
+        return self.constraint.update(evaluate, old_log_prob, advantage, None, step)
+
+    @torch.no_grad()
+    def distribution(self, batch: TensorDictBase, start_state: torch.Tensor | None = None) -> torch.distributions.Distribution:
+        """mu(a_i | o, a_<i) at every sample of a batch ``[E, T]``, teacher-forced on the taken actions, flattened to
+        ``[E * T, N]`` in ``batch.reshape(-1)``'s order: the target a learner with its own loop imitates."""
+        if self.recurrent:
+            dist, _ = self.network(batch, start_state)
+            return map_distribution(dist, lambda t: t.reshape(-1, *t.shape[2:]))
+        return self.network(batch.reshape(-1))[0]
 
 
 def _accumulate(sums: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
