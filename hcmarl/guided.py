@@ -21,7 +21,7 @@ and the same masked KL; the learner then runs ``GuidedImitation`` by its own sch
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -223,21 +223,12 @@ class GuidedTrustRegion(TrustRegion):
 
     Args:
         delta: the band, > 1: log mu - log pi is clipped to +- log delta.
-        max_kl, cg_iters, damping, backtrack, max_backtracks, accept_ratio, fisher_fraction: see ``TrustRegion``.
+        **trust_region: ``TrustRegion``'s arguments (max_kl, cg_iters, damping, backtrack, max_backtracks, accept_ratio,
+            fisher_fraction).
     """
 
-    def __init__(
-        self,
-        delta: float = 1.5,
-        max_kl: float = 0.01,
-        cg_iters: int = 10,
-        damping: float = 0.1,
-        backtrack: float = 0.8,
-        max_backtracks: int = 10,
-        accept_ratio: float = 0.5,
-        fisher_fraction: float = 1.0,
-    ) -> None:
-        super().__init__(max_kl, cg_iters, damping, backtrack, max_backtracks, accept_ratio, fisher_fraction)
+    def __init__(self, delta: float = 1.5, **trust_region: Any) -> None:
+        super().__init__(**trust_region)
         self.delta = _check_delta(delta)
 
     def surrogate(self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -133,12 +133,15 @@ class TrustRegion(Constraint):
         def mean_surrogate() -> torch.Tensor:
             return self.surrogate(evaluate(everything), old_log_prob, advantage, weight).mean()
 
-        def mean_kl(idx: torch.Tensor = everything) -> torch.Tensor:
-            kl = kl_divergence(index_distribution(old_dist, idx), evaluate(idx).distribution)
-            return kl.mean() if kl_weight is None else (kl_weight[idx] * kl).sum() / kl_weight[idx].sum()
+        def mean_kl(idx: torch.Tensor | None = None) -> torch.Tensor:
+            """Mean KL(pi_old || pi) over the samples ``idx`` (None: the whole batch, with no copy of the old policy)."""
+            old, w = (old_dist, kl_weight) if idx is None else (index_distribution(old_dist, idx), None if kl_weight is None else kl_weight[idx])
+            kl = kl_divergence(old, evaluate(everything if idx is None else idx).distribution)
+            return kl.mean() if w is None else (w * kl).sum() / w.sum()
 
         g = all_reduce_mean(params.grad(mean_surrogate()))
-        kl_grad = params.grad(mean_kl(everything[:: max(1, round(1 / self.fisher_fraction))]), create_graph=True)
+        stride = max(1, round(1 / self.fisher_fraction))
+        kl_grad = params.grad(mean_kl(None if stride == 1 else everything[::stride]), create_graph=True)
 
         def fisher_vector_product(v: torch.Tensor) -> torch.Tensor:
             hvp = params.grad(kl_grad @ v, retain_graph=True) if kl_grad.requires_grad else torch.zeros_like(v)
