@@ -6,13 +6,15 @@ Both loops step ``num_envs`` battles of one map with uniformly random available 
    mask, runs ``jax.vmap(env.step)`` (JaxMARL's step with its auto-reset) and computes the next
    masks, with no torch at all;
 2. hcmarl: ``SmaxEnv.step_and_maybe_reset`` (what TorchRL's collector calls), the actions drawn
-   in torch uniformly among those ``("agents", "action_mask")`` allows.
+   in torch uniformly among those ``("agents", "action_mask")`` allows. Only the env call is
+   timed: drawing the actions is the policy's work, which the raw loop does inside its jit.
 
 Frames are battle steps (``num_envs`` per step). Compilation is excluded from both. The two
-loops run in interleaved blocks and each reports its best block, so that the load of a shared
-machine affects both alike.
+loops run in many short interleaved blocks, and each rate is its frames over its summed time,
+so that the load of a shared machine (whose noise moves a single block's rate by a third)
+falls on both alike.
 
-    OMP_NUM_THREADS=1 python benchmarks/smax_rate.py --map 3s5z --num-envs 64 512 --steps 50 --rounds 5
+    OMP_NUM_THREADS=1 python benchmarks/smax_rate.py --map 3s5z --num-envs 64 512 --steps 25 --rounds 40
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from hcmarl.envs import make_env
 from hcmarl.envs.base import ACTION, ACTION_MASK
 
 
-def raw_stepper(map_name: str, num_envs: int) -> Callable[[int], None]:
-    """``run(steps)``: JaxMARL's own vmapped step, random available actions sampled in jax."""
+def raw_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
+    """``run(steps)``: JaxMARL's own vmapped step, random available actions sampled in jax; returns the seconds taken."""
     import jax
     import jax.numpy as jnp
 
@@ -53,54 +55,58 @@ def raw_stepper(map_name: str, num_envs: int) -> Callable[[int], None]:
     _, states = jax.vmap(env.reset)(jax.random.split(key, num_envs))
     carry = [(key, states, masks(states))]
 
-    def run(steps: int) -> None:
+    def run(steps: int) -> float:
+        start = time.perf_counter()
         for _ in range(steps):
             carry[0] = step(*carry[0])[:3]
         jax.block_until_ready(carry[0])
+        return time.perf_counter() - start
 
     return run
 
 
-def hcmarl_stepper(map_name: str, num_envs: int) -> Callable[[int], None]:
-    """``run(steps)``: ``smax/<map>`` stepped as TorchRL's collector steps it, random available actions."""
+def hcmarl_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
+    """``run(steps)``: ``smax/<map>`` stepped as TorchRL's collector steps it, random available actions; returns the env's seconds."""
     env = make_env(f"smax/{map_name}", num_envs=num_envs, seed=0)
     td = [env.reset()]
 
-    def run(steps: int) -> None:
+    def run(steps: int) -> float:
+        seconds = 0.0
         for _ in range(steps):
             mask = td[0][ACTION_MASK]
             td[0][ACTION] = torch.rand(mask.shape).masked_fill_(~mask, -1.0).argmax(-1)  # uniform over available
+            start = time.perf_counter()
             td[0] = env.step_and_maybe_reset(td[0])[1]
+            seconds += time.perf_counter() - start
+        return seconds
 
     return run
 
 
-def best_rates(runs: dict[str, Callable[[int], None]], num_envs: int, steps: int, rounds: int) -> dict[str, float]:
-    """Frames/s of each ``run``: the best of ``rounds`` blocks of ``steps``, the runs interleaved (a noisy machine)."""
+def interleaved_rates(runs: dict[str, Callable[[int], float]], num_envs: int, steps: int, rounds: int) -> dict[str, float]:
+    """Frames/s of each ``run`` over ``rounds`` blocks of ``steps``, the runs' blocks interleaved (a noisy machine)."""
     for run in runs.values():
         run(2)  # compilation and first-call costs
-    best = dict.fromkeys(runs, 0.0)
+    seconds = dict.fromkeys(runs, 0.0)
     for _ in range(rounds):
         for name, run in runs.items():
-            start = time.perf_counter()
-            run(steps)
-            best[name] = max(best[name], num_envs * steps / (time.perf_counter() - start))
-    return best
+            seconds[name] += run(steps)
+    return {name: num_envs * steps * rounds / total for name, total in seconds.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--map", default="3s5z")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[64, 512])
-    parser.add_argument("--steps", type=int, default=50, help="steps per timed block")
-    parser.add_argument("--rounds", type=int, default=5, help="timed blocks per loop, interleaved; the best counts")
+    parser.add_argument("--steps", type=int, default=25, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=40, help="timed blocks per loop, interleaved")
     args = parser.parse_args()
     torch.manual_seed(0)
     print("| map | num_envs | raw jax frames/s | hcmarl frames/s | hcmarl / raw |\n|---|---|---|---|---|")
     for num_envs in args.num_envs:
         runs = {"raw": raw_stepper(args.map, num_envs), "hcmarl": hcmarl_stepper(args.map, num_envs)}
-        best = best_rates(runs, num_envs, args.steps, args.rounds)
-        raw, ours = best["raw"], best["hcmarl"]
+        rates = interleaved_rates(runs, num_envs, args.steps, args.rounds)
+        raw, ours = rates["raw"], rates["hcmarl"]
         print(f"| {args.map} | {num_envs} | {raw:,.0f} | {ours:,.0f} | {ours / raw:.0%} |", flush=True)
 
 

@@ -137,6 +137,7 @@ class HcmarlCLI(LightningCLI):
             self.recipe_files = finder.parse_known_args(sys.argv[1:] if args is None else list(args))[0].config
 
     def before_fit(self) -> None:
+        self._refuse_used_run_folder()
         self._prepare_run()
 
     def before_validate(self) -> None:
@@ -144,6 +145,22 @@ class HcmarlCLI(LightningCLI):
 
     def before_bench(self) -> None:
         self._prepare_run()
+
+    def _refuse_used_run_folder(self) -> None:
+        """Stop a fit whose run folder already holds a run: Lightning's CSV logger would delete its metrics.
+
+        It happens when a run's saved ``config.yaml`` is run again, since it pins the logger's ``version``.
+        """
+        folder = self.trainer.log_dir
+        if not (self.trainer.is_global_zero and folder):
+            return
+        used = [name for name in ("metrics.csv", "final_eval.json") if os.path.exists(os.path.join(folder, name))]
+        if used:
+            raise ConfigError(
+                f"the run folder {folder} already holds a run ({', '.join(used)}), which this fit would overwrite; "
+                "pass --trainer.logger.init_args.version null for a new version (to resume, add --ckpt_path), "
+                "or move that folder away"
+            )
 
     def _prepare_run(self) -> None:
         """Add the episode-video callback for ``--render``; give a W&B logger its recipe group, seed and resolved config."""

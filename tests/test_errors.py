@@ -71,6 +71,16 @@ def test_checkpoint_from_another_recipe(run_cli, capsys, tmp_path: Path) -> None
     assert "hcmarl: error:" in message and "coordsum/3x10" in message and "recipe" in message
 
 
+def test_rerunning_a_pinned_version_keeps_the_earlier_run(run_cli, capsys, tmp_path: Path) -> None:
+    pinned = ("--data.total_frames", FRAMES, "--trainer.logger.init_args.version", "0")
+    run_cli("fit", "mappo/coordsum_3x10", *pinned)
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    before = metrics.read_text()
+    message = exit_message(run_cli, capsys, "fit", "mappo/coordsum_3x10", *pinned)
+    assert "already holds a run" in message and str(metrics.parent.relative_to(tmp_path)) in message and "version null" in message
+    assert metrics.read_text() == before  # Lightning's CSV logger would have deleted it
+
+
 def test_nan_loss_stops_with_iteration_and_loss_named(run_cli, capsys, monkeypatch, tmp_path: Path) -> None:
     calls = {"n": 0}
     real = hcmarl.constraints.clip_ppo_objective

@@ -120,6 +120,52 @@ def test_walker2d_6x1_has_one_joint_per_agent() -> None:
     check_env_specs(env)
 
 
+def _tendon_length_jacobian(model, data, tendon: int, h: float = 1e-6) -> np.ndarray:
+    """d(tendon length)/dq by central differences (the reference; CoupledHalfCheetah's joints are hinges and slides, nq == nv)."""
+    import mujoco
+
+    probe, row = mujoco.MjData(model), np.zeros(model.nv)
+    for j in range(model.nv):
+        lengths = []
+        for sign in (1.0, -1.0):
+            probe.qpos[:] = data.qpos
+            probe.qpos[j] += sign * h
+            mujoco.mj_kinematics(model, probe)
+            mujoco.mj_tendon(model, probe)
+            lengths.append(probe.ten_length[tendon])
+        row[j] = (lengths[0] - lengths[1]) / (2 * h)
+    return row
+
+
+@requires_mamujoco
+def test_coupled_half_cheetah_reads_the_tendon_jacobian_densely() -> None:
+    import mujoco
+
+    from hcmarl.envs.coupled_half_cheetah import TENDON, tendon_jacobian_row
+
+    env = make_env("mamujoco/CoupledHalfCheetah-1p1", num_envs=1, seed=0)
+    assert (env.info.n_agents, env.info.action_dim, env.info.state_dim, env.info.max_steps) == (2, 6, 40, 1000)
+    check_env_specs(env)
+    td = env.reset()
+    for t in range(4):
+        td = step_mdp(env.step(td.set(ACTION, _actions(env, t))))
+    sub = env._batch.envs[0]
+    model, data = sub.single_agent_env.unwrapped.model, sub.single_agent_env.unwrapped.data
+    probe = mujoco.MjData(model)  # the env's last state, its derived quantities recomputed at the final qpos
+    probe.qpos[:], probe.qvel[:] = data.qpos, data.qvel
+    mujoco.mj_forward(model, probe)
+    row = tendon_jacobian_row(model, probe, TENDON)
+    assert np.count_nonzero(np.abs(row) > 1e-3) == 4  # nonzero in the two cheetahs' root x and z columns only
+    np.testing.assert_allclose(row, _tendon_length_jacobian(model, probe, TENDON), atol=1e-6)
+    np.testing.assert_allclose(row @ probe.qvel, probe.ten_velocity[TENDON], rtol=1e-10)
+    row = tendon_jacobian_row(model, data, TENDON)  # what the env observed (MuJoCo's values from the last step)
+    observed = np.concatenate([row[:2], row[9:11]]).astype(np.float32)
+    np.testing.assert_allclose(td[STATE][0, 34:38].numpy(), observed, rtol=1e-6)  # the state's entries 34-37
+    for i, own in enumerate(sub._get_obs().values()):  # each agent's thigh node observes the same four entries
+        np.testing.assert_allclose(td[OBSERVATION][0, i, : own.shape[0]].numpy(), own.astype(np.float32))
+        assert any(np.allclose(own[k : k + 4], observed) for k in range(own.shape[0] - 3))
+
+
 @requires_mamujoco
 def test_time_limit_is_truncation_and_returns_are_summed() -> None:
     env = TransformedEnv(make_env("mamujoco/HalfCheetah-2x3", num_envs=2, seed=0, max_steps=5), RewardSum(in_keys=[REWARD], out_keys=[EPISODE_RETURN]))

@@ -1,9 +1,10 @@
 """Multi-agent MuJoCo (gymnasium-robotics' MaMuJoCo v1) in the hcmarl layout (DESIGN.md, "Conventions").
 
 A task is ``<robot>-<partition>``: one of gymnasium-robotics' built-in factorisations of a
-Gymnasium MuJoCo robot (``HalfCheetah-2x3``, ``Ant-4x2``, ``Humanoid-9|8``, ...) or
-``Walker2d-6x1``, the HCPO paper's one-agent-per-joint Walker, built here through
-gymnasium-robotics' custom ``agent_factorization``. The layout (:mod:`hcmarl.envs.base`):
+Gymnasium MuJoCo robot (``HalfCheetah-2x3``, ``Ant-4x2``, ``Humanoid-9|8``, ...), its
+``CoupledHalfCheetah-1p1`` (:mod:`hcmarl.envs.coupled_half_cheetah`), or ``Walker2d-6x1``, the
+HCPO paper's one-agent-per-joint Walker, built here through gymnasium-robotics' custom
+``agent_factorization``. The layout (:mod:`hcmarl.envs.base`):
 
 - ``("agents", "observation")``: float32 ``[E, N, D]``, each agent's local observation
   zero-padded at the end to the largest agent's size ``D``;
@@ -37,6 +38,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from hcmarl.envs.base import ACTION, EnvInfo
+from hcmarl.envs import coupled_half_cheetah
 from hcmarl.envs.mamujoco_workers import WorkerPool
 from hcmarl.errors import ConfigError, MissingDependencyError, UnknownEnvError
 
@@ -44,6 +46,7 @@ LOGGER = logging.getLogger(__name__)
 
 PARTITIONS: dict[str, tuple[str, ...]] = {
     "Ant": ("2x4", "2x4d", "4x2"),
+    "CoupledHalfCheetah": ("1p1",),
     "HalfCheetah": ("2x3", "6x1"),
     "Hopper": ("3x1",),
     "Humanoid": ("9|8",),
@@ -57,12 +60,10 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
 }
 """Robot -> partitions: every multi-agent factorisation gymnasium-robotics 1.4 defines in
 ``obsk.get_parts_and_edges`` (the ``ManySegment*`` robots take any ``<agents>x<segments>``;
-the two listed are FACMAC's and a smaller one), plus ``Walker2d-6x1`` (:func:`_walker2d_6x1`).
-``CoupledHalfCheetah-1p1`` is left out: its observation reads ``data.ten_J`` as a dense matrix,
-which recent MuJoCo releases (4.0 here) store sparse, so gymnasium-robotics 1.4.2 cannot build it."""
+the two listed are FACMAC's and a smaller one), plus ``Walker2d-6x1`` (:func:`_walker2d_6x1`)."""
 
-CUSTOM_TASKS = {"Walker2d-6x1"}
-"""Tasks gymnasium-robotics does not define; built here with its ``agent_factorization``."""
+COUPLED_HALF_CHEETAH_STEPS = 1000
+"""CoupledHalfCheetah's episode length in gymnasium-robotics (it has no Gymnasium registration)."""
 
 MANY_SEGMENT_BASE = {"ManySegmentAnt": "Ant", "ManySegmentSwimmer": "Swimmer"}
 """Many-segment robots -> the Gymnasium robot whose env loads their generated model."""
@@ -113,6 +114,8 @@ def _default_max_steps(robot: str) -> int:
     """Gymnasium's registered episode length for the robot's single-agent env."""
     import gymnasium
 
+    if robot == "CoupledHalfCheetah":
+        return COUPLED_HALF_CHEETAH_STEPS
     return int(gymnasium.spec(f"{MANY_SEGMENT_BASE.get(robot, robot)}-v5").max_episode_steps)
 
 
@@ -125,6 +128,10 @@ def _single_agent_env(robot: str, partition: str, max_steps: int, **gym_kwargs: 
     """
     import gymnasium
 
+    if robot == "CoupledHalfCheetah":
+        if gym_kwargs:
+            raise ConfigError(f"CoupledHalfCheetah takes no Gymnasium arguments; remove {sorted(gym_kwargs)} from the env's kwargs")
+        return coupled_half_cheetah.single_agent_env(max_steps)
     if robot not in MANY_SEGMENT_BASE:
         return gymnasium.make(f"{robot}-v5", max_episode_steps=max_steps, disable_env_checker=True, **gym_kwargs)
     from gymnasium_robotics.envs.multiagent_mujoco import many_segment_ant, many_segment_swimmer
@@ -152,6 +159,10 @@ def _walker2d_6x1() -> dict[str, Any]:
     return {"partition": [(joint,) for joint in joints], "edges": edges, "globals": global_nodes}
 
 
+FACTORIZATIONS = {"Walker2d-6x1": _walker2d_6x1, "CoupledHalfCheetah-1p1": coupled_half_cheetah.factorization_1p1}
+"""Tasks built with a factorisation of hcmarl's (gymnasium-robotics' ``agent_factorization``), by task."""
+
+
 def make_raw_env(task: str, max_steps: int | None = None, agent_obsk: int = 1, **gym_kwargs: Any):
     """One gymnasium-robotics ``MultiAgentMujocoEnv`` (a PettingZoo parallel env) for ``task``.
 
@@ -166,7 +177,7 @@ def make_raw_env(task: str, max_steps: int | None = None, agent_obsk: int = 1, *
     _route_mujoco_warnings()
     steps = _default_max_steps(robot) if max_steps is None else max_steps
     single = _single_agent_env(robot, partition, steps, **gym_kwargs)
-    factorization = _walker2d_6x1() if task in CUSTOM_TASKS else None
+    factorization = FACTORIZATIONS[task]() if task in FACTORIZATIONS else None
     return mujoco_multi.MultiAgentMujocoEnv(
         robot, partition, agent_obsk=agent_obsk, agent_factorization=factorization, gym_env=single
     )

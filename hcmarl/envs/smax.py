@@ -26,7 +26,7 @@ import importlib.util
 import io
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -60,30 +60,20 @@ def smax_maps() -> list[str]:
     return sorted(_import_jaxmarl()[1].MAP_NAME_TO_SCENARIO)
 
 
-class Observed(NamedTuple):
-    """What the agents see of one battle (a jax pytree; batched, each leaf gains a leading ``E``)."""
-
-    observation: Any  # float32 [N, obs_dim]
-    state: Any  # float32 [state_dim]
-    action_mask: Any  # bool [N, n_actions]
-
-
-class Outcome(NamedTuple):
-    """What a step reports besides the observation (each bool or float32 ``[1]`` per battle)."""
-
-    reward: Any
-    terminated: Any
-    truncated: Any
-    win: Any
-
-
 @dataclass(frozen=True)
 class Batched:
-    """The jitted functions over a batch of battles (all pure; ``key`` is carried through)."""
+    """The jitted functions over a batch of battles (all pure; ``key`` is carried through).
 
-    init: Callable  # (key, num_envs) -> (key, states, observed): new battles
+    What the agents see of a battle travels as one float32 row, so that a whole step reaches
+    torch in a single DLPack hand-over: observations ``[N * obs_dim]``, state, available-action
+    masks ``[N * n_actions]`` (1.0 for available). A step's row is the observed row, then reward,
+    terminated, truncated and win (1.0 for true), then the row of the battle that acts next (the
+    restarted one where the battle ended).
+    """
+
+    init: Callable  # (key, num_envs) -> (key, states, rows [E, W]): new battles
     select: Callable  # (mask [E], fresh, old) -> fresh where mask else old, for any pytree batched on E
-    step: Callable  # (key, states, actions [E, N] int32) -> (key, states, observed_next, outcome, observed_now)
+    step: Callable  # (key, states, actions [E, N] int32) -> (key, states, step rows [E, 2 W + 4])
 
 
 def _build_batched(env: Any) -> Batched:
@@ -93,13 +83,10 @@ def _build_batched(env: Any) -> Batched:
 
     allies, n_allies = env.agents, env.num_allies
 
-    def observed(obs: dict, state: Any) -> Observed:
+    def row(obs: dict, state: Any) -> Any:
         avail = env.get_avail_actions(state)
-        return Observed(
-            observation=jnp.stack([obs[a] for a in allies]).astype(jnp.float32),
-            state=obs["world_state"].astype(jnp.float32),
-            action_mask=jnp.stack([avail[a] for a in allies]).astype(jnp.bool_),
-        )
+        parts = [obs[a] for a in allies] + [obs["world_state"]] + [avail[a] for a in allies]
+        return jnp.concatenate([part.astype(jnp.float32) for part in parts])
 
     def strong(state: Any) -> Any:
         """``state`` without weak types, so that reset and step states share one jit signature."""
@@ -107,32 +94,30 @@ def _build_batched(env: Any) -> Batched:
 
     def reset_one(key):
         obs, state = env.reset(key)
-        return strong(state), observed(obs, state)
+        return strong(state), row(obs, state)
 
-    def outcome(rewards: dict, state: Any) -> Outcome:
+    def outcome(rewards: dict, state: Any) -> Any:
+        """Team reward (the allies' mean), terminated, truncated, win: float32 ``[4]``."""
         alive = state.state.unit_alive
         allies_dead, enemies_dead = ~alive[:n_allies].any(), ~alive[n_allies:].any()
         terminated = allies_dead | enemies_dead
-        return Outcome(
-            reward=jnp.stack([rewards[a] for a in allies]).mean(keepdims=True).astype(jnp.float32),
-            terminated=terminated[None],
-            truncated=((state.state.step >= env.max_steps) & ~terminated)[None],
-            win=(enemies_dead & ~allies_dead)[None],
-        )
+        truncated = (state.state.step >= env.max_steps) & ~terminated
+        reward = jnp.stack([rewards[a] for a in allies]).mean()
+        return jnp.stack([reward, terminated, truncated, enemies_dead & ~allies_dead]).astype(jnp.float32)
 
     def step_one(key, state, actions):
         step_key, reset_key = jax.random.split(key)
         obs, state, rewards, dones, _ = env.step_env(step_key, state, {a: actions[i] for i, a in enumerate(allies)})
-        seen, result = observed(obs, state), outcome(rewards, state)
+        seen, result = row(obs, state), outcome(rewards, state)
         fresh_state, fresh = reset_one(reset_key)
         done = dones["__all__"]
         state, now = jax.tree.map(lambda f, s: jnp.where(done, f, s), (fresh_state, fresh), (strong(state), seen))
-        return state, seen, result, now
+        return state, jnp.concatenate([seen, result, now])
 
     def init(key, num_envs):
         key, sub = jax.random.split(key)
-        states, seen = jax.vmap(reset_one)(jax.random.split(sub, num_envs))
-        return key, states, seen
+        states, rows = jax.vmap(reset_one)(jax.random.split(sub, num_envs))
+        return key, states, rows
 
     def select(mask, fresh, old):
         def where(f, o):
@@ -142,8 +127,8 @@ def _build_batched(env: Any) -> Batched:
 
     def step(key, states, actions):
         key, sub = jax.random.split(key)
-        states, seen, result, now = jax.vmap(step_one)(jax.random.split(sub, actions.shape[0]), states, actions)
-        return key, states, seen, result, now
+        states, rows = jax.vmap(step_one)(jax.random.split(sub, actions.shape[0]), states, actions)
+        return key, states, rows
 
     return Batched(init=jax.jit(init, static_argnums=1), select=jax.jit(select), step=jax.jit(step))
 
@@ -220,7 +205,9 @@ class SmaxEnv(EnvBase):
         self.max_steps = int(self._smax.max_steps)
         self._jax_device = _jax_device(self.device)
         self._key = _seed_key(seed, self._jax_device)
-        self._key, self._states, self._seen = self._fns.init(self._key, num_envs)
+        self._row_width = self.n_agents * (self.obs_dim + self.n_actions) + self.state_dim  # W of ``Batched``
+        self._key, self._states, rows = self._fns.init(self._key, num_envs)
+        self._rows = self._torch(rows)  # [E, W]: what the agents act on next
         self._restarted = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self._warm_up()
         set_masked_categorical_specs(self, self.n_agents, self.obs_dim, self.state_dim, self.n_actions)
@@ -239,49 +226,52 @@ class SmaxEnv(EnvBase):
         actions = self._to_jax(torch.zeros(E, N, dtype=torch.int32))
         mask = self._to_jax(torch.zeros(E, dtype=torch.bool))
         self._jax.block_until_ready(self._fns.step(self._key, self._states, actions))
-        self._jax.block_until_ready(self._fns.select(mask, (self._states, self._seen), (self._states, self._seen)))
+        self._jax.block_until_ready(self._fns.select(mask, self._states, self._states))
 
     def _to_jax(self, tensor: torch.Tensor) -> Any:
-        """A torch tensor as a jax array on the simulation device, through DLPack."""
+        """A torch tensor as an input of the jitted functions, on the simulation device.
+
+        On a GPU through DLPack. On the CPU as a NumPy view, which jit copies in (a few KB): this
+        costs a third of DLPack's import, which is the larger share of a step's overhead at 64 envs.
+        """
+        if self._jax_device.platform == "cpu":
+            return tensor.cpu().contiguous().numpy()
         return self._jax.dlpack.from_dlpack(tensor.to(self._jax_torch_device()).contiguous())
 
     def _torch(self, array: Any) -> torch.Tensor:
         """A jax array as a torch tensor on ``self.device``: shared memory through DLPack (copied only across devices)."""
         return torch.from_dlpack(array).to(self.device)
 
-    def _tensordict(self, seen: Observed, **flags: torch.Tensor) -> TensorDict:
-        E, N = self.batch_size[0], self.n_agents
+    def _observed(self, rows: torch.Tensor, **entries: torch.Tensor) -> TensorDict:
+        """The hcmarl layout of ``rows`` ``[E, W]`` (views; the masks compared to 0.5), plus ``entries``."""
+        E, N, obs_dim, n_actions = self.batch_size[0], self.n_agents, self.obs_dim, self.n_actions
+        observations, states, masks = rows.split([N * obs_dim, self.state_dim, N * n_actions], dim=1)
         agents = TensorDict(
-            {"observation": self._torch(seen.observation), "action_mask": self._torch(seen.action_mask)},
+            {"observation": observations.unflatten(1, (N, obs_dim)), "action_mask": masks.unflatten(1, (N, n_actions)) > 0.5},
             batch_size=(E, N),
             device=self.device,
         )
-        return TensorDict({"agents": agents, "state": self._torch(seen.state), **flags}, batch_size=self.batch_size, device=self.device)
+        return TensorDict({"agents": agents, "state": states, **entries}, batch_size=self.batch_size, device=self.device)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         reset = None if tensordict is None else tensordict.get("_reset", None)
         mask = torch.ones_like(self._restarted) if reset is None else reset.reshape(-1).to(self.device)
         if bool((mask & ~self._restarted).any()):  # some env to reset was not restarted by the step
-            self._key, *fresh = self._fns.init(self._key, self.batch_size[0])
-            self._states, self._seen = self._fns.select(self._to_jax(mask), tuple(fresh), (self._states, self._seen))
+            self._key, fresh_states, fresh_rows = self._fns.init(self._key, self.batch_size[0])
+            self._states = self._fns.select(self._to_jax(mask), fresh_states, self._states)
+            self._rows = torch.where(mask.unsqueeze(-1), self._torch(fresh_rows), self._rows)
         self._restarted &= ~mask
         no = torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device)
-        return self._tensordict(self._seen, win=no, done=no.clone(), terminated=no.clone(), truncated=no.clone())
+        return self._observed(self._rows, win=no, done=no.clone(), terminated=no.clone(), truncated=no.clone())
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         actions = self._to_jax(tensordict.get(ACTION).to(torch.int32))
-        self._key, self._states, seen, result, self._seen = self._fns.step(self._key, self._states, actions)
-        terminated, truncated = self._torch(result.terminated), self._torch(result.truncated)
+        self._key, self._states, rows = self._fns.step(self._key, self._states, actions)
+        seen, outcome, self._rows = self._torch(rows).split([self._row_width, 4, self._row_width], dim=1)
+        terminated, truncated, win = (outcome[:, 1:] > 0.5).split(1, dim=1)
         done = terminated | truncated
         self._restarted = done.reshape(-1).clone()
-        return self._tensordict(
-            seen,
-            reward=self._torch(result.reward),
-            win=self._torch(result.win),
-            done=done,
-            terminated=terminated,
-            truncated=truncated,
-        )
+        return self._observed(seen, reward=outcome[:, :1], win=win, done=done, terminated=terminated, truncated=truncated)
 
     def _jax_torch_device(self) -> torch.device:
         """The torch device naming the memory jax simulates in (for handing actions over)."""
