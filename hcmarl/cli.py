@@ -137,7 +137,6 @@ class HcmarlCLI(LightningCLI):
             self.recipe_files = finder.parse_known_args(sys.argv[1:] if args is None else list(args))[0].config
 
     def before_fit(self) -> None:
-        self._refuse_used_run_folder()
         self._prepare_run()
 
     def before_validate(self) -> None:
@@ -147,26 +146,27 @@ class HcmarlCLI(LightningCLI):
         self._prepare_run()
 
     def _refuse_used_run_folder(self) -> None:
-        """Stop a fit whose run folder already holds a run: Lightning's CSV logger would delete its metrics.
+        """Stop before Lightning's CSV logger deletes the ``metrics.csv`` of a run already in its folder.
 
-        It happens when a run's saved ``config.yaml`` is run again, since it pins the logger's ``version``.
+        It happens when a run's saved ``config.yaml`` is used again, since a sweep pins the logger's ``version``.
         """
-        folder = self.trainer.log_dir
-        if not (self.trainer.is_global_zero and folder):
-            return
-        used = [name for name in ("metrics.csv", "final_eval.json") if os.path.exists(os.path.join(folder, name))]
-        if used:
-            raise ConfigError(
-                f"the run folder {folder} already holds a run ({', '.join(used)}), which this fit would overwrite; "
-                "pass --trainer.logger.init_args.version null for a new version (to resume, add --ckpt_path), "
-                "or move that folder away"
-            )
+        from lightning.pytorch.loggers import CSVLogger
+
+        for logger in self.trainer.loggers if self.trainer.is_global_zero else ():
+            metrics = os.path.join(logger.log_dir, "metrics.csv") if isinstance(logger, CSVLogger) else None
+            if metrics and os.path.exists(metrics):
+                raise ConfigError(
+                    f"the run folder {logger.log_dir} already holds a run's metrics.csv, which Lightning's CSV logger "
+                    "would delete; pass --trainer.logger.init_args.version null for a new version "
+                    "(to resume, add --ckpt_path), or move that folder away"
+                )
 
     def _prepare_run(self) -> None:
-        """Add the episode-video callback for ``--render``; give a W&B logger its recipe group, seed and resolved config."""
+        """Guard the run folder; add the episode-video callback for ``--render``; give a W&B logger its recipe group, seed and config."""
         from hcmarl.modules.callbacks import EpisodeVideo
         from hcmarl.modules.loggers import WandbLogger, recipe_name
 
+        self._refuse_used_run_folder()
         config = self.config[self.subcommand]
         if config.render_dir is not None and not config.render:
             raise ConfigError("--render_dir is set without --render; add --render to record an episode video")

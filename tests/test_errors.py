@@ -76,9 +76,12 @@ def test_rerunning_a_pinned_version_keeps_the_earlier_run(run_cli, capsys, tmp_p
     run_cli("fit", "mappo/coordsum_3x10", *pinned)
     (metrics,) = tmp_path.rglob("metrics.csv")
     before = metrics.read_text()
-    message = exit_message(run_cli, capsys, "fit", "mappo/coordsum_3x10", *pinned)
-    assert "already holds a run" in message and str(metrics.parent.relative_to(tmp_path)) in message and "version null" in message
-    assert metrics.read_text() == before  # Lightning's CSV logger would have deleted it
+    (ckpt,) = tmp_path.rglob("last.ckpt")
+    for subcommand, extra in (("fit", ()), ("validate", ("--ckpt_path", str(ckpt)))):
+        message = exit_message(run_cli, capsys, subcommand, "mappo/coordsum_3x10", *pinned, *extra)
+        assert "already holds a run's metrics.csv" in message and str(metrics.parent.relative_to(tmp_path)) in message
+        assert "--trainer.logger.init_args.version null" in message
+        assert metrics.read_text() == before  # Lightning's CSV logger would have deleted it
 
 
 def test_nan_loss_stops_with_iteration_and_loss_named(run_cli, capsys, monkeypatch, tmp_path: Path) -> None:
