@@ -154,11 +154,11 @@ def test_coupled_half_cheetah_reads_the_tendon_jacobian_densely() -> None:
     probe = mujoco.MjData(model)  # the env's last state, its derived quantities recomputed at the final qpos
     probe.qpos[:], probe.qvel[:] = data.qpos, data.qvel
     mujoco.mj_forward(model, probe)
-    row = tendon_jacobian_row(model, probe, TENDON)
+    row = tendon_jacobian_row(probe, TENDON)
     assert np.count_nonzero(np.abs(row) > 1e-3) == 4  # nonzero in the two cheetahs' root x and z columns only
     np.testing.assert_allclose(row, _tendon_length_jacobian(model, probe, TENDON), atol=1e-6)
     np.testing.assert_allclose(row @ probe.qvel, probe.ten_velocity[TENDON], rtol=1e-10)
-    row = tendon_jacobian_row(model, data, TENDON)  # what the env observed (MuJoCo's values from the last step)
+    row = tendon_jacobian_row(data, TENDON)  # what the env observed (MuJoCo's values from the last step)
     observed = np.concatenate([row[:2], row[9:11]]).astype(np.float32)
     np.testing.assert_allclose(td[STATE][0, 34:38].numpy(), observed, rtol=1e-6)  # the state's entries 34-37
     for i, own in enumerate(sub._get_obs().values()):  # each agent's thigh node observes the same four entries

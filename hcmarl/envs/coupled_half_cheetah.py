@@ -18,14 +18,18 @@ import numpy as np
 TENDON = 0
 """The one tendon, between the two cheetahs' back thighs."""
 
+EPISODE_STEPS = 1000
+"""The episode length gymnasium-robotics gives the task (it has no Gymnasium registration)."""
 
-def tendon_jacobian_row(model: Any, data: Any, tendon: int) -> np.ndarray:
+
+def tendon_jacobian_row(data: Any, tendon: int) -> np.ndarray:
     """Row ``tendon`` of the tendon Jacobian, dense ``[nv]``, from MuJoCo's dense or sparse ``data.ten_J``.
 
     It satisfies ``row @ data.qvel == data.ten_velocity[tendon]`` (the tendon velocity is J qdot).
     """
     if data.ten_J.ndim == 2:  # MuJoCo before 4: dense [ntendon, nv]
         return np.array(data.ten_J[tendon])
+    model = data.model
     row = np.zeros(model.nv)
     start, count = int(model.ten_J_rowadr[tendon]), int(model.ten_J_rownnz[tendon])
     row[model.ten_J_colind[start : start + count]] = data.ten_J[start : start + count]
@@ -34,11 +38,11 @@ def tendon_jacobian_row(model: Any, data: Any, tendon: int) -> np.ndarray:
 
 def tendon_observation(data: Any) -> np.ndarray:
     """The four Jacobian entries CoupledHalfCheetah observes: columns 0, 1, 9 and 10 (each cheetah's root x and z) of the tendon's row."""
-    row = tendon_jacobian_row(data.model, data, TENDON)
+    row = tendon_jacobian_row(data, TENDON)
     return np.concatenate([row[:2], row[9:11]])
 
 
-def single_agent_env(max_steps: int, render_mode: str | None = None):
+def single_agent_env(max_steps: int):
     """The single-agent CoupledHalfCheetah with its observation built by :func:`tendon_observation`, time-limited."""
     from gymnasium.wrappers import TimeLimit
     from gymnasium_robotics.envs.multiagent_mujoco.coupled_half_cheetah import CoupledHalfCheetahEnv
@@ -59,7 +63,7 @@ def single_agent_env(max_steps: int, render_mode: str | None = None):
                 ]
             )
 
-    return TimeLimit(DenseTendonCoupledHalfCheetah(render_mode=render_mode), max_episode_steps=max_steps)
+    return TimeLimit(DenseTendonCoupledHalfCheetah(), max_episode_steps=max_steps)
 
 
 def factorization_1p1() -> dict[str, Any]:

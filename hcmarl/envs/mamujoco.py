@@ -62,9 +62,6 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
 ``obsk.get_parts_and_edges`` (the ``ManySegment*`` robots take any ``<agents>x<segments>``;
 the two listed are FACMAC's and a smaller one), plus ``Walker2d-6x1`` (:func:`_walker2d_6x1`)."""
 
-COUPLED_HALF_CHEETAH_STEPS = 1000
-"""CoupledHalfCheetah's episode length in gymnasium-robotics (it has no Gymnasium registration)."""
-
 MANY_SEGMENT_BASE = {"ManySegmentAnt": "Ant", "ManySegmentSwimmer": "Swimmer"}
 """Many-segment robots -> the Gymnasium robot whose env loads their generated model."""
 
@@ -115,7 +112,7 @@ def _default_max_steps(robot: str) -> int:
     import gymnasium
 
     if robot == "CoupledHalfCheetah":
-        return COUPLED_HALF_CHEETAH_STEPS
+        return coupled_half_cheetah.EPISODE_STEPS
     return int(gymnasium.spec(f"{MANY_SEGMENT_BASE.get(robot, robot)}-v5").max_episode_steps)
 
 
