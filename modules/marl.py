@@ -13,6 +13,7 @@ import time
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import InitTracker
@@ -361,6 +362,37 @@ class MARLModule(L.LightningModule):
                 f"--ckpt_path: the checkpoint was trained on env {saved['env']!r} with another recipe than this one "
                 f"(env {env!r}); differing parameters: {differing}. Use the recipe the checkpoint was trained with."
             )
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:  # validate reads the weights only
+            problem = optimizer_layout_problem(self.optimizer_roles(), checkpoint.get("optimizer_states", []), self.configure_optimizers())
+            if problem is not None:
+                raise ConfigError(
+                    f"--ckpt_path: the checkpoint's optimiser state does not fit this hcmarl's optimisers: {problem}. "
+                    "The weights match, so another version of hcmarl, which ordered the parameters differently, probably "
+                    "wrote it: resume it with that version, or evaluate it with `hcmarl validate --ckpt_path` (weights only)"
+                )
         torch.set_rng_state(saved["torch_rng"])
         if saved.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
+
+
+def optimizer_layout_problem(roles: list[str], saved_states: list[dict[str, Any]], optimizers: list[torch.optim.Optimizer]) -> str | None:
+    """What stops a checkpoint's optimiser states from fitting ``optimizers``, parameter by parameter (None: nothing).
+
+    The weights can match while the optimisers' parameter order does not (a checkpoint of an older hcmarl):
+    Adam would then fail at its first step with a bare shape error, or pair moments with the wrong parameters.
+    """
+    if len(saved_states) != len(optimizers):
+        return f"it holds {len(saved_states)} optimisers, this recipe has {len(optimizers)} ({', '.join(roles)})"
+    for role, saved, optimizer in zip(roles, saved_states, optimizers):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        indices = [i for group in saved["param_groups"] for i in group["params"]]
+        if len(indices) != len(params):
+            return f"the {role} optimiser holds {len(indices)} parameters, this recipe's has {len(params)}"
+        for position, (index, param) in enumerate(zip(indices, params)):
+            moment = saved["state"].get(index, {}).get("exp_avg")
+            if moment is not None and moment.shape != param.shape:
+                return (
+                    f"the {role} optimiser's parameter {position} has Adam moments of shape {tuple(moment.shape)}, "
+                    f"this recipe's parameter there has shape {tuple(param.shape)}"
+                )
+    return None

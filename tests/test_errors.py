@@ -147,3 +147,18 @@ def test_recurrent_minibatches_above_num_envs(run_cli, capsys) -> None:
 def test_a_nested_block_rejecting_its_arguments_ends_in_one_message(run_cli, capsys, name: str, override: str, value: str, expected: str) -> None:
     message = exit_message(run_cli, capsys, "fit", name, "--data.total_frames", FRAMES, override, value)
     assert expected in message and "Traceback" not in message
+
+
+def test_checkpoint_with_another_optimizer_layout(run_cli, capsys, tmp_path: Path) -> None:
+    """Weights that fit but Adam moments in another parameter order (an older hcmarl): one message, and validate still works."""
+    run_cli("fit", "mappo/coordsum_3x10", "--data.total_frames", FRAMES)
+    (ckpt,) = tmp_path.rglob("last.ckpt")
+    state = torch.load(ckpt, weights_only=False)
+    learner = state["optimizer_states"][0]["state"]
+    learner[0], learner[1] = learner[1], learner[0]  # the first layer's weight and bias, swapped
+    reordered = tmp_path / "reordered.ckpt"
+    torch.save(state, reordered)
+    message = exit_message(run_cli, capsys, "fit", "mappo/coordsum_3x10", "--data.total_frames", str(2 * int(FRAMES)), "--ckpt_path", str(reordered))
+    assert "hcmarl: error:" in message and "the learner optimiser's parameter 0 has Adam moments of shape" in message
+    assert "hcmarl validate --ckpt_path" in message
+    run_cli("validate", "mappo/coordsum_3x10", "--ckpt_path", str(reordered))
