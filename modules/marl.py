@@ -78,6 +78,7 @@ class MARLModule(L.LightningModule):
         self.advantage_norm = advantage_norm
         self.deterministic_eval = deterministic_eval
         self.env_info: EnvInfo | None = None
+        self._check_roles()  # before the trainer starts: a wrong recipe leaves no run folder behind
 
     # ---- building -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -91,8 +92,7 @@ class MARLModule(L.LightningModule):
                 self.guider.check_batch(dm.num_envs, dm.frames_per_batch)
 
     def build(self, info: EnvInfo) -> None:
-        """Check the roles fit together, then create every role's networks for the env described by ``info``."""
-        self._check_roles()
+        """Create every role's networks for the env described by ``info``."""
         self.env_info = info
         n_instructions = 0
         if self.conductor is not None:
@@ -101,7 +101,6 @@ class MARLModule(L.LightningModule):
         # with one instruction (K = 1) the actors read nothing more: the instruction carries no information
         read_instructions = n_instructions if n_instructions > 1 else 0
         if self.guider is not None:
-            self.guider.check_learner(self.learner)
             self.guider.build(info, read_instructions)
         if self.learner is not None:
             self.learner.build(info, read_instructions)
@@ -131,6 +130,8 @@ class MARLModule(L.LightningModule):
                 "model.learner.constraint is hcmarl.guided.GuidedImitation, which imitates a guider, but the recipe has no "
                 "model.guider; add one (see recipes/magpo/) or use hcmarl.constraints.ClipPPO"
             )
+        if self.guider is not None:
+            self.guider.check_learner(self.learner)
 
     def env_transforms(self) -> list:
         """TorchRL transforms the envs need for this module's policies (e.g. a recurrent state primer, episode-start flags)."""

@@ -162,3 +162,9 @@ def test_checkpoint_with_another_optimizer_layout(run_cli, capsys, tmp_path: Pat
     assert "hcmarl: error:" in message and "the learner optimiser's parameter 0 has Adam moments of shape" in message
     assert "hcmarl validate --ckpt_path" in message
     run_cli("validate", "mappo/coordsum_3x10", "--ckpt_path", str(reordered))
+
+
+def test_impossible_composition_leaves_no_run_folder(run_cli, capsys, tmp_path: Path) -> None:
+    message = exit_message(run_cli, capsys, "fit", "magpo/coordsum_3x10", "--model.learner.init_args.constraint.init_args.epochs", "3")
+    assert "hcmarl: error:" in message and "remove model.learner.constraint.init_args.epochs" in message
+    assert not (tmp_path / "runs").exists()
