@@ -1,9 +1,9 @@
-"""One gradient step, minibatch indices and a per-agent Adam: the plumbing every constraint shares."""
+"""One gradient step, minibatch indices, a per-agent Adam and a check of saved optimiser states: the plumbing every constraint shares."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.optim import Optimizer
@@ -86,3 +86,26 @@ class AgentAdam(Optimizer):
                 denom = (exp_avg_sq / (1 - beta2**t)).sqrt_().add_(group["eps"])
                 p[part] -= group["lr"] * (exp_avg / (1 - beta1**t)) / denom
         return loss
+
+
+def optimizer_layout_problem(roles: list[str], saved_states: list[dict[str, Any]], optimizers: list[Optimizer]) -> str | None:
+    """What stops a checkpoint's optimiser states from fitting ``optimizers``, parameter by parameter (None: nothing).
+
+    The weights can match while the optimisers' parameter order does not (a checkpoint of an older hcmarl):
+    Adam would then fail at its first step with a bare shape error, or pair moments with the wrong parameters.
+    """
+    if len(saved_states) != len(optimizers):
+        return f"it holds {len(saved_states)} optimisers, this recipe has {len(optimizers)} ({', '.join(roles)})"
+    for role, saved, optimizer in zip(roles, saved_states, optimizers):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        indices = [i for group in saved["param_groups"] for i in group["params"]]
+        if len(indices) != len(params):
+            return f"the {role} optimiser holds {len(indices)} parameters, this recipe's has {len(params)}"
+        for position, (index, param) in enumerate(zip(indices, params)):
+            moment = saved["state"].get(index, {}).get("exp_avg")
+            if moment is not None and moment.shape != param.shape:
+                return (
+                    f"the {role} optimiser's parameter {position} has Adam moments of shape {tuple(moment.shape)}, "
+                    f"this recipe's parameter there has shape {tuple(param.shape)}"
+                )
+    return None

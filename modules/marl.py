@@ -25,7 +25,7 @@ from hcmarl.guided import GuidedImitation
 from hcmarl.keys import (
     ACTION, ADVANTAGE, CONDUCTOR_ADVANTAGE, CONDUCTOR_PROBS, EPISODE_RETURN, FACTOR, KL_WEIGHT, LOG_PROB, REWARD, VALUE, VALUE_TARGET,
 )
-from hcmarl.optim import GradientStep
+from hcmarl.optim import GradientStep, optimizer_layout_problem
 from hcmarl.modules.conductor import Conductor, ExecutionMode
 from hcmarl.modules.critic import Critic
 from hcmarl.modules.guider import Guider, GuiderMemory
@@ -374,26 +374,3 @@ class MARLModule(L.LightningModule):
         torch.set_rng_state(saved["torch_rng"])
         if saved.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
-
-
-def optimizer_layout_problem(roles: list[str], saved_states: list[dict[str, Any]], optimizers: list[torch.optim.Optimizer]) -> str | None:
-    """What stops a checkpoint's optimiser states from fitting ``optimizers``, parameter by parameter (None: nothing).
-
-    The weights can match while the optimisers' parameter order does not (a checkpoint of an older hcmarl):
-    Adam would then fail at its first step with a bare shape error, or pair moments with the wrong parameters.
-    """
-    if len(saved_states) != len(optimizers):
-        return f"it holds {len(saved_states)} optimisers, this recipe has {len(optimizers)} ({', '.join(roles)})"
-    for role, saved, optimizer in zip(roles, saved_states, optimizers):
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        indices = [i for group in saved["param_groups"] for i in group["params"]]
-        if len(indices) != len(params):
-            return f"the {role} optimiser holds {len(indices)} parameters, this recipe's has {len(params)}"
-        for position, (index, param) in enumerate(zip(indices, params)):
-            moment = saved["state"].get(index, {}).get("exp_avg")
-            if moment is not None and moment.shape != param.shape:
-                return (
-                    f"the {role} optimiser's parameter {position} has Adam moments of shape {tuple(moment.shape)}, "
-                    f"this recipe's parameter there has shape {tuple(param.shape)}"
-                )
-    return None
