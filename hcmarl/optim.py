@@ -95,7 +95,7 @@ def optimizer_layout_problem(roles: list[str], saved_states: list[dict[str, Any]
     Adam would then fail at its first step with a bare shape error, or pair moments with the wrong parameters.
     """
     if len(saved_states) != len(optimizers):
-        return f"it holds {len(saved_states)} optimisers, this recipe has {len(optimizers)} ({', '.join(roles)})"
+        return f"optimisers: {len(saved_states)} saved, {len(optimizers)} in this recipe ({', '.join(roles)})"
     for role, saved, optimizer in zip(roles, saved_states, optimizers):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         indices = [i for group in saved["param_groups"] for i in group["params"]]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import hcmarl.constraints
+from hcmarl.optim import optimizer_layout_problem
 from conftest import TINY, recipe
 
 FRAMES = "32"
@@ -168,3 +169,17 @@ def test_impossible_composition_leaves_no_run_folder(run_cli, capsys, tmp_path: 
     message = exit_message(run_cli, capsys, "fit", "magpo/coordsum_3x10", "--model.learner.init_args.constraint.init_args.epochs", "3")
     assert "hcmarl: error:" in message and "remove model.learner.constraint.init_args.epochs" in message
     assert not (tmp_path / "runs").exists()
+
+
+def test_optimizer_layout_problem_names_what_does_not_fit() -> None:
+    weight, bias = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(3))
+    saved = torch.optim.Adam([weight, bias])
+    (weight.sum() + bias.sum()).backward()
+    saved.step()
+    state = saved.state_dict()
+    assert optimizer_layout_problem(["learner"], [state], [torch.optim.Adam([weight, bias])]) is None
+    swapped = optimizer_layout_problem(["learner"], [state], [torch.optim.Adam([bias, weight])])
+    assert swapped == "the learner optimiser's parameter 0 has Adam moments of shape (3, 2), this recipe's parameter there has shape (3,)"
+    extra = optimizer_layout_problem(["learner"], [state], [torch.optim.Adam([weight, bias, torch.nn.Parameter(torch.ones(1))])])
+    assert extra == "the learner optimiser holds 2 parameters, this recipe's has 3"
+    assert optimizer_layout_problem(["learner", "critic"], [state], [saved, saved]) == "optimisers: 1 saved, 2 in this recipe (learner, critic)"
