@@ -8,11 +8,13 @@ compiling SMAX's step takes tens of seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import numpy as np
 import pytest
 import torch
+from torchrl.envs import EnvBase
 from torchrl.envs.utils import check_env_specs, step_mdp
 
 from hcmarl.datamodules.onpolicy import episode_returns
@@ -37,7 +39,7 @@ def _jax_battle(env, index: int):
     """The jax state of battle ``index`` of the wrapper."""
     import jax
 
-    return jax.tree.map(lambda x: x[index], env._states)
+    return jax.tree.map(lambda x: x[index], env.battle_states)
 
 
 def _masked_random_policy(td):
@@ -145,15 +147,59 @@ def test_episode_ends(rollout) -> None:
 def test_win_and_loss_are_terminations(env) -> None:
     """Battle 0 with every enemy dead is won, battle 1 with every ally dead is lost (JaxMARL's rules)."""
     td = env.reset()
-    battles = env._states.state
+    battles = env.battle_states.state
     health = battles.unit_health.at[0, 8:].set(0.0).at[1, :8].set(0.0)
-    env._states = env._states.replace(state=battles.replace(unit_health=health, unit_alive=health > 0))
+    env.battle_states = env.battle_states.replace(state=battles.replace(unit_health=health, unit_alive=health > 0))
     td[ACTION] = torch.full((E, 8), STOP)
     nxt = env.step(td)["next"]
     assert nxt["win"].flatten().tolist() == [True, False, False, False]
     assert nxt["terminated"].flatten().tolist() == [True, True, False, False]
     assert not nxt["truncated"].any()
     assert nxt[REWARD][0].item() >= 1.0  # JaxMARL's won_battle_bonus
+
+
+@requires_jaxmarl
+@pytest.mark.parametrize("at_limit", [[0], [0, 2, 3]], ids=["one", "more than an eighth"])
+def test_time_limit_truncates_and_restarts_at_max_steps(env, at_limit: list[int]) -> None:
+    """Battles at step ``max_steps - 1`` are truncated by the next step and restarted there, not one step later.
+
+    JaxMARL's ``dones["__all__"]`` ends a battle one step late; restarting on it left a battle
+    that was reported truncated running on, to be truncated again one step later. One ended
+    battle is restarted through the step's few-slot path, three of four through the whole batch.
+    """
+    td = env.reset()
+    battles = env.battle_states.state
+    env.battle_states = env.battle_states.replace(state=battles.replace(step=battles.step.at[np.array(at_limit)].set(env.max_steps - 1)))
+    td[ACTION] = torch.full((E, 8), STOP)
+    td, td_next = env.step_and_maybe_reset(td)
+    ended = [e in at_limit for e in range(E)]
+    assert td["next", "truncated"].flatten().tolist() == ended
+    assert env.battle_states.state.step.tolist() == [0 if end else 1 for end in ended]
+    td_next[ACTION] = torch.full((E, 8), STOP)
+    td, _ = env.step_and_maybe_reset(td_next)
+    assert not td["next", "done"].any()
+    assert env.battle_states.state.step.tolist() == [1 if end else 2 for end in ended]
+
+
+@requires_jaxmarl
+def test_maybe_reset_equals_torchrls_generic_reset(env) -> None:
+    """``SmaxEnv.maybe_reset`` (the fast path after a step) gives what ``EnvBase.maybe_reset`` gives from the same battles."""
+    torch.manual_seed(1)
+    td = env.reset()
+    for _ in range(200):
+        td = env.step(_masked_random_policy(td))
+        if td["next", "done"].any() and not td["next", "done"].all():
+            break
+    assert td["next", "done"].any() and not td["next", "done"].all()
+    after_step = step_mdp(td)
+    saved = dataclasses.replace(env._battles, restarted=env._battles.restarted.clone())
+    fast = env.maybe_reset(after_step.clone())
+    env._battles = dataclasses.replace(saved, restarted=saved.restarted.clone())
+    generic = EnvBase.maybe_reset(env, after_step.clone())
+    assert set(fast.keys(True, True)) == set(generic.keys(True, True))
+    for key in generic.keys(True, True):
+        torch.testing.assert_close(fast[key], generic[key], msg=f"{key} differs")
+    assert not env._battles.restarted.any()
 
 
 @requires_jaxmarl
@@ -165,7 +211,7 @@ def test_partial_reset_restarts_only_chosen_envs(env) -> None:
     before = td[STATE].clone()
     td["_reset"] = torch.tensor([[True], [False], [False], [False]])
     td = env.reset(td)
-    steps = env._states.state.step.tolist()
+    steps = env.battle_states.state.step.tolist()
     assert steps == [0, 3, 3, 3]
     assert not torch.equal(td[STATE][0], before[0])
     torch.testing.assert_close(td[STATE][1:], before[1:])
@@ -185,7 +231,7 @@ def test_reset_after_done_returns_the_restarted_battle(env) -> None:
     td = step_mdp(td)
     td["_reset"] = done
     td = env.reset(td)
-    steps = torch.as_tensor(np.asarray(env._states.state.step))
+    steps = torch.as_tensor(np.asarray(env.battle_states.state.step))
     assert (steps[done.flatten()] == 0).all() and (steps[~done.flatten()] > 0).all()
     for i in done.flatten().nonzero().flatten().tolist():
         np.testing.assert_allclose(td[STATE][i].numpy(), np.asarray(env._smax.get_world_state(_jax_battle(env, i))))
