@@ -1,23 +1,28 @@
 """SMAX step rate: JaxMARL's jitted, vmapped step alone against the same battles through hcmarl's env.
 
-Three loops step ``num_envs`` battles of one map with uniformly random available actions:
+Four loops step ``num_envs`` battles of one map with uniformly random available actions:
 
 1. raw: one ``jax.jit`` function per step that samples the actions from the available-action
    mask, runs ``jax.vmap(env.step)`` (JaxMARL's step with its auto-reset) and computes the next
    masks, with no torch at all;
 2. jit: the same with hcmarl's own jitted step (``Batched.step``: packed states, one output
    row, only ended battles restarted) in place of JaxMARL's, still with no torch;
-3. hcmarl: ``SmaxEnv.step_and_maybe_reset`` (what TorchRL's collector calls), the actions drawn
-   in torch uniformly among those ``("agents", "action_mask")`` allows. Only the env call is
-   timed: drawing the actions is the policy's work, which the other loops do inside their jit.
+3. hcmarl env: ``SmaxEnv.step_and_maybe_reset`` (what TorchRL's collector calls on the env
+   ``make_env`` returns), the actions drawn in torch uniformly among those
+   ``("agents", "action_mask")`` allows. Only the env call is timed: drawing the actions is the
+   policy's work, which the other loops do inside their jit;
+4. wrapped env: the same env in TorchRL's ``TransformedEnv`` with a ``RewardSum``, as training
+   stepped it before the datamodule summed episode returns itself (``RunningReturns``); a
+   recurrent actor's training env is still wrapped (for its state primer). Its reset after a
+   step is TorchRL's generic one.
 
-hcmarl / raw is the issue's measure; hcmarl / jit is what the torch side (DLPack hand-over,
-TensorDicts, TorchRL's step and reset) costs on top of hcmarl's own jitted step.
+hcmarl env / raw is the issue's measure; hcmarl env / jit is what the torch side (DLPack
+hand-over, TensorDicts, TorchRL's step and reset) costs on top of hcmarl's own jitted step.
 
-Frames are battle steps (``num_envs`` per step). Compilation is excluded from all. The loops
-run in many short interleaved blocks, and each rate is its frames over its summed time, so
-that the load of a shared machine (whose noise moves a single block's rate by a third) falls
-on all alike.
+Rates are frames/s; frames are battle steps (``num_envs`` per step). Compilation is excluded
+from all. The loops run in many short interleaved blocks, and each rate is its frames over its
+summed time, so that the load of a shared machine (whose noise moves a single block's rate by a
+third) falls on all alike.
 
     OMP_NUM_THREADS=1 python benchmarks/smax_rate.py --map 3s5z --num-envs 64 512 --steps 25 --rounds 40
 """
@@ -29,9 +34,10 @@ import time
 from typing import Callable
 
 import torch
+from torchrl.envs import EnvBase, RewardSum, TransformedEnv
 
 from hcmarl.envs import make_env
-from hcmarl.envs.base import ACTION, ACTION_MASK
+from hcmarl.envs.base import ACTION, ACTION_MASK, REWARD
 
 
 def raw_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
@@ -99,9 +105,8 @@ def jitted_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
     return run
 
 
-def hcmarl_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
-    """``run(steps)``: ``smax/<map>`` stepped as TorchRL's collector steps it, random available actions; returns the env's seconds."""
-    env = make_env(f"smax/{map_name}", num_envs=num_envs, seed=0)
+def env_stepper(env: EnvBase) -> Callable[[int], float]:
+    """``run(steps)``: ``env`` stepped as TorchRL's collector steps it, random available actions; returns the env's seconds."""
     td = [env.reset()]
 
     def run(steps: int) -> float:
@@ -128,25 +133,30 @@ def interleaved_rates(runs: dict[str, Callable[[int], float]], num_envs: int, st
     return {name: num_envs * steps * rounds / total for name, total in seconds.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--map", default="3s5z")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--steps", type=int, default=25, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=40, help="timed blocks per loop, interleaved")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
-    print("| map | num_envs | raw jax frames/s | hcmarl jit frames/s | hcmarl frames/s | hcmarl / raw | hcmarl / jit |")
-    print("|---|---|---|---|---|---|---|")
+    print("| map | num_envs | raw jax | hcmarl jit | hcmarl env | wrapped env | hcmarl env / raw | wrapped env / raw | hcmarl env / jit |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for num_envs in args.num_envs:
         runs = {
             "raw": raw_stepper(args.map, num_envs),
             "jit": jitted_stepper(args.map, num_envs),
-            "hcmarl": hcmarl_stepper(args.map, num_envs),
+            "env": env_stepper(make_env(f"smax/{args.map}", num_envs=num_envs, seed=0)),
+            "wrapped": env_stepper(TransformedEnv(make_env(f"smax/{args.map}", num_envs=num_envs, seed=2), RewardSum(in_keys=[REWARD]))),
         }
         rates = interleaved_rates(runs, num_envs, args.steps, args.rounds)
-        raw, jit, ours = rates["raw"], rates["jit"], rates["hcmarl"]
-        print(f"| {args.map} | {num_envs} | {raw:,.0f} | {jit:,.0f} | {ours:,.0f} | {ours / raw:.0%} | {ours / jit:.0%} |", flush=True)
+        raw, jit, env, wrapped = (rates[name] for name in ("raw", "jit", "env", "wrapped"))
+        print(
+            f"| {args.map} | {num_envs} | {raw:,.0f} | {jit:,.0f} | {env:,.0f} | {wrapped:,.0f} "
+            f"| {env / raw:.0%} | {wrapped / raw:.0%} | {env / jit:.0%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
-from torchrl.envs import EnvBase, RewardSum, TransformedEnv
+from torchrl.envs import Compose, EnvBase, TransformedEnv
 from torchrl.envs.utils import step_mdp
 
 from hcmarl.envs import check_env_name, make_env
@@ -35,6 +35,29 @@ RANK_SEED_STRIDE = 100_003
 def iterations_for(total_frames: int, num_envs: int, rollout_steps: int) -> int:
     """Iterations (Lightning epochs) a run of ``total_frames`` takes: whole iterations, rounded up."""
     return math.ceil(total_frames / (num_envs * rollout_steps))
+
+
+class RunningReturns:
+    """Each training env's return since its episode began, carried from one rollout to the next.
+
+    What TorchRL's ``RewardSum`` transform writes at every step, computed on the collected batch
+    instead, so that the collector steps the env itself rather than a ``TransformedEnv`` (whose
+    reset after a step merges every entry, about 0.5 ms per step at 64 SMAX envs).
+    """
+
+    def __init__(self) -> None:
+        self._so_far: torch.Tensor | None = None  # [E, 1]: the running return after the last collected step
+
+    def __call__(self, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """``[E, T, 1]`` returns so far at each step of a rollout ``reward``, ``done`` ``[E, T, 1]`` (time on dim 1)."""
+        so_far = torch.zeros_like(reward[:, 0]) if self._so_far is None else self._so_far
+        returns = []
+        for t in range(reward.shape[1]):
+            so_far = so_far + reward[:, t]
+            returns.append(so_far)
+            so_far = so_far.masked_fill(done[:, t], 0.0)
+        self._so_far = so_far
+        return torch.stack(returns, dim=1)
 
 
 class _OnDemand:
@@ -117,13 +140,14 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.frames = 0
         self.last_collect_seconds = float("nan")
         self.env_info: EnvInfo | None = None
-        self.train_env: TransformedEnv | None = None
-        self.eval_env: TransformedEnv | None = None
-        self.render_env: TransformedEnv | None = None
+        self.train_env: EnvBase | None = None
+        self.eval_env: EnvBase | None = None
+        self.render_env: EnvBase | None = None
         self._collector: Collector | None = None
         self._behaviour: ActingPolicy | None = None
         self._rollouts: Iterator[TensorDictBase] | None = None
-        self._prepared_envs: list[EnvBase] = []
+        self._policy_envs: dict[EnvBase, EnvBase] = {}
+        self._running_returns = RunningReturns()
 
     @property
     def frames_per_batch(self) -> int:
@@ -148,10 +172,9 @@ class OnPolicyDataModule(L.LightningDataModule):
         if self.eval_env is None:
             base = make_env(self.env_name, self.eval_episodes, self._eval_seed(), device, **self.env_kwargs)
             self.env_info = base.info
-            self.eval_env = TransformedEnv(base)
+            self.eval_env = base
         if stage == "fit" and self.train_env is None:
-            base = make_env(self.env_name, self.num_envs, self.seed + rank * RANK_SEED_STRIDE, device, **self.env_kwargs)
-            self.train_env = TransformedEnv(base, RewardSum(in_keys=[REWARD], out_keys=[EPISODE_RETURN]))
+            self.train_env = make_env(self.env_name, self.num_envs, self.seed + rank * RANK_SEED_STRIDE, device, **self.env_kwargs)
 
     # ---- training data --------------------------------------------------------------------
     def train_dataloader(self) -> _OnDemand:
@@ -160,10 +183,9 @@ class OnPolicyDataModule(L.LightningDataModule):
     def collect(self) -> TensorDictBase:
         """One rollout ``[num_envs, rollout_steps]`` with the module's behaviour policy."""
         if self._rollouts is None:
-            self._add_policy_transforms(self.train_env)
             self._behaviour = self.trainer.lightning_module.behaviour_policy()
             self._collector = Collector(
-                self.train_env,
+                self._policy_env(self.train_env),
                 self._behaviour,
                 frames_per_batch=self.frames_per_batch,
                 total_frames=-1,
@@ -175,16 +197,18 @@ class OnPolicyDataModule(L.LightningDataModule):
         start = time.perf_counter()
         self._behaviour.begin_rollout()
         batch = next(self._rollouts)
+        batch.set(("next", EPISODE_RETURN), self._running_returns(batch.get(("next", REWARD)), batch.get(("next", "done"))))
         self.last_collect_seconds = time.perf_counter() - start
         self.frames += batch.numel()
         return batch
 
-    def _add_policy_transforms(self, env: TransformedEnv) -> None:
-        """Append, once per env, the transforms the module's policies need (e.g. a recurrent state primer)."""
-        if env not in self._prepared_envs:
-            for transform in self.trainer.lightning_module.env_transforms():
-                env.append_transform(transform)
-            self._prepared_envs.append(env)
+    def _policy_env(self, base: EnvBase) -> EnvBase:
+        """``base`` as the module's policies step it, made once per env: in a ``TransformedEnv`` with the
+        transforms they need (e.g. a recurrent state primer), or ``base`` itself when they need none."""
+        if base not in self._policy_envs:
+            transforms = self.trainer.lightning_module.env_transforms()
+            self._policy_envs[base] = TransformedEnv(base, Compose(*transforms)) if transforms else base
+        return self._policy_envs[base]
 
     # ---- evaluation -----------------------------------------------------------------------
     def val_dataloader(self) -> _OnDemand:
@@ -195,8 +219,7 @@ class OnPolicyDataModule(L.LightningDataModule):
     @torch.no_grad()
     def evaluate(self, policy: Any) -> TensorDict:
         """``eval_episodes`` episodes, one per env, with ``policy``: returns, lengths (and wins)."""
-        self._add_policy_transforms(self.eval_env)
-        rollout = self.eval_env.rollout(self.env_info.max_steps, policy, break_when_any_done=False)
+        rollout = self._policy_env(self.eval_env).rollout(self.env_info.max_steps, policy, break_when_any_done=False)
         returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
         out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
         if self.env_info.has_win:
@@ -211,9 +234,8 @@ class OnPolicyDataModule(L.LightningDataModule):
         or after ``max_steps`` steps.
         """
         if self.render_env is None:
-            self.render_env = TransformedEnv(make_env(self.env_name, 1, self._eval_seed(), self._device(), **self.env_kwargs))
-        self._add_policy_transforms(self.render_env)
-        env, draw = self.render_env, self.render_env.base_env.render_frame
+            self.render_env = make_env(self.env_name, 1, self._eval_seed(), self._device(), **self.env_kwargs)
+        env, draw = self._policy_env(self.render_env), self.render_env.render_frame
         td = env.reset()
         frames, episode_return = [draw()], 0.0
         for _ in range(self.env_info.max_steps):

@@ -1,0 +1,31 @@
+"""Smoke runs of the benchmark scripts in ``benchmarks/`` (their full versions write docs/)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+HAS_JAXMARL = importlib.util.find_spec("jaxmarl") is not None
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not HAS_JAXMARL, reason="jaxmarl is not installed (pip install 'hcmarl[smax]')")
+def test_smax_rate_prints_a_row_of_positive_rates(capsys: pytest.CaptureFixture) -> None:
+    _load("smax_rate").main(["--map", "3m", "--num-envs", "4", "--steps", "2", "--rounds", "1"])
+    header, _, row = capsys.readouterr().out.strip().splitlines()[-3:]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert len(cells) == len(header.strip("|").split("|")) == 9
+    assert cells[:2] == ["3m", "4"]
+    rates = [float(cell.replace(",", "")) for cell in cells[2:6]]
+    ratios = [float(cell.rstrip("%")) for cell in cells[6:]]
+    assert all(rate > 0 for rate in rates) and all(ratio > 0 for ratio in ratios)
