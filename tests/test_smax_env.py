@@ -256,3 +256,24 @@ def test_missing_jaxmarl_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(MissingDependencyError) as err:
         make_env("smax/3s5z")
     assert "'jaxmarl'" in str(err.value) and "pip install 'hcmarl[smax]'" in str(err.value)
+
+
+@requires_jaxmarl
+def test_byte_packing_round_trips_every_dtype() -> None:
+    import jax.numpy as jnp
+
+    from hcmarl.envs.smax_batched import byte_packing
+
+    state = {
+        "alive": jnp.array([True, False, True]),
+        "kind": jnp.array([[0, 7], [255, 1]], dtype=jnp.uint8),
+        "step": jnp.array(-3, dtype=jnp.int32),
+        "health": jnp.array([[0.5, -1.25e-8], [3.0e7, jnp.inf]], dtype=jnp.float32),
+    }
+    pack, unpack = byte_packing(state)
+    packed = pack(state)
+    assert packed.dtype == jnp.uint8 and packed.shape == (3 + 4 + 4 + 16,)
+    restored = unpack(packed)
+    for name, leaf in state.items():
+        assert restored[name].dtype == leaf.dtype and restored[name].shape == leaf.shape
+        np.testing.assert_array_equal(np.asarray(restored[name]), np.asarray(leaf))

@@ -25,17 +25,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import itertools
-import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
 from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo, masked_categorical_info, set_masked_categorical_specs
+from hcmarl.envs.smax_batched import Batched, build_batched
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
 
 
@@ -61,148 +60,6 @@ def _import_jaxmarl():
 def smax_maps() -> list[str]:
     """Every scenario in JaxMARL's ``MAP_NAME_TO_SCENARIO``."""
     return sorted(_import_jaxmarl()[1].MAP_NAME_TO_SCENARIO)
-
-
-@dataclass(frozen=True)
-class Batched:
-    """The jitted functions over a batch of battles (all pure; ``key`` is carried through).
-
-    Each battle's JaxMARL state travels packed into one uint8 row (``pack``/``unpack``), so that a
-    call hands jax three arrays rather than a pytree of a dozen: jax's dispatch costs about 10 us
-    per array, and the step is called once per env step.
-
-    What the agents see of a battle travels as one float32 row, so that a whole step reaches
-    torch in a single DLPack hand-over: observations ``[N * obs_dim]``, state, available-action
-    masks ``[N * n_actions]`` (1.0 for available). A step's row is the observed row, then reward,
-    terminated, truncated and win (1.0 for true), then the row of the battle that acts next (the
-    restarted one where the battle ended).
-    """
-
-    init: Callable  # (key, num_envs) -> (key, packed states [E, B], rows [E, W]): new battles
-    select: Callable  # (mask [E], fresh [E, ...], old [E, ...]) -> fresh where mask else old
-    step: Callable  # (key, packed states, actions [E, N] int32) -> (key, packed states, step rows [E, 2 W + 4])
-    pack: Callable  # JaxMARL states batched on E -> packed states [E, B]
-    unpack: Callable  # packed states [E, B] -> JaxMARL states batched on E
-
-
-def _byte_packing(template: Any) -> tuple[Callable, Callable]:
-    """``pack(state) -> uint8 [B]`` and its inverse ``unpack``, for pytrees shaped like ``template`` (one battle).
-
-    Each leaf's bytes (bools as 0/1) follow one another in ``jax.tree.leaves`` order.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    leaves, treedef = jax.tree.flatten(template)
-    layout = [(leaf.shape, jnp.dtype(leaf.dtype)) for leaf in leaves]
-    sizes = [math.prod(shape) * (1 if dtype == jnp.bool_ else dtype.itemsize) for shape, dtype in layout]
-
-    def pack(state: Any) -> Any:
-        def to_bytes(leaf: Any) -> Any:
-            flat = leaf.reshape(-1)
-            return flat.astype(jnp.uint8) if flat.dtype == jnp.bool_ else jax.lax.bitcast_convert_type(flat, jnp.uint8).reshape(-1)
-
-        return jnp.concatenate([to_bytes(leaf) for leaf in jax.tree.leaves(state)])
-
-    def unpack(row: Any) -> Any:
-        def from_bytes(part: Any, shape: tuple, dtype: Any) -> Any:
-            if dtype == jnp.bool_:
-                return part.astype(jnp.bool_).reshape(shape)
-            if dtype.itemsize > 1:
-                part = part.reshape(-1, dtype.itemsize)
-            return jax.lax.bitcast_convert_type(part, dtype).reshape(shape)
-
-        parts = jnp.split(row, list(itertools.accumulate(sizes))[:-1])
-        return jax.tree.unflatten(treedef, [from_bytes(part, *spec) for part, spec in zip(parts, layout)])
-
-    return pack, unpack
-
-
-def _build_batched(env: Any) -> Batched:
-    """``jax.jit(jax.vmap(...))`` of reset and step for one JaxMARL ``HeuristicEnemySMAX``."""
-    import jax
-    import jax.numpy as jnp
-
-    allies, n_allies = env.agents, env.num_allies
-    pack, unpack = _byte_packing(jax.eval_shape(lambda key: env.reset(key)[1], jax.random.PRNGKey(0)))
-
-    def row(obs: dict, state: Any) -> Any:
-        avail = env.get_avail_actions(state)
-        parts = [obs[a] for a in allies] + [obs["world_state"]] + [avail[a] for a in allies]
-        return jnp.concatenate([part.astype(jnp.float32) for part in parts])
-
-    def reset_one(key):
-        obs, state = env.reset(key)
-        return pack(state), row(obs, state)
-
-    def outcome(rewards: dict, state: Any) -> Any:
-        """Team reward (the allies' mean), terminated, truncated, win: float32 ``[4]``."""
-        alive = state.state.unit_alive
-        allies_dead, enemies_dead = ~alive[:n_allies].any(), ~alive[n_allies:].any()
-        terminated = allies_dead | enemies_dead
-        truncated = (state.state.step >= env.max_steps) & ~terminated
-        reward = jnp.stack([rewards[a] for a in allies]).mean()
-        return jnp.stack([reward, terminated, truncated, enemies_dead & ~allies_dead]).astype(jnp.float32)
-
-    def advance_one(key, packed, actions):
-        """One battle's step, without restarting it: (packed state, observed row, outcome, ended).
-
-        The battle has ended when it is terminated or truncated by ``outcome``. JaxMARL's own
-        ``dones["__all__"]`` compares the step count before its increment with ``max_steps``, so it
-        would end a battle one step after the truncation reported here.
-        """
-        obs, state, rewards, _, _ = env.step_env(key, unpack(packed), {a: actions[i] for i, a in enumerate(allies)})
-        result = outcome(rewards, state)
-        return pack(state), row(obs, state), result, (result[1] > 0) | (result[2] > 0)
-
-    def init(key, num_envs):
-        key, sub = jax.random.split(key)
-        packed, rows = jax.vmap(reset_one)(jax.random.split(sub, num_envs))
-        return key, packed, rows
-
-    def select(mask, fresh, old):
-        return jnp.where(mask.reshape(mask.shape + (1,) * (fresh.ndim - 1)), fresh, old)
-
-    def restart(key, done, packed, rows):
-        """``packed`` and ``rows`` with new battles where ``done``, reset only as many as needed.
-
-        JaxMARL's own step resets every battle at every step and keeps the reset where the battle
-        ended. Here no battle is reset when none ended, ``slots`` (an eighth of the batch) are
-        reset and scattered to the ended ones when that many suffice, and the whole batch only when
-        more ended at once (as when battles that started together reach the time limit together).
-        """
-        num_envs = done.shape[0]
-        slots = max(1, num_envs // 8)
-
-        def none_ended(_):
-            return packed, rows
-
-        def few_ended(_):
-            index = jnp.nonzero(done, size=slots, fill_value=num_envs)[0]  # num_envs: unused slot, dropped below
-            fresh_packed, fresh_rows = jax.vmap(reset_one)(jax.random.split(key, slots))
-            return packed.at[index].set(fresh_packed, mode="drop"), rows.at[index].set(fresh_rows, mode="drop")
-
-        def many_ended(_):
-            fresh_packed, fresh_rows = init(key, num_envs)[1:]
-            return select(done, fresh_packed, packed), select(done, fresh_rows, rows)
-
-        ended = done.sum()
-        branch = jnp.where(ended == 0, 0, jnp.where(ended <= slots, 1, 2))
-        return jax.lax.switch(branch, (none_ended, few_ended, many_ended), None)
-
-    def step(key, packed, actions):
-        key, step_key, reset_key = jax.random.split(key, 3)
-        packed, seen, result, done = jax.vmap(advance_one)(jax.random.split(step_key, actions.shape[0]), packed, actions)
-        packed, now = restart(reset_key, done, packed, seen)
-        return key, packed, jnp.concatenate([seen, result, now], axis=1)
-
-    return Batched(
-        init=jax.jit(init, static_argnums=1),
-        select=jax.jit(select),
-        step=jax.jit(step),
-        pack=jax.jit(jax.vmap(pack)),
-        unpack=jax.jit(jax.vmap(unpack)),
-    )
 
 
 @dataclass
@@ -235,7 +92,7 @@ def _smax_env(map_name: str, env_kwargs: dict[str, Any]) -> tuple[Any, Batched]:
     if cache_key not in _CACHE:
         jaxmarl, smax_env = _import_jaxmarl()
         env = jaxmarl.make("HeuristicEnemySMAX", scenario=smax_env.map_name_to_scenario(map_name), **env_kwargs)
-        _CACHE[cache_key] = (env, _build_batched(env))
+        _CACHE[cache_key] = (env, build_batched(env))
     return _CACHE[cache_key]
 
 
