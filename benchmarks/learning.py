@@ -95,7 +95,7 @@ def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -
     return text
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", required=True, help="e.g. mappo/coordsum_3x10")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/hcmarl-bench"), help="where runs are written")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument("overrides", nargs="*", help="extra hcmarl fit arguments, after --")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     args.docs.mkdir(parents=True, exist_ok=True)
     grid = expand_grid(args.recipe, args.seeds, [], args.work / "runs", args.frames)

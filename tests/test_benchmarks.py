@@ -29,3 +29,20 @@ def test_smax_rate_prints_a_row_of_positive_rates(capsys: pytest.CaptureFixture)
     rates = [float(cell.replace(",", "")) for cell in cells[2:6]]
     ratios = [float(cell.rstrip("%")) for cell in cells[6:]]
     assert all(rate > 0 for rate in rates) and all(ratio > 0 for ratio in ratios)
+
+
+def test_learning_writes_table_and_curve_and_equal_frames_reads_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One seed of MAPPO on CoordSum for one iteration through ``learning.py``; ``equal_frames.py`` reads it back."""
+    frames = 64 * 128  # one iteration of the recipe
+    docs = tmp_path / "docs"
+    _load("learning").main(
+        ["--recipe", "mappo/coordsum_3x10", "--seeds", "0", "--frames", str(frames), "--parallel", "1", "--work", str(tmp_path), "--docs", str(docs),
+         "--", "--data.eval_episodes", "4"]
+    )
+    table = (docs / "mappo_coordsum_3x10.md").read_text()
+    assert "1 seed, 8,192 frames each" in table and "| 0 |" in table
+    assert (docs / "mappo_coordsum_3x10.png").stat().st_size > 0
+    capsys.readouterr()
+    _load("equal_frames").main([str(tmp_path / "runs"), "--frames", str(frames), "--task", "coordsum/3x10"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mappo")]
+    assert len(rows) == 1
