@@ -40,6 +40,22 @@ from hcmarl.envs import make_env
 from hcmarl.envs.base import ACTION, ACTION_MASK, REWARD
 
 
+def pipelined_run(step: Callable, carry: tuple) -> Callable[[int], float]:
+    """``run(steps)``: ``carry = step(*carry)`` that many times, jax queueing each call behind the last; returns the seconds taken."""
+    import jax
+
+    state = [carry]
+
+    def run(steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            state[0] = step(*state[0])
+        jax.block_until_ready(state[0])
+        return time.perf_counter() - start
+
+    return run
+
+
 def raw_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
     """``run(steps)``: JaxMARL's own vmapped step, random available actions sampled in jax; returns the seconds taken."""
     import jax
@@ -64,16 +80,7 @@ def raw_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
 
     key = jax.random.PRNGKey(0)
     _, states = jax.vmap(env.reset)(jax.random.split(key, num_envs))
-    carry = [(key, states, masks(states))]
-
-    def run(steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            carry[0] = step(*carry[0])[:3]
-        jax.block_until_ready(carry[0])
-        return time.perf_counter() - start
-
-    return run
+    return pipelined_run(lambda *carry: step(*carry)[:3], (key, states, masks(states)))  # obs, rewards, dones computed, not kept
 
 
 def jitted_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
@@ -93,16 +100,7 @@ def jitted_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
         return key, packed, rows[:, -n_masks:].reshape(masks.shape), act_key  # the masks of the next row
 
     masks = battles.rows[:, -n_masks:].reshape(num_envs, env.n_agents, env.n_actions).numpy()
-    carry = [(battles.key, battles.packed, jnp.asarray(masks), jax.random.PRNGKey(1))]
-
-    def run(steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            carry[0] = step(*carry[0])
-        jax.block_until_ready(carry[0])
-        return time.perf_counter() - start
-
-    return run
+    return pipelined_run(step, (battles.key, battles.packed, jnp.asarray(masks), jax.random.PRNGKey(1)))
 
 
 def env_stepper(env: EnvBase) -> Callable[[int], float]:

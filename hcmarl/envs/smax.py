@@ -248,17 +248,16 @@ class SmaxEnv(EnvBase):
         After a step, ``self._battles.rows`` holds the restarted battles' first rows and, for the
         others, the rows just observed. So the reset's result is those rows with every done flag and
         ``win`` false, and any other entry (the last action) zeroed where a battle ended, as
-        TorchRL's merge pads it: the same as the generic path (``tests/test_smax_env.py`` compares the two), at
-        about a fifth of its cost per step. A done env the step did not restart (``tensordict`` not
-        from the last step) takes the generic path.
+        TorchRL's merge pads it: the same as the generic path (``tests/test_smax_env.py`` compares
+        the two), at about a fifth of its cost per step. A done env the step did not restart
+        (``tensordict`` not from the last step) takes the generic path.
         """
         done = tensordict.get("done", None)
-        battles = self._battles
         if done is None or not bool(done.any()):
             return tensordict
-        if bool((done.reshape(-1) & ~battles.restarted).any()):
+        battles, ended = self._battles, done.reshape(-1)
+        if bool((ended & ~battles.restarted).any()):
             return super().maybe_reset(tensordict)
-        ended = done.reshape(-1)
         for key in tensordict.keys(True, True):  # what a reset does not give (the last action): 0 where reset, as TorchRL pads
             if key not in _RESET_KEYS:
                 value = tensordict.get(key)
