@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -14,31 +14,37 @@ def _clip_grad_norm(optimizer: Optimizer, max_norm: float) -> None:
     torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GradientStep:
-    """zero_grad -> backward -> clip -> step for one optimiser.
+    """zero_grad -> backward -> clip -> step for one optimiser, moving every agent's parameters or one agent's.
 
     Inside Lightning, ``backward`` is ``LightningModule.manual_backward`` and ``clip`` its
-    ``clip_gradients``, so precision plugins and DDP see every backward pass.
+    ``clip_gradients``, so precision plugins and DDP see every backward pass. ``agent`` is the
+    agent whose slice of the stacked per-agent parameters this step moves (None: all of them);
+    a sequential schedule makes one per agent with ``for_agent`` and hands it to the constraint.
     """
 
     optimizer: Optimizer
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward
     clip: Callable[[Optimizer, float], None] = field(default=_clip_grad_norm)
+    agent: int | None = None
 
-    def restrict_to_agent(self, agent: int | None) -> None:
-        """Let the next steps move only ``agent``'s parameter slice (None: every agent's)."""
+    def for_agent(self, agent: int) -> GradientStep:
+        """The same step moving only ``agent``'s parameter slice (ALGORITHMS.md section 1, ``Sequential``); needs ``AgentAdam``."""
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # under Lightning: the wrapped optimiser
         if not isinstance(optimizer, AgentAdam):
             raise TypeError(f"updating one agent at a time needs AgentAdam, not {type(optimizer).__name__}")
-        optimizer.active_agent = agent
+        return replace(self, agent=agent)
 
     def __call__(self, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
         if max_grad_norm is not None and max_grad_norm > 0:
             self.clip(self.optimizer, max_grad_norm)
-        self.optimizer.step()
+        if self.agent is None:
+            self.optimizer.step()
+        else:
+            self.optimizer.step(agent=self.agent)
 
 
 def minibatch_indices(batch_size: int, minibatches: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -51,23 +57,22 @@ def minibatch_indices(batch_size: int, minibatches: int, device: torch.device) -
 class AgentAdam(Optimizer):
     """Adam for parameters that stack agents on dimension 0, able to step one agent alone.
 
-    With ``active_agent = i`` a step changes only slice ``i`` of every parameter and of its
-    moments, so the other agents' policies stay exactly as they are (ALGORITHMS.md section 1,
-    ``Sequential``: agents update one after another). Step counts, and so bias corrections,
-    are per agent. With ``active_agent = None`` it is plain Adam over all slices.
+    ``step(agent=i)`` changes only slice ``i`` of every parameter and of its moments, so the
+    other agents' policies stay exactly as they are (ALGORITHMS.md section 1, ``Sequential``:
+    agents update one after another). Step counts, and so bias corrections, are per agent.
+    ``step()`` is plain Adam over all slices.
     """
 
     def __init__(self, params, lr: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-5) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-        self.active_agent: int | None = None
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None, agent: int | None = None) -> torch.Tensor | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        part = slice(None) if self.active_agent is None else slice(self.active_agent, self.active_agent + 1)
+        part = slice(None) if agent is None else slice(agent, agent + 1)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:

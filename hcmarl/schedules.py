@@ -9,13 +9,15 @@ import torch
 from tensordict import TensorDictBase
 
 from hcmarl.constraints import Constraint, Evaluation, evaluate_actions, index_distribution
+from hcmarl.nn.actors import select_agent
+from hcmarl.nn.distributions import select_agents
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, KL_WEIGHT, LOG_PROB, VALUE
 from hcmarl.optim import GradientStep
 
 Distribution = torch.distributions.Distribution
-Policy = Callable[[TensorDictBase], Distribution]
+Policy = Callable[..., Distribution]  # policy(td) for every agent, policy(td, agent=i) for agent i alone (``Actor.forward``)
 
 
 class Schedule(ABC):
@@ -33,10 +35,14 @@ class Schedule(ABC):
     ) -> dict[str, torch.Tensor]: ...
 
 
-def evaluate_minibatch(policy: Policy, batch: TensorDictBase, idx: torch.Tensor, anchor: Distribution | None) -> Evaluation:
-    """The policy on the samples ``idx`` of ``batch``, for all agents, with the anchor at the same samples."""
+def evaluate_minibatch(
+    policy: Policy, batch: TensorDictBase, idx: torch.Tensor, anchor: Distribution | None, agent: int | None = None
+) -> Evaluation:
+    """The policy on the samples ``idx`` of ``batch`` with the anchor at the same samples: for all agents, or for
+    ``agent`` alone when ``batch`` and ``anchor`` hold that agent's column only (``select_agent``)."""
     minibatch = batch[idx]
-    return evaluate_actions(policy(minibatch), minibatch.get(ACTION), None if anchor is None else index_distribution(anchor, idx))
+    dist = policy(minibatch) if agent is None else policy(minibatch, agent=agent)
+    return evaluate_actions(dist, minibatch.get(ACTION), None if anchor is None else index_distribution(anchor, idx))
 
 
 class Simultaneous(Schedule):
@@ -92,8 +98,11 @@ class Sequential(Schedule):
     agents already updated of ``pi_new^{i}(a|o) / pi_old^{i}(a|o)`` (detached, whole batch,
     product over action dimensions); it starts at 1, or at the batch's ``factor`` entry when
     a role upstream (HCPO's conductor) provides one. The agent at position l (1-based) is
-    updated by ``constraint.at_position(l, N)``; a batch entry ``("agents", "kl_weight")``
-    weights that agent's KL samples (HCPO's ``paper_weighting``).
+    updated by ``constraint.at_position(l, N)`` with the step ``step.for_agent(i_l)``; a batch entry
+    ``("agents", "kl_weight")`` weights that agent's KL samples (HCPO's ``paper_weighting``).
+
+    Each agent's update reads that agent's data and evaluates that agent's policy alone
+    (``policy(td, agent=i)``), so an iteration costs O(N) agent evaluations, not O(N^2).
 
     Args:
         order: ``random`` (a new permutation each iteration), ``fixed`` (0..N-1) or
@@ -123,30 +132,28 @@ class Sequential(Schedule):
     def update(
         self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, anchor: Distribution | None = None
     ) -> dict[str, torch.Tensor]:
-        old_log_prob, advantage, action = batch.get(LOG_PROB), batch.get(ADVANTAGE), batch.get(ACTION)
-        factor, kl_weight = batch.get(FACTOR, None), batch.get(KL_WEIGHT, None)
+        factor = batch.get(FACTOR, None)
         if factor is None:
-            factor = torch.ones(*advantage.shape[:-1], 1, device=advantage.device)
+            factor = torch.ones(*batch.get(ADVANTAGE).shape[:-1], 1, device=batch.device)
         metrics: dict[str, torch.Tensor] = {}
         sums: dict[str, torch.Tensor] = {}
         order = self.agent_order(batch)
         for position, agent in enumerate(order):
-            own = slice(agent, agent + 1)
+            own = select_agent(batch, agent)
+            own_anchor = None if anchor is None else select_agents(anchor, slice(agent, agent + 1))
 
-            def evaluate(idx: torch.Tensor, own: slice = own) -> Evaluation:
-                return evaluate_minibatch(policy, batch, idx, anchor).select(own)
+            def evaluate(idx: torch.Tensor, own: TensorDictBase = own, agent: int = agent, own_anchor: Distribution | None = own_anchor) -> Evaluation:
+                return evaluate_minibatch(policy, own, idx, own_anchor, agent)
 
-            step.restrict_to_agent(agent)
             placed = constraint.at_position(position + 1, len(order))
-            own_kl_weight = None if kl_weight is None else kl_weight[..., own]
-            for key, value in placed.update(evaluate, old_log_prob[..., own], advantage[..., own], factor, step, own_kl_weight).items():
+            old_log_prob, kl_weight = own.get(LOG_PROB), own.get(KL_WEIGHT, None)
+            for key, value in placed.update(evaluate, old_log_prob, own.get(ADVANTAGE), factor, step.for_agent(agent), kl_weight).items():
                 sums[key] = sums.get(key, 0.0) + value
             with torch.no_grad():
-                log_ratio = policy(batch).log_prob(action)[..., own] - old_log_prob[..., own]
+                log_ratio = policy(own, agent=agent).log_prob(own.get(ACTION)) - old_log_prob
                 factor = factor * log_ratio.exp()
             metrics[f"kl_agent{agent}"] = (-log_ratio).mean()  # sample estimate of KL(pi_old || pi_new)
             metrics[f"position_agent{agent}"] = torch.tensor(float(position))
-        step.restrict_to_agent(None)
         metrics |= {key: value / len(order) for key, value in sums.items()}
         metrics |= {"factor_mean": factor.mean(), "factor_max": factor.max()}
         return metrics

@@ -44,13 +44,12 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
 
 
 class _ParameterSlice:
-    """The parameters a step moves (one agent's slice of stacked per-agent parameters, or all), as one flat vector."""
+    """The parameters a step moves (``step.agent``'s slice of stacked per-agent parameters, or all), as one flat vector."""
 
     def __init__(self, step: GradientStep) -> None:
         optimizer = getattr(step.optimizer, "optimizer", step.optimizer)
         self.params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-        agent = getattr(optimizer, "active_agent", None)
-        self.part = slice(None) if agent is None else slice(agent, agent + 1)
+        self.part = slice(None) if step.agent is None else slice(step.agent, step.agent + 1)
 
     def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([t[self.part].reshape(-1) for t in tensors])

@@ -19,17 +19,19 @@ from hcmarl.trust_region import TrustRegion
 
 
 class LinearPolicy(torch.nn.Module):
-    """A per-agent linear categorical policy, weights ``[N, dim, actions]``, reading ``("agents", "observation")``."""
+    """A per-agent linear categorical policy, weights ``[N, dim, actions]``, reading ``("agents", "observation")``;
+    ``agent = i`` reads agent i's weights for a batch holding that agent alone (``Actor.forward``'s contract)."""
 
     def __init__(self, n_agents: int = 3, dim: int = 3, actions: int = 4, scale: float = 0.3) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(scale * torch.randn(n_agents, dim, actions, dtype=torch.float64))
 
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bnd,nda->bna", obs, self.weight)
+    def logits(self, obs: torch.Tensor, agent: int | None = None) -> torch.Tensor:
+        weight = self.weight if agent is None else self.weight[agent : agent + 1]
+        return torch.einsum("bnd,nda->bna", obs, weight)
 
-    def forward(self, td: TensorDict) -> Categorical:
-        return Categorical(logits=self.logits(td.get(("agents", "observation"))))
+    def forward(self, td: TensorDict, agent: int | None = None) -> Categorical:
+        return Categorical(logits=self.logits(td.get(("agents", "observation")), agent))
 
 
 def _setting(seed: int = 0, batch: int = 96, anchor_scale: float = 1.0):

@@ -93,9 +93,13 @@ def test_instruction_conditioned_actor_depends_on_the_instruction(encoding: str,
     assert AGENT_INSTRUCTION in actor.in_keys
     features = actor.instruction_features(td[AGENT_INSTRUCTION])
     assert features.shape == (16, 3, K if encoding == "onehot" else actor.instruction_embed_dim)
-    assert torch.equal(features[:, 0], features[:, 2])  # the same instruction reaches every agent
-    if encoding == "onehot":
+    if encoding == "onehot":  # the same instruction reaches every agent
+        assert torch.equal(features[:, 0], features[:, 2])
         assert torch.equal(features[:, 0].argmax(-1), td[INSTRUCTION])
+    else:  # each agent reads its own table (per-agent parameters, ALGORITHMS.md section 3)
+        for agent in range(3):
+            assert torch.equal(features[:, agent], actor.instruction_embedding[agent][td[AGENT_INSTRUCTION][:, agent]])
+        assert not torch.equal(features[:, 0], features[:, 2])
     if actor_cls is MLPActor:
         other = td.clone()
         other[AGENT_INSTRUCTION] = (td[AGENT_INSTRUCTION] + 1) % K

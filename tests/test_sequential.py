@@ -29,10 +29,9 @@ def test_agent_adam_equals_adam_and_steps_one_agent_alone() -> None:
         agent_adam.step()
         adam.step()
     torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-5)
-    agent_adam.active_agent = 1
     before = mine.detach().clone()
     mine.grad = torch.randn(3, 4, 5)
-    agent_adam.step()
+    agent_adam.step(agent=1)
     assert torch.equal(before[0], mine[0]) and torch.equal(before[2], mine[2]) and not torch.equal(before[1], mine[1])
 
 

@@ -54,8 +54,7 @@ def test_fisher_vector_product_equals_explicit_kl_hessian() -> None:
         return kl_divergence(old, new).mean()
 
     hessian = torch.autograd.functional.hessian(kl_of, weight.detach()[agent].reshape(-1).clone())
-    step = GradientStep(AgentAdam([weight]))
-    step.restrict_to_agent(agent)
+    step = GradientStep(AgentAdam([weight])).for_agent(agent)
     params = _ParameterSlice(step)
     kl_grad = params.grad(kl_divergence(old, evaluate(everything).distribution).mean(), create_graph=True)
     v = torch.randn(kl_grad.numel(), dtype=torch.float64)
@@ -103,8 +102,7 @@ def test_one_agents_step_leaves_the_others_untouched() -> None:
     with torch.no_grad():
         old_log_prob = evaluate(torch.arange(obs.shape[0])).log_prob.clone()
     before = weight.detach().clone()
-    step = GradientStep(AgentAdam([weight]))
-    step.restrict_to_agent(2)
+    step = GradientStep(AgentAdam([weight])).for_agent(2)
     TrustRegion(max_kl=0.01).update(evaluate, old_log_prob, torch.randn_like(old_log_prob), torch.rand(obs.shape[0], 1) + 0.5, step)
     assert torch.equal(weight[:2].detach(), before[:2]) and not torch.equal(weight[2].detach(), before[2])
 

@@ -4,6 +4,10 @@ An actor is built in two steps: the constructor takes hyperparameters (what a re
 writes); ``build(info)`` creates the layers once the env's sizes are known. ``forward``
 evaluates a batch of any shape ``[...]`` (for recurrent actors: whole rollouts
 ``[envs, time]``); ``step`` acts for one time step and may write the next recurrent state.
+
+``forward(td, agent=i)`` evaluates agent i alone: ``td`` then holds that agent's column only
+(``select_agent``), and only agent i's parameters are read, so a sequential update's per-agent
+forward, backward and Fisher-vector products cost one agent, not N (DESIGN.md, "One iteration").
 """
 
 from __future__ import annotations
@@ -18,28 +22,52 @@ from torchrl.envs import Transform
 
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION_MASK, AGENT_INSTRUCTION, OBSERVATION
+from hcmarl.keys import ACTION_MASK, AGENT_INSTRUCTION, OBSERVATION, RNN_STATE
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical
 from hcmarl.nn.layers import AgentMLP
 
 Distribution = torch.distributions.Distribution
 
 
-def agent_id_features(obs: torch.Tensor) -> torch.Tensor:
-    """Append a one-hot agent id to observations ``[..., N, D]`` -> ``[..., N, D + N]``."""
-    n = obs.shape[-2]
-    eye = torch.eye(n, device=obs.device, dtype=obs.dtype).expand(*obs.shape[:-2], n, n)
-    return torch.cat([obs, eye], dim=-1)
+def agent_id_features(obs: torch.Tensor, agent: int | None = None, n_agents: int | None = None) -> torch.Tensor:
+    """Append a one-hot agent id to observations ``[..., N, D]`` -> ``[..., N, D + N]``.
+
+    With ``agent = i``, ``obs`` ``[..., 1, D]`` holds agent i alone and gets row i of the ``n_agents`` identity.
+    """
+    if agent is None:
+        eye = torch.eye(obs.shape[-2], device=obs.device, dtype=obs.dtype)
+    else:
+        eye = torch.eye(n_agents, device=obs.device, dtype=obs.dtype)[agent : agent + 1]
+    return torch.cat([obs, eye.expand(*obs.shape[:-2], *eye.shape)], dim=-1)
+
+
+def select_agent(td: TensorDictBase, agent: int) -> TensorDictBase:
+    """``td`` with its agent entries (the group ``agents``, the recurrent state) narrowed to ``agent``'s column, size 1.
+
+    What ``Actor.forward(td, agent)`` reads: a sequential update selects an agent's data once, not per minibatch.
+    """
+    own = td.exclude("agents", RNN_STATE)
+    own.set("agents", td.get("agents")[..., agent : agent + 1].contiguous())
+    if (state := td.get(RNN_STATE, None)) is not None:
+        own.set(RNN_STATE, state[..., agent : agent + 1, :].contiguous())
+    return own
 
 
 def observation_features(
-    td: TensorDictBase, agent_id: bool, instruction_features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    td: TensorDictBase,
+    agent_id: bool,
+    instruction_features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    agent: int | None = None,
+    n_agents: int | None = None,
 ) -> torch.Tensor:
     """Each agent's observation ``[..., N, D]``, then its one-hot id if ``agent_id``, then its encoded conductor
-    instruction ``("agents", "instruction")`` if ``instruction_features`` is given (ALGORITHMS.md section 3)."""
+    instruction ``("agents", "instruction")`` if ``instruction_features`` is given (ALGORITHMS.md section 3).
+
+    With ``agent = i`` the agent entries of ``td`` hold agent i alone (``select_agent``) among ``n_agents``.
+    """
     obs = td.get(OBSERVATION)
     if agent_id:
-        obs = agent_id_features(obs)
+        obs = agent_id_features(obs, agent, n_agents)
     if instruction_features is not None:
         obs = torch.cat([obs, instruction_features(td.get(AGENT_INSTRUCTION))], dim=-1)
     return obs
@@ -103,14 +131,15 @@ class Actor(nn.Module, ABC):
             )
         self.categorical = kind == "categorical"
         self.n_groups = 1 if self.share_params else info.n_agents
+        self.n_agents = info.n_agents
         if not self.categorical:
             self.log_std = nn.Parameter(torch.full((self.n_groups, info.action_dim), float(self.log_std_init)))
         self.n_instructions = n_instructions
         instruction_dim = 0
         if n_instructions > 0:
             self.in_keys = [*type(self).in_keys, AGENT_INSTRUCTION]
-            if self.instruction_encoding == "embedding":
-                self.instruction_embedding = nn.Embedding(n_instructions, self.instruction_embed_dim)
+            if self.instruction_encoding == "embedding":  # one table per parameter group, stacked like every other parameter
+                self.instruction_embedding = nn.Parameter(torch.randn(self.n_groups, n_instructions, self.instruction_embed_dim))
                 instruction_dim = self.instruction_embed_dim
             else:
                 instruction_dim = n_instructions
@@ -122,27 +151,37 @@ class Actor(nn.Module, ABC):
         """Create the layers for inputs of size ``in_dim``."""
 
     @abstractmethod
-    def forward(self, td: TensorDictBase) -> Distribution:
-        """The action distribution for every agent in ``td``, batch shape ``[..., N]``."""
+    def forward(self, td: TensorDictBase, agent: int | None = None) -> Distribution:
+        """The action distribution for every agent in ``td``, batch shape ``[..., N]``; with ``agent = i``, for agent i
+        alone (``td`` as ``select_agent(td, i)`` makes it), batch shape ``[..., 1]``."""
 
-    def inputs(self, td: TensorDictBase) -> torch.Tensor:
+    def inputs(self, td: TensorDictBase, agent: int | None = None) -> torch.Tensor:
         if not self.built:
             raise RuntimeError(f"{type(self).__name__}.build(env_info) must be called before use")
-        return observation_features(td, self.agent_id, self.instruction_features if self.n_instructions > 0 else None)
+        instruction = (lambda m: self.instruction_features(m, agent)) if self.n_instructions > 0 else None
+        return observation_features(td, self.agent_id, instruction, agent, self.n_agents)
 
-    def instruction_features(self, instruction: torch.Tensor) -> torch.Tensor:
+    def group(self, agent: int | None) -> slice:
+        """The slice of the stacked parameters agent ``agent`` reads (all of them for None)."""
+        if agent is None or self.n_groups == 1:
+            return slice(None)
+        return slice(agent, agent + 1)
+
+    def instruction_features(self, instruction: torch.Tensor, agent: int | None = None) -> torch.Tensor:
         """Each agent's instruction ``[..., N]`` encoded, ``[..., N, K or embed_dim]`` (ALGORITHMS.md section 3).
 
         Joined after the observation (and after any observation normalisation), so a one-hot cannot be ignored at init.
+        A learned embedding reads each agent's own table (one per parameter group).
         """
         if self.instruction_encoding == "embedding":
-            return self.instruction_embedding(instruction)
+            table = self.instruction_embedding[self.group(agent)]  # [G, K, E]
+            return table[torch.arange(table.shape[0], device=instruction.device), instruction]
         return torch.nn.functional.one_hot(instruction, self.n_instructions).float()
 
-    def distribution(self, head_out: torch.Tensor, td: TensorDictBase) -> Distribution:
+    def distribution(self, head_out: torch.Tensor, td: TensorDictBase, agent: int | None = None) -> Distribution:
         if self.categorical:
             return masked_categorical(head_out, td.get(ACTION_MASK, None))
-        return diagonal_gaussian(head_out, self.log_std)
+        return diagonal_gaussian(head_out, self.log_std[self.group(agent)])
 
     def step(self, td: TensorDictBase) -> Distribution:
         """The distribution for one time step ``[E]`` (a feed-forward actor: the same as ``forward``)."""
@@ -168,7 +207,6 @@ class MLPActor(Actor):
     def build_layers(self, info: EnvInfo, in_dim: int) -> None:
         self.net = AgentMLP(in_dim, self.hidden_sizes, info.action_dim, self.n_groups, self.activation, out_gain=0.01)
 
-    def forward(self, td: TensorDictBase) -> Distribution:
-        """The action distribution for every agent in ``td``, batch shape ``[..., N]``."""
-        x = self.inputs(td)  # raises first if build() was not called
-        return self.distribution(self.net(x), td)
+    def forward(self, td: TensorDictBase, agent: int | None = None) -> Distribution:
+        x = self.inputs(td, agent)  # raises first if build() was not called
+        return self.distribution(self.net(x, agent), td, agent)

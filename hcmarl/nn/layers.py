@@ -1,7 +1,9 @@
 """Per-agent linear layers and MLPs, vectorised over agents (ALGORITHMS.md section 1, "Policies").
 
 One parameter set shared by all agents (``n_groups = 1``) or one set per agent
-(``n_groups = N``) evaluated in one batched matmul: no Python loop over agents.
+(``n_groups = N``) evaluated in one batched matmul: no Python loop over agents. Given
+``agent = i``, the input holds agent i alone (an agent dimension of size 1) and only agent i's
+parameters are read: a sequential update's per-agent step then costs one agent, not N.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ def activation_class(name: str) -> type[nn.Module]:
 
 
 class AgentLinear(nn.Module):
-    """``y[..., i, :] = x[..., i, :] @ W[g(i)] + b[g(i)]`` with ``g(i) = i`` per agent or ``0`` shared."""
+    """``y[..., i, :] = x[..., i, :] @ W[g(i)] + b[g(i)]`` with ``g(i) = i`` per agent or ``0`` shared.
+
+    ``forward(x, agent=i)`` takes ``x`` ``[..., 1, in]`` holding agent i alone and reads ``W[g(i)]``, ``b[g(i)]`` only.
+    """
 
     def __init__(self, in_features: int, out_features: int, n_groups: int = 1, gain: float = math.sqrt(2)) -> None:
         super().__init__()
@@ -33,14 +38,15 @@ class AgentLinear(nn.Module):
         for g in range(n_groups):
             nn.init.orthogonal_(self.weight.data[g].T, gain=gain)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.n_groups == 1:
-            return x @ self.weight[0] + self.bias[0]
+    def forward(self, x: torch.Tensor, agent: int | None = None) -> torch.Tensor:
+        if self.n_groups == 1 or agent is not None:
+            group = 0 if self.n_groups == 1 else agent
+            return x @ self.weight[group] + self.bias[group]
         return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
 
 
 class AgentMLP(nn.Sequential):
-    """An MLP over the last dimension whose layers are ``AgentLinear`` (agents on dimension -2)."""
+    """An MLP over the last dimension whose layers are ``AgentLinear`` (agents on dimension -2); ``agent`` as ``AgentLinear``'s."""
 
     def __init__(
         self,
@@ -58,3 +64,8 @@ class AgentMLP(nn.Sequential):
             layers += [AgentLinear(a, b, n_groups), act()]
         layers.append(AgentLinear(sizes[-1], out_features, n_groups, gain=out_gain))
         super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor, agent: int | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, agent) if isinstance(layer, AgentLinear) else layer(x)
+        return x

@@ -35,9 +35,10 @@ class AgentGRUCell(nn.Module):
         self.input_map = AgentLinear(input_size, 3 * hidden_size, n_groups, gain=1.0)
         self.hidden_map = AgentLinear(hidden_size, 3 * hidden_size, n_groups, gain=1.0)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        xr, xz, xn = self.input_map(x).chunk(3, dim=-1)
-        hr, hz, hn = self.hidden_map(h).chunk(3, dim=-1)
+    def forward(self, x: torch.Tensor, h: torch.Tensor, agent: int | None = None) -> torch.Tensor:
+        """One step for every agent, or for ``agent`` alone (inputs ``[..., 1, .]``; see ``AgentLinear``)."""
+        xr, xz, xn = self.input_map(x, agent).chunk(3, dim=-1)
+        hr, hz, hn = self.hidden_map(h, agent).chunk(3, dim=-1)
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
@@ -72,18 +73,23 @@ class GRUActor(Actor):
 
     def step(self, td: TensorDictBase) -> Distribution:
         """One step ``[E]``: reads ``RNN_STATE``, writes the next state at ``("next", RNN_STATE)``."""
-        h = self.cell(self.encoder(self.inputs(td)), td.get(RNN_STATE))
+        h = self.cell(self.encode(td), td.get(RNN_STATE))
         td.set(("next", RNN_STATE), h)
         return self.distribution(self.head(h), td)
 
-    def forward(self, td: TensorDictBase) -> Distribution:
-        """Replay rollouts ``[b, T]`` from their stored first state; distributions ``[b, T, N]``."""
-        x = self.encoder(self.inputs(td))
+    def encode(self, td: TensorDictBase, agent: int | None = None) -> torch.Tensor:
+        """The encoder's features of each agent's inputs (of ``agent``'s alone if given)."""
+        linear, activation = self.encoder
+        return activation(linear(self.inputs(td, agent), agent))
+
+    def forward(self, td: TensorDictBase, agent: int | None = None) -> Distribution:
+        """Replay rollouts ``[b, T]`` from their stored first state; distributions ``[b, T, N]`` (``[b, T, 1]`` for ``agent``)."""
+        x = self.encode(td, agent)
         reset = td.get(IS_INIT).unsqueeze(-1)  # [b, T, 1, 1]
         h = td.get(RNN_STATE)[:, 0]
         states = []
         for t in range(x.shape[1]):
             h = torch.where(reset[:, t], torch.zeros_like(h), h)
-            h = self.cell(x[:, t], h)
+            h = self.cell(x[:, t], h, agent)
             states.append(h)
-        return self.distribution(self.head(torch.stack(states, dim=1)), td)
+        return self.distribution(self.head(torch.stack(states, dim=1), agent), td, agent)
