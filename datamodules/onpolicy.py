@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 RANK_SEED_STRIDE = 100_003
 
 
-def iterations_for(total_frames: int, num_envs: int, rollout_steps: int) -> int:
-    """Iterations (Lightning epochs) a run of ``total_frames`` takes: whole iterations, rounded up."""
-    return math.ceil(total_frames / (num_envs * rollout_steps))
+def iterations_for(total_frames: int, num_envs: int, rollout_steps: int, world_size: int = 1) -> int:
+    """Iterations (Lightning epochs) a run of ``total_frames`` takes on ``world_size`` ranks: whole iterations,
+    rounded up. Frames count over all ranks, and every rank collects ``num_envs * rollout_steps`` per iteration."""
+    return math.ceil(total_frames / (world_size * num_envs * rollout_steps))
 
 
 class RunningReturns:
@@ -99,9 +100,11 @@ class OnPolicyDataModule(L.LightningDataModule):
 
     Args:
         env: ``family/task`` name, e.g. ``coordsum/3x10`` or ``vmas/balance``.
-        num_envs: environments stepped in parallel (per DDP rank).
-        rollout_steps: steps per env per iteration; an iteration is ``num_envs * rollout_steps`` frames.
-        total_frames: training length in env frames (per rank).
+        num_envs: environments stepped in parallel by each DDP rank.
+        rollout_steps: steps per env per iteration; each rank collects ``num_envs * rollout_steps`` frames an
+            iteration, so an iteration is ``world_size * num_envs * rollout_steps`` frames.
+        total_frames: training length in env frames, counted over all ranks (as ``frames`` is logged); the run
+            takes ``ceil(total_frames / (world_size * num_envs * rollout_steps))`` iterations.
         seed: base seed; rank r uses ``seed + r * 100003``, evaluation a seed of its own.
         eval_episodes: episodes per evaluation (one env each).
         eval_every: iterations between evaluations.
@@ -124,11 +127,6 @@ class OnPolicyDataModule(L.LightningDataModule):
         for key, value in (("num_envs", num_envs), ("rollout_steps", rollout_steps), ("eval_episodes", eval_episodes), ("eval_every", eval_every)):
             if value < 1:
                 raise ConfigError(f"data.{key} must be at least 1, got {value}")
-        if total_frames < num_envs * rollout_steps:
-            raise ConfigError(
-                f"data.total_frames={total_frames} is less than one iteration (num_envs * rollout_steps = "
-                f"{num_envs * rollout_steps}); raise total_frames or lower num_envs/rollout_steps"
-            )
         self.env_name = env
         self.num_envs = num_envs
         self.rollout_steps = rollout_steps
@@ -137,7 +135,9 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.eval_episodes = eval_episodes
         self.eval_every = eval_every
         self.env_kwargs = dict(env_kwargs or {})
-        self.frames = 0
+        self.check_budget(world_size=1)
+        self.frames = 0  # over all ranks
+        self.iterations_done = 0
         self.last_collect_seconds = float("nan")
         self.env_info: EnvInfo | None = None
         self.train_env: EnvBase | None = None
@@ -151,12 +151,48 @@ class OnPolicyDataModule(L.LightningDataModule):
 
     @property
     def frames_per_batch(self) -> int:
+        """Frames one rank collects per iteration (the rollout's ``num_envs * rollout_steps``)."""
         return self.num_envs * self.rollout_steps
 
     @property
+    def world_size(self) -> int:
+        """Ranks training together: the trainer's world size, known once its strategy is set up (1 before)."""
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def global_frames_per_batch(self) -> int:
+        """Frames all ranks together collect per iteration."""
+        return self.world_size * self.frames_per_batch
+
+    @property
     def iterations(self) -> int:
-        """Iterations needed for ``total_frames``."""
-        return iterations_for(self.total_frames, self.num_envs, self.rollout_steps)
+        """Iterations a run of ``total_frames`` takes from the start, on ``world_size`` ranks."""
+        return iterations_for(self.total_frames, self.num_envs, self.rollout_steps, self.world_size)
+
+    @property
+    def iterations_left(self) -> int:
+        """Iterations still needed to reach ``total_frames`` from ``frames`` (a resumed run has some already)."""
+        return math.ceil(max(self.total_frames - self.frames, 0) / self.global_frames_per_batch)
+
+    def check_budget(self, world_size: int) -> None:
+        """Raise a ``ConfigError`` if ``total_frames`` is less than one iteration of ``world_size`` ranks."""
+        per_iteration = world_size * self.frames_per_batch
+        if self.total_frames >= per_iteration:
+            return
+        formula = (
+            f"num_envs * rollout_steps = {per_iteration}" if world_size == 1 else
+            f"ranks * num_envs * rollout_steps = {world_size} * {self.num_envs} * {self.rollout_steps} = {per_iteration}, "
+            "since data.total_frames counts the frames of all ranks"
+        )
+        raise ConfigError(
+            f"data.total_frames={self.total_frames} is less than one iteration ({formula}); "
+            "raise total_frames or lower num_envs/rollout_steps"
+        )
+
+    def _plan_iterations(self) -> None:
+        """Set the trainer's ``max_epochs`` (one epoch is one iteration) to end the run at ``total_frames`` frames
+        over all ranks: the iterations done plus those left at this world size."""
+        self.trainer.fit_loop.max_epochs = self.iterations_done + self.iterations_left
 
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -168,7 +204,11 @@ class OnPolicyDataModule(L.LightningDataModule):
         return self.seed + 7 + self._rank() * RANK_SEED_STRIDE + 50_021
 
     def setup(self, stage: str) -> None:
+        """Make the envs of this rank; when fitting, check the budget and set the run's iterations for the world size."""
         device, rank = self._device(), self._rank()
+        if stage == "fit":
+            self.check_budget(self.world_size)
+            self._plan_iterations()
         if self.eval_env is None:
             base = make_env(self.env_name, self.eval_episodes, self._eval_seed(), device, **self.env_kwargs)
             self.env_info = base.info
@@ -199,7 +239,8 @@ class OnPolicyDataModule(L.LightningDataModule):
         batch = next(self._rollouts)
         batch.set(("next", EPISODE_RETURN), self._running_returns(batch.get(("next", REWARD)), batch.get(("next", "done"))))
         self.last_collect_seconds = time.perf_counter() - start
-        self.frames += batch.numel()
+        self.frames += self.world_size * batch.numel()  # every rank collects a batch of this size
+        self.iterations_done += 1
         return batch
 
     def _policy_env(self, base: EnvBase) -> EnvBase:
@@ -249,15 +290,22 @@ class OnPolicyDataModule(L.LightningDataModule):
 
     # ---- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "env": self.env_name}
+        """Frames (over all ranks) and iterations done, and the env, for resuming."""
+        return {"frames": self.frames, "iterations": self.iterations_done, "env": self.env_name}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore frames and iterations from a checkpoint; a resumed fit runs the iterations left to ``total_frames``
+        at this run's world size."""
         if state_dict.get("env") != self.env_name:
             raise ConfigError(
                 f"--ckpt_path: the checkpoint was trained on {state_dict.get('env')!r}, this recipe uses "
                 f"data.env={self.env_name!r}"
             )
         self.frames = int(state_dict["frames"])
+        # a checkpoint from before frames were counted over all ranks has no iteration count: every such run had one rank
+        self.iterations_done = int(state_dict.get("iterations", self.frames // self.frames_per_batch))
+        if self.trainer is not None and self.trainer.training:
+            self._plan_iterations()  # the frames left may take a different number of iterations at another world size
 
     def teardown(self, stage: str) -> None:
         if self._collector is not None and stage == "fit":

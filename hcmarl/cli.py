@@ -68,7 +68,10 @@ class HcmarlTrainer(Trainer):
     def bench(self, model: LightningModule, datamodule: LightningDataModule, iterations: int = 5, warmup: int = 1) -> dict[str, float]:
         """Run ``warmup + iterations`` iterations and print collection, update and end-to-end frames/s.
 
-        The figures are returned and kept as ``self.bench_result``.
+        ``data.total_frames`` is replaced by the frames of those iterations. Frames count over all ranks, as in
+        training: under DDP, ``frames_per_iteration`` is ``world_size * num_envs * rollout_steps`` and the frames/s
+        are global (all ranks' frames over rank zero's seconds). The figures are returned and kept as
+        ``self.bench_result``.
 
         Args:
             iterations: measured iterations.
@@ -78,12 +81,12 @@ class HcmarlTrainer(Trainer):
 
         meter = ThroughputMeter()
         self.callbacks = [c for c in self.callbacks if not isinstance(c, ModelCheckpoint)] + [meter]
-        self.fit_loop.max_epochs = warmup + iterations
+        datamodule.total_frames = (warmup + iterations) * self.num_nodes * self.num_devices * datamodule.frames_per_batch
         self.check_val_every_n_epoch = None
         self.limit_val_batches = 0
         self.fit(model, datamodule=datamodule)
         measured = meter.records[warmup:]
-        frames = datamodule.frames_per_batch
+        frames = datamodule.global_frames_per_batch
         collect = sum(r["collect_s"] for r in measured) / len(measured)
         update = sum(r["update_s"] for r in measured) / len(measured)
         walls = [r["wall_s"] for r in measured if not math.isnan(r["wall_s"])]
@@ -100,7 +103,8 @@ class HcmarlTrainer(Trainer):
         }
         self.bench_result = result
         if self.is_global_zero:
-            print(f"\nhcmarl bench: {datamodule.env_name}, {frames} frames per iteration, {len(measured)} measured iterations")
+            ranks = f" over {self.world_size} ranks" if self.world_size > 1 else ""
+            print(f"\nhcmarl bench: {datamodule.env_name}, {frames} frames per iteration{ranks}, {len(measured)} measured iterations")
             for key, value in result.items():
                 print(f"  {key:>22}: {value:,.3f}")
         return result
@@ -117,6 +121,7 @@ class HcmarlCLI(LightningCLI):
         return {k: v for k, v in commands.items() if k in ("fit", "validate", "bench")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # the iterations of one process; once the world size is known, the datamodule's setup sets max_epochs for it
         parser.link_arguments(("data.total_frames", "data.num_envs", "data.rollout_steps"), "trainer.max_epochs", compute_fn=iterations_for)
         parser.link_arguments("data.eval_every", "trainer.check_val_every_n_epoch")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed)
@@ -137,6 +142,8 @@ class HcmarlCLI(LightningCLI):
             self.recipe_files = finder.parse_known_args(sys.argv[1:] if args is None else list(args))[0].config
 
     def before_fit(self) -> None:
+        # total_frames counts all ranks: refuse a budget under one iteration before any rank starts
+        self.datamodule.check_budget(self.trainer.num_nodes * self.trainer.num_devices)
         self._prepare_run()
 
     def before_validate(self) -> None:
@@ -205,11 +212,12 @@ class HcmarlCLI(LightningCLI):
         if not self.trainer.is_global_zero or not results:
             return
         metrics = {k: float(v) for k, v in results[0].items()}
-        metrics["frames"] = self.datamodule.frames
+        metrics["frames"] = self.datamodule.frames  # over all ranks
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "final_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
         shown = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items() if k.startswith("eval/"))
-        print(f"\nFinal evaluation of the deployment policy after {metrics['frames']:,} frames: {shown}")
+        ranks = f" (over {self.trainer.world_size} ranks)" if self.trainer.world_size > 1 else ""
+        print(f"\nFinal evaluation of the deployment policy after {metrics['frames']:,} frames{ranks}: {shown}")
         metrics_file = run_dir / "metrics.csv"
         logged = f"; metrics in {metrics_file}" if metrics_file.exists() else ""
         print(f"Results written to {run_dir / 'final_eval.json'}{logged}")

@@ -22,8 +22,8 @@ SHOWN_METRICS = {"perf/fps": "fps", "train/return": "return", "eval/return": "ev
 
 
 class FramesProgressBar(ProgressBar):
-    """One bar over the run's frames (``data.total_frames`` rounded up to whole iterations):
-    frames done, frames/s, last train return and eval return."""
+    """One bar over the run's frames, counted over all ranks (``data.total_frames`` rounded up to whole
+    iterations): frames done, frames/s (``perf/fps``, also over all ranks), last train return and eval return."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,8 +40,9 @@ class FramesProgressBar(ProgressBar):
         if not (self._enabled and trainer.is_global_zero):
             return
         dm = trainer.datamodule
+        total = dm.frames + dm.iterations_left * dm.global_frames_per_batch  # a resumed run starts at its frames
         self._bar = tqdm(
-            total=dm.iterations * dm.frames_per_batch, initial=dm.frames, unit="frame", unit_scale=True, dynamic_ncols=True,
+            total=total, initial=dm.frames, unit="frame", unit_scale=True, dynamic_ncols=True,
             desc=dm.env_name, file=sys.stdout, smoothing=0.1,
         )
 
@@ -61,7 +62,11 @@ class FramesProgressBar(ProgressBar):
 
 
 class ThroughputMeter(Callback):
-    """Records, per iteration, collection seconds, update seconds and wall seconds between iterations."""
+    """Records, per iteration, collection seconds, update seconds and wall seconds between iterations.
+
+    Each rank records its own seconds (``hcmarl bench`` reports rank zero's); an update includes the waits for
+    the other ranks at every all-reduce.
+    """
 
     def __init__(self) -> None:
         self.records: list[dict[str, float]] = []
@@ -70,7 +75,7 @@ class ThroughputMeter(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
         metrics = trainer.callback_metrics
-        frames = trainer.datamodule.frames_per_batch
+        frames = trainer.datamodule.global_frames_per_batch  # the perf/*_fps metrics count frames over all ranks
         self.records.append(
             {
                 "collect_s": frames / float(metrics["perf/collect_fps"]),

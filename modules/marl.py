@@ -327,9 +327,9 @@ class MARLModule(L.LightningModule):
         seconds = dm.last_collect_seconds + update_seconds
         metrics |= {
             "frames": float(dm.frames),
-            "perf/fps": dm.frames_per_batch / seconds,
-            "perf/collect_fps": dm.frames_per_batch / dm.last_collect_seconds,
-            "perf/update_fps": dm.frames_per_batch / update_seconds,
+            "perf/fps": dm.global_frames_per_batch / seconds,
+            "perf/collect_fps": dm.global_frames_per_batch / dm.last_collect_seconds,
+            "perf/update_fps": dm.global_frames_per_batch / update_seconds,
         }
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
