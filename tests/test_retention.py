@@ -9,7 +9,7 @@ from tensordict import TensorDict
 from hcmarl.envs.base import EnvInfo
 from hcmarl.keys import ACTION, ACTION_MASK, IS_INIT, LOG_PROB, OBSERVATION
 from hcmarl.nn import SableGuider
-from hcmarl.nn.retention import MultiScaleRetention, head_decays, retention_masks
+from hcmarl.nn.retention import MultiScaleRetention, RetentionDecoderBlock, RetentionEncoderBlock, head_decays, retention_masks
 
 DISCRETE = EnvInfo(name="toy", n_agents=3, obs_dim=5, state_dim=15, action_kind="categorical", action_dim=4, max_steps=10, has_action_mask=True)
 CONTINUOUS = EnvInfo(name="toy", n_agents=3, obs_dim=5, state_dim=15, action_kind="continuous", action_dim=2, max_steps=10)
@@ -28,13 +28,13 @@ def reference_retention(layer: MultiScaleRetention, query: torch.Tensor, source:
     q = layer.query(query).view(b, length, h, d)
     k = layer.key(source).view(b, length, h, d) * d**-0.5
     v = layer.value(source).view(b, length, h, d)
-    out = torch.zeros(b, length, h, d)
+    out = torch.zeros(b, length, h, d, dtype=q.dtype)
     for e in range(b):
         starts = is_init[e].long().cumsum(0)
         for n in range(length):
             tn, episode_n = n // n_agents, starts[n // n_agents]
             for head in range(h):
-                acc = torch.zeros(d)
+                acc = torch.zeros(d, dtype=q.dtype)
                 for m in range(length):
                     tm = m // n_agents
                     readable = (m <= n) if causal else (tm <= tn)
@@ -79,6 +79,89 @@ def test_chunk_state_equals_stepwise_states() -> None:
         tokens = x[:, t * n_agents : (t + 1) * n_agents]
         _, stepwise = layer(tokens, tokens, step_masks.full, step_masks, stepwise)
     assert torch.allclose(chunk_state, stepwise, atol=1e-5)
+
+
+@pytest.fixture
+def float64():
+    """Float64 throughout (default dtype included, for the tensors a guider creates), so agreements are tight."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+# 8 timesteps, episode starts inside chunks and on chunk boundaries (chunks of 2, 3 and 4 start at 0, 2, 3, 4, 6),
+# an env with none, and one that starts at 0: every kind of cut in every chunking below
+CHUNKED_STARTS = torch.tensor([
+    [False, False, True, False, False, True, False, False],
+    [False, True, False, False, True, False, False, True],
+    [False, False, False, False, False, False, False, False],
+    [True, False, False, True, False, False, True, False],
+])
+
+
+@pytest.mark.parametrize("chunk_steps", [1, 2, 3, 5, 8])
+def test_chunk_masks_cut_the_whole_rollout_masks(chunk_steps: int) -> None:
+    """Chunk c's D is the whole-rollout D restricted to the chunk's tokens (pairs across chunks go through the carried
+    state instead; the block tests below check that part)."""
+    n_agents, kappa = 2, head_decays(2, 0.9).double()
+    whole = retention_masks(CHUNKED_STARTS, n_agents, kappa)
+    chunked = retention_masks(CHUNKED_STARTS, n_agents, kappa, chunk_steps)
+    steps = CHUNKED_STARTS.shape[1]
+    assert chunked.full.shape[2] == -(-steps // chunk_steps)
+    for c in range(-(-steps // chunk_steps)):
+        tokens = slice(c * chunk_steps * n_agents, min(steps, (c + 1) * chunk_steps) * n_agents)
+        length = tokens.stop - tokens.start
+        for name in ("full", "causal"):
+            assert torch.equal(getattr(chunked, name)[:, :, c, :length, :length], getattr(whole, name)[:, :, 0, tokens, tokens])
+
+
+def run_blocks(blocks: torch.nn.ModuleList, decoder: bool, x: torch.Tensor, enc: torch.Tensor, is_init: torch.Tensor,
+               n_agents: int, kappa: torch.Tensor, state: torch.Tensor, chunk_steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks over a whole sequence at once, in chunks of ``chunk_steps`` timesteps, with the carry."""
+    masks = retention_masks(is_init, n_agents, kappa, chunk_steps)
+    states = []
+    for j, block in enumerate(blocks):
+        x, next_state = block(x, enc, masks, state[:, j]) if decoder else block(x, masks, state[:, j])
+        states.append(next_state)
+    return x, torch.stack(states, dim=1)
+
+
+def run_blocks_recurrently(blocks, decoder, x, enc, is_init, n_agents, kappa, state) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrent (acting) form: one timestep at a time, the state carried from each to the next."""
+    outputs = []
+    for t in range(is_init.shape[1]):
+        tokens = slice(t * n_agents, (t + 1) * n_agents)
+        out, state = run_blocks(blocks, decoder, x[:, tokens], enc[:, tokens], is_init[:, t : t + 1], n_agents, kappa, state, None)
+        outputs.append(out)
+    return torch.cat(outputs, dim=1), state
+
+
+@pytest.mark.parametrize("decoder", [False, True], ids=["encoder", "decoder"])
+@pytest.mark.parametrize("chunk_steps", [1, 2, 3, 4, 5, 8])
+def test_chunked_blocks_equal_the_whole_rollout_and_the_recurrent_form(float64, decoder: bool, chunk_steps: int) -> None:
+    """Two encoder (or decoder) blocks, two heads, a nonzero carried state: chunks of any length (dividing T or not) give
+    the outputs and the final state of the whole-rollout parallel form and of the recurrent form, and match the
+    token-pair definition in the first block."""
+    torch.manual_seed(5)
+    n_agents, heads, embed = 2, 2, 8
+    kappa = head_decays(heads, 0.9)
+    block = RetentionDecoderBlock if decoder else RetentionEncoderBlock
+    blocks = torch.nn.ModuleList(block(embed, heads) for _ in range(2))
+    b, steps = CHUNKED_STARTS.shape
+    x, enc = torch.randn(b, steps * n_agents, embed), torch.randn(b, steps * n_agents, embed)
+    state = torch.randn(b, 2, *((2,) if decoder else ()), heads, embed // heads, embed // heads)
+    chunked, chunked_state = run_blocks(blocks, decoder, x, enc, CHUNKED_STARTS, n_agents, kappa, state, chunk_steps)
+    whole, whole_state = run_blocks(blocks, decoder, x, enc, CHUNKED_STARTS, n_agents, kappa, state, None)
+    recurrent, recurrent_state = run_blocks_recurrently(blocks, decoder, x, enc, CHUNKED_STARTS, n_agents, kappa, state)
+    assert torch.allclose(chunked, whole, atol=1e-12) and torch.allclose(chunked_state, whole_state, atol=1e-12)
+    assert torch.allclose(chunked, recurrent, atol=1e-12) and torch.allclose(chunked_state, recurrent_state, atol=1e-12)
+    # the first block's retention against its definition, a loop over token pairs
+    layer = blocks[0].self_retention if decoder else blocks[0].retention
+    masks = retention_masks(CHUNKED_STARTS, n_agents, kappa, chunk_steps)
+    out, _ = layer(x, x, masks.causal if decoder else masks.full, masks, state[:, 0, 0] if decoder else state[:, 0])
+    expected = reference_retention(layer, x, x, CHUNKED_STARTS, n_agents, kappa, state[:, 0, 0] if decoder else state[:, 0], decoder)
+    assert torch.allclose(out, expected, atol=1e-12)
 
 
 def make_guider(info: EnvInfo, **kwargs) -> SableGuider:
@@ -126,6 +209,37 @@ def test_recurrent_acting_equals_parallel_replay(info: EnvInfo) -> None:
     assert torch.allclose(next_values[:, :-1][continues], values[:, 1:][continues], atol=1e-4)
 
 
+def guider_outputs(dist: torch.distributions.Distribution, values: torch.Tensor) -> list[torch.Tensor]:
+    """The distribution's parameters (logits, or Gaussian mean and scale) and the values."""
+    if isinstance(dist, torch.distributions.Categorical):
+        return [dist.logits, values]
+    return [dist.base_dist.loc, dist.base_dist.scale, values]
+
+
+@pytest.mark.parametrize("info", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+@pytest.mark.parametrize("chunk_steps", [1, 3, 4])
+def test_chunked_guider_equals_the_whole_rollout_and_acting(info: EnvInfo, chunk_steps: int) -> None:
+    """SableGuider's chunked training pass gives the distribution parameters and values of the whole-rollout pass, the
+    log-probabilities of the actions sampled one timestep at a time, and the recurrently replayed values; episode starts
+    inside chunks and on their boundaries, a nonzero start state. (Float32: the guider's action tokens are float32.)"""
+    torch.manual_seed(6)
+    guider = make_guider(info, chunk_steps=chunk_steps)
+    torch.nn.init.normal_(guider.action_head[-1].weight)  # the initial head (gain 0.01) makes every difference tiny
+    envs = CHUNKED_STARTS.shape[0]
+    start = torch.randn_like(guider.initial_state(envs, torch.device("cpu")))
+    rollout, _ = act_rollout(guider, info, CHUNKED_STARTS, start)
+    chunked = guider_outputs(*guider(rollout, start))
+    guider.chunk_steps = None
+    whole = guider_outputs(*guider(rollout, start))
+    for a, b in zip(chunked, whole):
+        assert torch.allclose(a, b, atol=1e-5)
+    guider.chunk_steps = chunk_steps
+    dist, _ = guider(rollout, start)
+    assert torch.allclose(dist.log_prob(rollout.get(ACTION)), rollout.get(LOG_PROB), atol=1e-5)
+    rollout.set(("next", OBSERVATION), torch.randn(*rollout.batch_size, info.n_agents, info.obs_dim))
+    assert torch.allclose(guider.rollout_values(rollout, start)[0], chunked[-1], atol=1e-5)
+
+
 def test_an_episode_start_cuts_the_memory() -> None:
     """Steps after an episode start do not depend on anything before it, nor on the carried state; steps before do."""
     torch.manual_seed(3)
@@ -165,3 +279,5 @@ def test_sable_reads_rollouts_only_and_checks_its_settings() -> None:
         guider(TensorDict({OBSERVATION: torch.zeros(4, 3, 5), IS_INIT: torch.zeros(4, 1, dtype=torch.bool)}, batch_size=[4]))
     with pytest.raises(Exception, match="decay_scaling"):
         SableGuider(decay_scaling=1.5)
+    with pytest.raises(Exception, match="chunk_steps"):
+        SableGuider(chunk_steps=0)

@@ -19,11 +19,15 @@ from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ACTION_MASK, AGENT_INSTRUCTION, IS_INIT, OBSERVATION
 from hcmarl.nn.actors import observation_features
-from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical, select_agents
+from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical
 from hcmarl.nn.retention import RetentionDecoderBlock, RetentionEncoderBlock, RetentionMasks, head_decays, retention_masks
 from hcmarl.nn.transformer import DecoderBlock, EncoderBlock
 
 Distribution = torch.distributions.Distribution
+
+# SableGuider's default chunk of the training pass, in timesteps: the fastest forward and backward measured at the MAGPO
+# recipes' sizes (docs/algorithms/magpo.md, "The retention guider").
+CHUNK_STEPS = 16
 
 
 class GuiderNetwork(nn.Module, ABC):
@@ -218,14 +222,17 @@ class MATGuider(AgentTokenGuider):
         batch_shape = td.batch_size
         encodings = self.encode(td)
         mask = self.flat_mask(td)
-        tokens = torch.zeros(encodings.shape[0], self.n_agents, self.action_dim + 1, device=encodings.device)
+        m = encodings.shape[0]
+        tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=encodings.device)
         tokens[:, 0, 0] = 1.0
+        caches = [block.new_cache(m, self.n_agents, encodings.device) for block in self.decoder]
         actions, log_probs = [], []
         for i in range(self.n_agents):
-            # position i reads tokens and encodings 0..i only (DecoderBlock), so the prefix suffices
-            prefix = slice(0, i + 1)
-            prefix_mask = None if mask is None else mask[:, prefix]
-            agent = select_agents(self.decode(tokens[:, prefix], encodings[:, prefix], prefix_mask), slice(i, i + 1))
+            # position i reads tokens and encodings 0..i only (DecoderBlock); those before i are in the caches
+            x = self.embed_actions(tokens[:, i : i + 1])
+            for block, cache in zip(self.decoder, caches):
+                x = block.step(x, encodings[:, i : i + 1], cache, i)
+            agent = self.distribution(x, None if mask is None else mask[:, i : i + 1])
             action = agent.mode if deterministic else agent.sample()
             actions.append(action)
             log_probs.append(agent.log_prob(action))
@@ -244,23 +251,29 @@ class SableGuider(AgentTokenGuider):
     timesteps whole, the current one up to the agent). Older timesteps fade by each head's kappa
     (``hcmarl.nn.retention``). Acting is recurrent, one timestep at a time, with a state
     ``[M, n_blocks, 3, H, d, d]`` (encoder, decoder self-retention, decoder cross-retention);
-    training replays each env's rollout in one parallel pass from the state at its first step.
+    training replays each env's rollout from the state at its first step in the chunkwise form:
+    parallel within chunks of ``chunk_steps`` timesteps, the state carried from chunk to chunk.
     Episode starts (``is_init``) cut the memory.
 
     Args:
         decay_scaling: Sable's "retention heads scaling parameter": the heads' decays are
             ``decay_scaling * (1 - 2^-e)``, e evenly spaced over [5, 9].
+        chunk_steps: timesteps per chunk of the training pass (None: the whole rollout in one chunk). Every value
+            gives the same result; it trades the chunks' [C N, C N] weights against the sequential carry between them.
         **kwargs: ``embed_dim``, ``n_blocks``, ``n_heads``, ``agent_id``, ``log_std_init`` of ``AgentTokenGuider``.
     """
 
     recurrent = True
     in_keys = [OBSERVATION, ACTION_MASK, IS_INIT]
 
-    def __init__(self, decay_scaling: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, decay_scaling: float = 1.0, chunk_steps: int | None = CHUNK_STEPS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 < decay_scaling <= 1.0:
             raise ConfigError(f"model.guider.network.decay_scaling must be in (0, 1], got {decay_scaling}")
+        if chunk_steps is not None and chunk_steps < 1:
+            raise ConfigError(f"model.guider.network.chunk_steps must be a positive number of timesteps or null, got {chunk_steps}")
         self.decay_scaling = decay_scaling
+        self.chunk_steps = chunk_steps
         self.head_dim = self.embed_dim // self.n_heads
 
     def build_blocks(self) -> None:
@@ -300,10 +313,10 @@ class SableGuider(AgentTokenGuider):
         return b, t, is_init, self.initial_state(b, is_init.device) if state is None else state
 
     def forward(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
-        """Parallel form over rollouts ``[B, T]``: every step's conditionals ``[B, T, N]`` and values."""
+        """Chunkwise form over rollouts ``[B, T]``: every step's conditionals ``[B, T, N]`` and values."""
         b, t, is_init, state = self._rollout_state(td, state)
         n = self.n_agents
-        masks = retention_masks(is_init, n, self.kappa)
+        masks = retention_masks(is_init, n, self.kappa, self.chunk_steps)
         encodings, _ = self.encode(self.embed_observations(td).reshape(b, t * n, -1), masks, state[:, :, 0], carry=False)
         tokens = shifted_action_tokens(self.flat_actions(td), self.action_dim, self.categorical).reshape(b, t * n, -1)
         out, _ = self.decode(tokens, encodings, masks, state[:, :, 1:], carry=False)
@@ -315,31 +328,35 @@ class SableGuider(AgentTokenGuider):
     def sample(
         self, td: TensorDictBase, deterministic: bool = False, state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Recurrent form, one timestep ``[...]``: decode agent by agent from ``state``; the state is cut where ``is_init``."""
+        """Recurrent form, one timestep ``[...]``: decode agent by agent from ``state``; the state is cut where ``is_init``.
+
+        The decoder keeps, per retention, the running sum R = xi S_0 + sum_{m <= i} k_m^T v_m over the agents decoded so
+        far (``RetentionDecoderBlock.step``), so agent i costs one token's work; after agent N-1, R is the next state.
+        """
         batch_shape = td.batch_size
         x = self.embed_observations(td)
         m = x.shape[0]
         state = self.initial_state(m, x.device) if state is None else state
-        is_init = td.get(IS_INIT).reshape(m, 1)
-        masks = retention_masks(is_init, self.n_agents, self.kappa)
+        masks = retention_masks(td.get(IS_INIT).reshape(m, 1), self.n_agents, self.kappa)
         encodings, encoder_state = self.encode(x, masks, state[:, :, 0], carry=True)
+        xi_state = masks.state_carry[:, None, None, :, :, None] * state[:, :, 1:]  # xi S_0, [M, n_blocks, 2, H, d, d]
+        memory = [(xi_state[:, j, 0], xi_state[:, j, 1]) for j in range(self.n_blocks)]
         mask = self.flat_mask(td)
         tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=x.device)
         tokens[:, 0, 0] = 1.0
         actions, log_probs = [], []
         for i in range(self.n_agents):
-            # agent i reads the action stream up to position i: the prefix suffices; the full stream (i = N-1) carries the state
-            last = i + 1 == self.n_agents
-            prefix_masks = masks if last else retention_masks(is_init, i + 1, self.kappa)
-            out, decoder_state = self.decode(tokens[:, : i + 1], encodings[:, : i + 1], prefix_masks, state[:, :, 1:], carry=last)
-            agent = self.distribution(out[:, i : i + 1], None if mask is None else mask[:, i : i + 1])
+            out = self.embed_actions(tokens[:, i : i + 1])
+            for j, block in enumerate(self.decoder):
+                out, memory[j] = block.step(out, encodings[:, i : i + 1], memory[j])
+            agent = self.distribution(out, None if mask is None else mask[:, i : i + 1])
             action = agent.mode if deterministic else agent.sample()
             actions.append(action)
             log_probs.append(agent.log_prob(action))
-            if not last:
+            if i + 1 < self.n_agents:
                 self.write_token(tokens, i + 1, action[:, 0])
         action = torch.cat(actions, dim=1)
-        next_state = torch.cat([encoder_state.unsqueeze(2), decoder_state], dim=2)
+        next_state = torch.stack([torch.stack([encoder_state[:, j], *memory[j]], dim=1) for j in range(self.n_blocks)], dim=1)
         return action.reshape(*batch_shape, *action.shape[1:]), torch.cat(log_probs, dim=1).reshape(*batch_shape, self.n_agents), next_state
 
     @torch.no_grad()

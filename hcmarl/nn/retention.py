@@ -1,22 +1,30 @@
 """Multi-scale retention over agents and time, as Sable uses it (Mahjoub et al. 2025; ALGORITHMS.md section 4, "Guider").
 
-Retention (Sun et al. 2023) with a decay per head replaces attention's softmax. A rollout chunk of
-T timesteps x N agents is one sequence of L = T * N tokens in (timestep, agent) order. Token n
-is at timestep t_n; the agents of one timestep share that position (Sable's timestep decay):
+Retention (Sun et al. 2023) with a decay per head replaces attention's softmax. A rollout of T
+timesteps x N agents is one sequence of L = T * N tokens in (timestep, agent) order, cut into
+chunks of C timesteps (C N tokens; the last chunk may be shorter). Inside a chunk, token n is at
+timestep t_n of the chunk; the agents of one timestep share that position (Sable's timestep decay):
 
-    o_n = sum_m D[n, m] (q_n . k_m) v_m  +  xi_n q_n S_0,
+    o_n = sum_m D[n, m] (q_n . k_m) v_m  +  xi_n q_n S_c,
     D[n, m] = kappa^(t_n - t_m)  if m may be read by n and m, n are in the same episode, else 0,
     xi_n    = kappa^(t_n + 1)    if no episode starts in timesteps 0..t_n of the chunk, else 0,
 
-where S_0 ``[d_k, d_v]`` is the state carried in from before the chunk. "May be read" is
-``t_m <= t_n`` for the encoder (every agent of a timestep reads every other) and ``m <= n`` in
-the flat order for the decoder (causal over agents within a timestep). The state after the
-chunk is
+the sum running over the tokens m of the same chunk, where S_c ``[d_k, d_v]`` is the state carried
+into chunk c (S_0: the state before the rollout). "May be read" is ``t_m <= t_n`` for the encoder
+(every agent of a timestep reads every other) and ``m <= n`` in the flat order for the decoder
+(causal over agents within a timestep). The state after chunk c, of ``T_c`` timesteps, is
 
-    S_T = sum_m kappa^(t_last - t_m) [m in the last episode] k_m^T v_m + kappa^T [no start in the chunk] S_0.
+    S_{c+1} = sum_m kappa^(T_c - 1 - t_m) [m in the chunk's last episode] k_m^T v_m + kappa^T_c [no start in the chunk] S_c.
 
-One timestep (T = 1) is the recurrent form used to act; a whole rollout is the parallel form used
-to train. Both are this one computation, so they agree exactly (tests/test_retention.py).
+That is the whole-rollout parallel form with the sum over m < the chunk folded into S_c, so every
+chunk length gives the same outputs; the cost is O(T N C N) instead of O(T^2 N^2). One chunk of
+one timestep (T = 1) is the recurrent form used to act; chunks of ``SableGuider.chunk_steps``
+timesteps are the chunkwise form used to train (``retention_masks(..., chunk_steps)`` gives the
+weights D, xi and the carries of every chunk at once; ``MultiScaleRetention.forward`` runs the
+chunks in parallel and carries S_c from chunk to chunk). Within one timestep, decoding agent by
+agent, the decoder's o_n = q_n R_n with R_n = xi S_0 + sum_{m <= n} k_m^T v_m: a running sum
+(``MultiScaleRetention.step``), and the state after the timestep is R_{N-1}. All forms agree
+(tests/test_retention.py).
 """
 
 from __future__ import annotations
@@ -38,14 +46,14 @@ def head_decays(n_heads: int, decay_scaling: float = 1.0) -> torch.Tensor:
 
 @dataclass
 class RetentionMasks:
-    """The decay weights of one chunk, shared by every retention layer of a network.
+    """The decay weights of a sequence cut into K chunks of C timesteps, shared by every retention layer of a network.
 
     Attributes:
-        full: ``D`` for the encoder, ``[B, H, L, L]``.
-        causal: ``D`` for the decoder, ``[B, H, L, L]``.
-        state_decay: ``xi`` ``[B, H, L]``, how much of the carried state each token reads.
-        token_carry: ``[B, H, L]``, each token's weight in the state after the chunk.
-        state_carry: ``[B, H]``, the carried state's weight in the state after the chunk.
+        full: ``D`` for the encoder, ``[B, H, K, C N, C N]``.
+        causal: ``D`` for the decoder, ``[B, H, K, C N, C N]``.
+        state_decay: ``xi`` ``[B, H, K, C N]``, how much of the state carried into its chunk each token reads.
+        token_carry: ``[B, H, K, C N]``, each token's weight in the state after its chunk.
+        state_carry: ``[B, H, K]``, the weight of the state carried into a chunk in the state after it.
     """
 
     full: torch.Tensor
@@ -55,28 +63,36 @@ class RetentionMasks:
     state_carry: torch.Tensor
 
 
-def retention_masks(is_init: torch.Tensor, n_agents: int, kappa: torch.Tensor) -> RetentionMasks:
-    """The masks of a chunk whose timestep t starts an episode where ``is_init[:, t]`` (``[B, T]`` bool).
+def retention_masks(is_init: torch.Tensor, n_agents: int, kappa: torch.Tensor, chunk_steps: int | None = None) -> RetentionMasks:
+    """D, xi and the carries (module docstring) of a sequence whose timestep t starts an episode where ``is_init[:, t]``
+    (``[B, T]`` bool), cut into chunks of ``chunk_steps`` timesteps (None: one chunk).
 
-    ``n_agents`` tokens per timestep; ``kappa`` ``[H]`` the heads' decays (see the module docstring).
+    ``n_agents`` tokens per timestep; ``kappa`` ``[H]`` the heads' decays. When ``chunk_steps`` does not divide T the
+    last chunk is padded to C timesteps: its padding is never read, weighs 0 in the carried state, and the carries
+    count the chunk's real length T_c.
     """
     b, t_len = is_init.shape
     device = is_init.device
-    timestep = torch.arange(t_len, device=device).repeat_interleave(n_agents)  # t_n, [L]
-    episode = is_init.long().cumsum(dim=1).repeat_interleave(n_agents, dim=1)  # [B, L]: episodes begun so far in the chunk
-    same_episode = episode.unsqueeze(-1) == episode.unsqueeze(-2)  # [B, L, L]
+    c = t_len if chunk_steps is None else max(1, min(chunk_steps, t_len))
+    k = -(-t_len // c)
+    is_init = nn.functional.pad(is_init, (0, k * c - t_len)).view(b, k, c)
+    lengths = torch.full((k,), c, device=device)
+    lengths[-1] = t_len - (k - 1) * c  # T_c
+    timestep = torch.arange(c, device=device).repeat_interleave(n_agents)  # t_n, [C N]
+    valid = timestep < lengths.unsqueeze(-1)  # [K, C N]: not padding
+    episode = is_init.long().cumsum(dim=-1).repeat_interleave(n_agents, dim=-1)  # [B, K, C N]: episodes begun so far in the chunk
+    same_episode = episode.unsqueeze(-1) == episode.unsqueeze(-2)  # [B, K, C N, C N]
     gap = timestep.unsqueeze(-1) - timestep.unsqueeze(-2)  # t_n - t_m
-    log_kappa = kappa.to(device).log().view(1, -1, 1, 1)
-    decay = torch.exp(gap.clamp(min=0) * log_kappa)  # [1, H, L, L]; the clamp keeps masked entries finite
+    log_kappa = kappa.to(device).log().view(1, -1, 1, 1)  # [1, H, 1, 1]
+    decay = torch.exp(gap.clamp(min=0) * log_kappa).unsqueeze(2)  # [1, H, 1, C N, C N]; the clamp keeps masked entries finite
     full = torch.where((same_episode & (gap >= 0)).unsqueeze(1), decay, 0.0)
-    order = torch.arange(t_len * n_agents, device=device)
-    causal = full * (order.unsqueeze(-1) >= order.unsqueeze(-2))
-    kappa_powers = torch.exp((timestep + 1) * log_kappa.view(1, -1, 1))  # kappa^(t_n + 1), [1, H, L]
-    state_decay = kappa_powers * (episode == 0).unsqueeze(1)
-    last = episode[:, -1:]
-    token_carry = torch.exp((t_len - 1 - timestep) * log_kappa.view(1, -1, 1)) * (episode == last).unsqueeze(1)
-    state_carry = state_decay[:, :, -1]
-    return RetentionMasks(full, causal, state_decay, token_carry.expand(b, -1, -1), state_carry.expand(b, -1))
+    causal = full.tril()
+    state_decay = torch.exp((timestep + 1) * log_kappa) * (episode == 0).unsqueeze(1)  # [B, H, K, C N]
+    last_episode = episode.gather(-1, ((lengths - 1) * n_agents).expand(b, -1).unsqueeze(-1))  # [B, K, 1]: at t = T_c - 1
+    age = (lengths.unsqueeze(-1) - 1 - timestep).clamp(min=0)  # T_c - 1 - t_m, [K, C N]; the clamp keeps padding finite
+    token_carry = torch.exp(age * log_kappa) * (valid & (episode == last_episode)).unsqueeze(1)
+    state_carry = torch.exp(lengths * log_kappa.view(1, -1, 1)) * (last_episode.squeeze(-1) == 0).unsqueeze(1)  # [B, H, K]
+    return RetentionMasks(full, causal, state_decay, token_carry, state_carry)
 
 
 class MultiScaleRetention(nn.Module):
@@ -100,22 +116,54 @@ class MultiScaleRetention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, L, d]
 
+    def _output(self, query: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(swish(query W_g) * GroupNorm_heads(y)) W_o`` for the heads' outputs ``y`` ``[B, H, L, d]``."""
+        y = self.group_norm(y.transpose(1, 2).flatten(0, 1).flatten(-2)).view_as(query)
+        return self.out(nn.functional.silu(self.gate(query)) * y)
+
     def forward(
         self, query: torch.Tensor, source: torch.Tensor, decay: torch.Tensor, masks: RetentionMasks, state: torch.Tensor,
         carry: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Outputs ``[B, L, E]`` for ``query`` reading ``source`` (both ``[B, L, E]``) under ``decay`` (``masks.full`` or
-        ``masks.causal``), with ``state`` ``[B, H, d, d]`` carried in; and the state after the chunk (None if not ``carry``)."""
+        """The chunkwise form (module docstring): outputs ``[B, L, E]`` for ``query`` reading ``source`` (both ``[B, L, E]``)
+        under ``decay`` (``masks.full`` or ``masks.causal``), with ``state`` ``[B, H, d, d]`` carried into the first chunk;
+        and the state after the last chunk (None if not ``carry``).
+
+        Each chunk's own part, sum_m D[n, m] (q_n . k_m) v_m, and its tokens' part of the next state,
+        U_c = sum_m token_carry_m k_m^T v_m, are computed for all chunks at once; then S_{c+1} = state_carry_c S_c + U_c
+        runs over the K chunks, and every token adds xi_n q_n S_c.
+        """
+        length = query.shape[1]
+        k_chunks, chunk_len = decay.shape[2], decay.shape[-1]
         q = self._heads(self.query(query))
         k = self._heads(self.key(source)) * self.head_dim**-0.5
         v = self._heads(self.value(source))
-        y = ((q @ k.transpose(-1, -2)) * decay) @ v + masks.state_decay.unsqueeze(-1) * (q @ state)
-        y = self.group_norm(y.transpose(1, 2).flatten(0, 1).flatten(-2)).view_as(query)
-        out = self.out(nn.functional.silu(self.gate(query)) * y)
-        if not carry:
-            return out, None
-        next_state = (k * masks.token_carry.unsqueeze(-1)).transpose(-1, -2) @ v + masks.state_carry.view(*state.shape[:2], 1, 1) * state
-        return out, next_state
+        pad = k_chunks * chunk_len - length
+        if pad:  # the last chunk's padding: zero keys and values add nothing to any output or state
+            q, k, v = (nn.functional.pad(z, (0, 0, 0, pad)) for z in (q, k, v))
+        q, k, v = (z.unflatten(2, (k_chunks, chunk_len)) for z in (q, k, v))  # [B, H, K, C N, d]
+        y = ((q @ k.transpose(-1, -2)) * decay) @ v
+        states = [state]
+        if k_chunks > 1 or carry:
+            updates = (k * masks.token_carry.unsqueeze(-1)).transpose(-1, -2) @ v  # U_c, [B, H, K, d, d]
+            for c in range(k_chunks if carry else k_chunks - 1):
+                states.append(masks.state_carry[:, :, c, None, None] * states[-1] + updates[:, :, c])
+        carried_in = states[0].unsqueeze(2) if k_chunks == 1 else torch.stack(states[:k_chunks], dim=2)  # S_c, [B, H, K, d, d]
+        y = y + masks.state_decay.unsqueeze(-1) * (q @ carried_in)
+        out = self._output(query, y.flatten(2, 3)[:, :, :length])
+        return out, states[-1] if carry else None
+
+    def step(self, query: torch.Tensor, source: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One more token of the current timestep, decoded after the ones before it: ``R <- R + k^T v``, ``o = q R``.
+
+        ``query`` and ``source`` ``[B, 1, E]``; ``memory`` ``[B, H, d, d]`` is R before this token (xi S_0 plus the
+        current timestep's earlier tokens, module docstring). Returns the output ``[B, 1, E]`` and the new R.
+        """
+        q = self._heads(self.query(query))
+        k = self._heads(self.key(source)) * self.head_dim**-0.5
+        v = self._heads(self.value(source))
+        memory = memory + k.transpose(-1, -2) @ v
+        return self._output(query, q @ memory), memory
 
 
 class RetentionEncoderBlock(nn.Module):
@@ -154,9 +202,23 @@ class RetentionDecoderBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, enc: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Action-stream tokens ``x`` and encodings ``enc`` ``[B, L, E]``, the block's states ``[B, 2, H, d, d]`` -> outputs
+        ``[B, L, E]`` and the next states (None if not ``carry``)."""
         mixed, self_state = self.self_retention(x, x, masks.causal, masks, state[:, 0], carry)
         x = self.norm1(x + mixed)
         mixed, cross_state = self.cross_retention(enc, x, masks.causal, masks, state[:, 1], carry)
         y = self.norm2(enc + mixed)
         next_state = torch.stack([self_state, cross_state], dim=1) if carry else None
         return self.norm3(y + self.feed_forward(y)), next_state
+
+    def step(
+        self, x: torch.Tensor, enc: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The layer on one agent's action token ``x`` and encoding ``enc`` ``[B, 1, E]`` after the earlier agents of the
+        timestep, with the self- and cross-retention's running sums ``memory`` (each ``[B, H, d, d]``,
+        ``MultiScaleRetention.step``) -> the output and the new sums."""
+        mixed, self_memory = self.self_retention.step(x, x, memory[0])
+        x = self.norm1(x + mixed)
+        mixed, cross_memory = self.cross_retention.step(enc, x, memory[1])
+        y = self.norm2(enc + mixed)
+        return self.norm3(y + self.feed_forward(y)), (self_memory, cross_memory)
