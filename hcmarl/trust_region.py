@@ -2,7 +2,8 @@
 
 A natural-gradient step on a surrogate ``L``, by default the linear ``E[factor * rho * A]``
 (``TrustRegion.surrogate``; MAGPO's guided form overrides it, ``hcmarl.guided.GuidedTrustRegion``):
-g = grad L; F p = Hessian-vector product of the mean KL(pi_old || pi_theta) plus damping * p;
+g = grad L; F p = Hessian-vector product of the mean KL(pi_old || pi_theta) plus damping * p, taken in
+its Gauss-Newton form J^T H J p (``KLCurvature``, exact at the old parameters where F is evaluated);
 x = CG(F, g); step = sqrt(2 * max_kl / x^T F x) * x; a backtracking line search takes the
 first fraction ``backtrack^k`` of the step whose KL <= max_kl, whose improvement is positive
 and at least ``accept_ratio`` of the expected one; if none qualifies the parameters are
@@ -20,8 +21,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from hcmarl.constraints import Constraint, Evaluate, Evaluation, index_distribution
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError
-from hcmarl.nn.distributions import kl_divergence
+from hcmarl.nn.distributions import detach_distribution, distribution_like, distribution_parameters, kl_divergence
 from hcmarl.optim import GradientStep
+
+Distribution = torch.distributions.Distribution
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 10, tol: float = 1e-10) -> torch.Tensor:
@@ -54,8 +57,17 @@ class _ParameterSlice:
     def flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([t[self.part].reshape(-1) for t in tensors])
 
-    def grad(self, scalar: torch.Tensor, create_graph: bool = False, retain_graph: bool = False) -> torch.Tensor:
-        grads = torch.autograd.grad(scalar, self.params, create_graph=create_graph, retain_graph=retain_graph or create_graph, allow_unused=True)
+    def grad(
+        self,
+        outputs: torch.Tensor | list[torch.Tensor],
+        create_graph: bool = False,
+        retain_graph: bool = False,
+        grad_outputs: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The flat gradient of a scalar, or the vector-Jacobian product ``J^T grad_outputs`` of tensors, in these parameters."""
+        grads = torch.autograd.grad(
+            outputs, self.params, grad_outputs, create_graph=create_graph, retain_graph=retain_graph or create_graph, allow_unused=True
+        )
         return self.flat([torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)])
 
     def get(self) -> torch.Tensor:
@@ -68,6 +80,44 @@ class _ParameterSlice:
             view = p[self.part]
             view.copy_(flat[offset : offset + view.numel()].view_as(view))
             offset += view.numel()
+
+
+class KLCurvature:
+    """Fisher-vector products ``F v`` of a mean KL(pi_old || pi_theta) at theta = theta_old, as ``J^T H J v``.
+
+    With eta the distribution's parameters (``distribution_parameters``: logits, or loc and scale) and
+    J = d eta / d theta, the KL's Hessian is J^T H J + sum_k (dKL/d eta_k) d^2 eta_k / d theta^2, where H is
+    the KL's Hessian in eta. At theta_old the new distribution is the old one, dKL/d eta = 0, and the
+    Hessian is exactly the Gauss-Newton form. Per product: J v by differentiating the graph of J^T u
+    (built once) with respect to u, H (J v) on the small eta graph, and J^T (H J v) by one backward pass,
+    instead of differentiating the KL's gradient through the network again.
+
+    Args:
+        params: the parameters the step moves.
+        distribution: the policy at theta_old on the KL's samples, attached to the parameters' graph.
+        mean_kl: the mean KL(pi_old || .) of a distribution of that kind on those samples.
+    """
+
+    def __init__(self, params: _ParameterSlice, distribution: Distribution, mean_kl: Callable[[Distribution], torch.Tensor]) -> None:
+        self.params = params
+        self.eta = distribution_parameters(distribution)
+        self.active = any(e.requires_grad for e in self.eta)
+        if not self.active:  # the parameters do not reach the distribution: F = 0
+            return
+        self.eta_leaves = [e.detach().requires_grad_() for e in self.eta]
+        self.kl_eta_grad = torch.autograd.grad(mean_kl(distribution_like(distribution, self.eta_leaves)), self.eta_leaves, create_graph=True)
+        self.u = [torch.zeros_like(e, requires_grad=True) for e in self.eta]
+        self.jacobian_t_u = params.grad(self.eta, create_graph=True, grad_outputs=self.u)  # J^T u, linear in u
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``F v`` for a flat ``v`` over the parameters moved (no damping)."""
+        if not self.active:
+            return torch.zeros_like(v)
+        jv = torch.autograd.grad(self.jacobian_t_u @ v, self.u, retain_graph=True, allow_unused=True)
+        jv = [torch.zeros_like(u) if g is None else g for u, g in zip(self.u, jv)]
+        hjv = torch.autograd.grad(self.kl_eta_grad, self.eta_leaves, grad_outputs=jv, retain_graph=True, allow_unused=True)
+        hjv = [torch.zeros_like(e) if g is None else g for e, g in zip(self.eta_leaves, hjv)]
+        return self.params.grad(self.eta, retain_graph=True, grad_outputs=hjv)
 
 
 class TrustRegion(Constraint):
@@ -126,25 +176,25 @@ class TrustRegion(Constraint):
         everything = torch.arange(advantage.shape[0], device=advantage.device)
         weight = torch.ones_like(advantage[..., :1]) if factor is None else factor
         params = _ParameterSlice(step)
-        with torch.no_grad():
-            old_dist = evaluate(everything).distribution
+        stride = max(1, round(1 / self.fisher_fraction))
+        fisher_samples = None if stride == 1 else everything[::stride]
 
-        def mean_surrogate() -> torch.Tensor:
-            return self.surrogate(evaluate(everything), old_log_prob, advantage, weight).mean()
-
-        def mean_kl(idx: torch.Tensor | None = None) -> torch.Tensor:
-            """Mean KL(pi_old || pi) over the samples ``idx`` (None: the whole batch, with no copy of the old policy)."""
+        def mean_kl(new: Distribution, idx: torch.Tensor | None = None) -> torch.Tensor:
+            """Mean KL(pi_old || new) over the samples ``idx`` of the batch (None: all), ``new`` evaluated on those samples."""
             old, w = (old_dist, kl_weight) if idx is None else (index_distribution(old_dist, idx), None if kl_weight is None else kl_weight[idx])
-            kl = kl_divergence(old, evaluate(everything if idx is None else idx).distribution)
+            kl = kl_divergence(old, new)
             return kl.mean() if w is None else (w * kl).sum() / w.sum()
 
-        g = all_reduce_mean(params.grad(mean_surrogate()))
-        stride = max(1, round(1 / self.fisher_fraction))
-        kl_grad = params.grad(mean_kl(None if stride == 1 else everything[::stride]), create_graph=True)
+        evaluation = evaluate(everything)  # theta_old: the surrogate's gradient, the old policy and (all samples) the KL's curvature
+        old_dist = detach_distribution(evaluation.distribution)
+        surrogate = self.surrogate(evaluation, old_log_prob, advantage, weight).mean()
+        g = all_reduce_mean(params.grad(surrogate, retain_graph=True))
+        old_value = all_reduce_mean(surrogate.detach())
+        at_fisher_samples = evaluation.distribution if fisher_samples is None else evaluate(fisher_samples).distribution
+        curvature = KLCurvature(params, at_fisher_samples, lambda new: mean_kl(new, fisher_samples))
 
         def fisher_vector_product(v: torch.Tensor) -> torch.Tensor:
-            hvp = params.grad(kl_grad @ v, retain_graph=True) if kl_grad.requires_grad else torch.zeros_like(v)
-            return all_reduce_mean(hvp) + self.damping * v
+            return all_reduce_mean(curvature(v)) + self.damping * v
 
         x = conjugate_gradient(lambda v: fisher_vector_product(v).detach(), g, self.cg_iters)
         xFx = (x @ fisher_vector_product(x)).clamp_min(1e-12)
@@ -152,13 +202,13 @@ class TrustRegion(Constraint):
         expected = g @ full_step
         old_params = params.get()
         with torch.no_grad():
-            old_value = all_reduce_mean(mean_surrogate())
             accepted, kl, improvement, tries = torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0), 0
             for tries in range(1, self.max_backtracks + 1):
                 fraction = self.backtrack ** (tries - 1)
                 params.set(old_params + fraction * full_step)
-                kl = all_reduce_mean(mean_kl())
-                improvement = all_reduce_mean(mean_surrogate()) - old_value
+                trial = evaluate(everything)
+                kl = all_reduce_mean(mean_kl(trial.distribution))
+                improvement = all_reduce_mean(self.surrogate(trial, old_log_prob, advantage, weight).mean()) - old_value
                 if kl <= self.max_kl and improvement > 0 and improvement / (expected * fraction) > self.accept_ratio:
                     accepted = torch.tensor(1.0)
                     break

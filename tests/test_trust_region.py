@@ -9,7 +9,7 @@ from torch.distributions import Categorical
 from hcmarl.constraints import Evaluation
 from hcmarl.nn.distributions import kl_divergence
 from hcmarl.optim import AgentAdam, GradientStep
-from hcmarl.trust_region import TrustRegion, _ParameterSlice, conjugate_gradient
+from hcmarl.trust_region import KLCurvature, TrustRegion, _ParameterSlice, conjugate_gradient
 
 
 def test_conjugate_gradient_solves_an_spd_system() -> None:
@@ -55,11 +55,36 @@ def test_fisher_vector_product_equals_explicit_kl_hessian() -> None:
 
     hessian = torch.autograd.functional.hessian(kl_of, weight.detach()[agent].reshape(-1).clone())
     step = GradientStep(AgentAdam([weight])).for_agent(agent)
-    params = _ParameterSlice(step)
-    kl_grad = params.grad(kl_divergence(old, evaluate(everything).distribution).mean(), create_graph=True)
-    v = torch.randn(kl_grad.numel(), dtype=torch.float64)
-    fvp = params.grad(kl_grad @ v, retain_graph=True)
-    torch.testing.assert_close(fvp, hessian @ v, atol=1e-10, rtol=1e-8)
+    curvature = KLCurvature(_ParameterSlice(step), evaluate(everything).distribution, lambda new: kl_divergence(old, new).mean())
+    for _ in range(3):
+        v = torch.randn(hessian.shape[0], dtype=torch.float64)
+        torch.testing.assert_close(curvature(v), hessian @ v, atol=1e-10, rtol=1e-8)
+
+
+def test_gaussian_fisher_vector_product_with_kl_weights_equals_explicit_kl_hessian() -> None:
+    """The Gauss-Newton product through a Gaussian's loc and (exp of a parameter) scale, for a weighted KL."""
+    torch.manual_seed(3)
+    obs, kl_weight = torch.randn(50, 3, dtype=torch.float64), torch.rand(50, 1, dtype=torch.float64)
+    weight = torch.nn.Parameter(0.5 * torch.randn(1, 3, 2, dtype=torch.float64))
+    log_std = torch.nn.Parameter(0.3 * torch.randn(1, 2, dtype=torch.float64))
+
+    def policy(w: torch.Tensor, s: torch.Tensor) -> torch.distributions.Distribution:
+        loc = (obs @ w[0]).unsqueeze(1)  # [B, 1, 2]
+        return torch.distributions.Independent(torch.distributions.Normal(loc, s.exp().expand_as(loc)), 1)
+
+    with torch.no_grad():
+        old = policy(weight, log_std)
+
+    def weighted_kl(new: torch.distributions.Distribution) -> torch.Tensor:
+        return (kl_weight * kl_divergence(old, new)).sum() / kl_weight.sum()
+
+    def kl_of(flat: torch.Tensor) -> torch.Tensor:
+        return weighted_kl(policy(flat[:6].view(1, 3, 2), flat[6:].view(1, 2)))
+
+    hessian = torch.autograd.functional.hessian(kl_of, torch.cat([weight.detach().reshape(-1), log_std.detach().reshape(-1)]))
+    curvature = KLCurvature(_ParameterSlice(GradientStep(AgentAdam([weight, log_std]))), policy(weight, log_std), weighted_kl)
+    v = torch.randn(8, dtype=torch.float64)
+    torch.testing.assert_close(curvature(v), hessian @ v, atol=1e-10, rtol=1e-8)
 
 
 @pytest.mark.parametrize("max_kl", [0.001, 0.01])

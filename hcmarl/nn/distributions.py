@@ -45,6 +45,22 @@ def map_distribution(
     raise TypeError(f"hcmarl's distributions are masked categoricals and diagonal Gaussians, not {type(dist).__name__}")
 
 
+def distribution_parameters(dist: torch.distributions.Distribution) -> list[torch.Tensor]:
+    """The tensors that define a distribution: a categorical's (normalised) logits; a Gaussian's loc and scale."""
+    if isinstance(dist, Categorical):
+        return [dist.logits]
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        return [dist.base_dist.loc, dist.base_dist.scale]
+    raise TypeError(f"hcmarl's distributions are masked categoricals and diagonal Gaussians, not {type(dist).__name__}")
+
+
+def distribution_like(dist: torch.distributions.Distribution, parameters: list[torch.Tensor]) -> torch.distributions.Distribution:
+    """The same kind of distribution as ``dist`` made from ``parameters`` (``distribution_parameters``' layout)."""
+    if isinstance(dist, Categorical):
+        return Categorical(logits=parameters[0])
+    return Independent(Normal(parameters[0], parameters[1]), 1)
+
+
 def select_agents(dist: torch.distributions.Distribution, agents: slice) -> torch.distributions.Distribution:
     """The same distribution restricted to ``agents`` on its last batch dimension (categorical or Gaussian)."""
     return map_distribution(dist, lambda t: t[..., agents, :])
