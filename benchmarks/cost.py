@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hcmarl.recipes import RECIPES_DIR
@@ -37,8 +38,8 @@ def recipe_and_overrides(family: str, env: str) -> tuple[Path, list[str]]:
     return RECIPES_DIR / family / "coordsum_3x10.yaml", ["--data.env", env]
 
 
-def bench_one(family: str, env: str, iterations: int, warmup: int) -> dict[str, float]:
-    """``hcmarl bench`` of one family on one env, in this process."""
+def bench_one(family: str, env: str, iterations: int, warmup: int, compiled: bool) -> dict[str, float]:
+    """``hcmarl bench`` of one family on one env, in this process (``compiled``: with ``--model.compile true``)."""
     import torch
 
     from hcmarl.cli import build_cli
@@ -47,15 +48,16 @@ def bench_one(family: str, env: str, iterations: int, warmup: int) -> dict[str, 
     recipe, overrides = recipe_and_overrides(family, env)
     cli = build_cli(
         ["bench", "--config", str(recipe), *overrides, "--iterations", str(iterations), "--warmup", str(warmup),
-         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", *(["--model.compile", "true"] if compiled else [])]
     )
     return cli.trainer.bench_result
 
 
-def measure(work: Path, families: list[str], envs: list[str], iterations: int, warmup: int) -> list[dict]:
-    """Bench every (family, env) not yet in ``work/cost.jsonl``, each in a subprocess; return all rows."""
+def measure(work: Path, families: list[str], envs: list[str], iterations: int, warmup: int, compiled: bool) -> list[dict]:
+    """Bench every (family, env) not yet in ``work/cost.jsonl`` (``cost-compiled.jsonl``), each in a subprocess; return
+    all rows. A row's ``seconds`` is its whole subprocess: start, compilation (if any), warm-up and measured iterations."""
     work.mkdir(parents=True, exist_ok=True)
-    log = work / "cost.jsonl"
+    log = work / ("cost-compiled.jsonl" if compiled else "cost.jsonl")
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {(r["family"], r["env"]) for r in rows}
     for env in envs:
@@ -64,11 +66,13 @@ def measure(work: Path, families: list[str], envs: list[str], iterations: int, w
                 continue
             print(f"cost: {family} on {env}", flush=True)
             command = [sys.executable, __file__, "--one", family, env, "--iterations", str(iterations), "--warmup", str(warmup)]
-            out = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+            start = time.perf_counter()
+            out = subprocess.run([*command, *(["--compile"] if compiled else [])], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+            seconds = time.perf_counter() - start
             if out.returncode != 0:
                 print(out.stdout[-2000:], out.stderr[-4000:], sep="\n", file=sys.stderr)
                 raise SystemExit(f"cost: {family} on {env} failed (exit {out.returncode})")
-            row = {"family": family, "env": env, **json.loads(out.stdout.strip().splitlines()[-1])}
+            row = {"family": family, "env": env, "seconds": seconds, **json.loads(out.stdout.strip().splitlines()[-1])}
             rows.append(row)
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -96,7 +100,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/hcmarl-cost"), help="resumable work folder (cost.jsonl)")
     parser.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
@@ -104,13 +108,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2, help="measured iterations per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="iterations run first and not measured")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
+    parser.add_argument("--compile", action="store_true", help="bench with --model.compile true (rows kept apart)")
     parser.add_argument("--one", nargs=2, metavar=("FAMILY", "ENV"), help=argparse.SUPPRESS)  # the subprocess of one configuration
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.one:
-        result = bench_one(*args.one, args.iterations, args.warmup)
+        result = bench_one(*args.one, args.iterations, args.warmup, args.compile)
         print(json.dumps({k: float(v) for k, v in result.items()}))
         return
-    text = table(measure(args.work, args.families, args.envs, args.iterations, args.warmup))
+    text = table(measure(args.work, args.families, args.envs, args.iterations, args.warmup, args.compile))
     print(text)
     if args.out is not None:
         args.out.write_text(text)

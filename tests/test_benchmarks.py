@@ -46,3 +46,17 @@ def test_learning_writes_table_and_curve_and_equal_frames_reads_the_run(tmp_path
     _load("equal_frames").main([str(tmp_path / "runs"), "--frames", str(frames), "--task", "coordsum/3x10"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mappo")]
     assert len(rows) == 1
+
+
+def test_cost_writes_the_table_with_ratios_and_hours_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``cost.py`` for two families on one env, one iteration each; a second call reads the work folder and benches nothing."""
+    out = tmp_path / "cost.md"
+    args = ["--work", str(tmp_path), "--families", "mappo", "ippo", "--envs", "coordsum/3x10", "--iterations", "1", "--warmup", "0", "--out", str(out)]
+    _load("cost").main(args)
+    assert capsys.readouterr().out.count("cost: ") == 2
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")] for line in out.read_text().splitlines()[2:]}
+    assert set(rows) == {"mappo", "ippo"}
+    assert rows["mappo"][6] == rows["mappo"][7] == "1.00" and rows["mappo"][8] == "20M"
+    assert all(float(row[9]) > 0 and float(row[5].replace(",", "")) > 0 for row in rows.values())
+    _load("cost").main(args)
+    assert "cost: " not in capsys.readouterr().out

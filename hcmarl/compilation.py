@@ -1,0 +1,55 @@
+"""Optional ``torch.compile`` of the networks an update evaluates, falling back to eager execution where it fails.
+
+A network's ``forward`` is replaced by ``CompiledForward``: the compiled function while it works,
+the original one from the first compilation failure on (with one log line naming the network and
+the error). Trust-region roles are never compiled: their Fisher-vector products differentiate
+twice, which compiled graphs do not support.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+COMPILE_ERRORS: tuple[type[BaseException], ...] = (torch._dynamo.exc.TorchDynamoException,)  # BackendCompilerFailed, Unsupported, ...
+
+
+class CompiledForward:
+    """``forward`` compiled by ``torch.compile``, or the eager ``forward`` once compiling it has failed."""
+
+    def __init__(self, forward: Callable[..., Any], name: str, log: Callable[[str], None]) -> None:
+        self.eager = forward
+        self.compiled: Callable[..., Any] | None = torch.compile(forward, dynamic=False)
+        self.name = name
+        self.log = log
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except COMPILE_ERRORS as error:
+                self.log(f"hcmarl: torch.compile failed for {self.name} ({type(error).__name__}); it runs eagerly from now on")
+                self.compiled = None
+        return self.eager(*args, **kwargs)
+
+
+def compile_network(network: nn.Module, name: str, log: Callable[[str], None] = print) -> int:
+    """Compile the tensor-in, tensor-out parts of ``network`` (MLPs, GRU cells, transformer and retention blocks:
+    the role's own forward reads TensorDicts, which ``torch.compile`` would break its graph on); returns how many.
+
+    Each part's ``forward`` becomes a ``CompiledForward`` with an eager fallback.
+    """
+    from hcmarl.nn.layers import AgentMLP
+    from hcmarl.nn.recurrent import AgentGRUCell
+    from hcmarl.nn.retention import RetentionDecoderBlock, RetentionEncoderBlock
+    from hcmarl.nn.transformer import DecoderBlock, EncoderBlock
+
+    parts = (AgentMLP, AgentGRUCell, EncoderBlock, DecoderBlock, RetentionEncoderBlock, RetentionDecoderBlock)
+    compiled = 0
+    for part_name, part in network.named_modules():
+        if isinstance(part, parts) and not isinstance(part.forward, CompiledForward):
+            part.forward = CompiledForward(part.forward, f"{name}.{part_name}" if part_name else name, log)
+            compiled += 1
+    return compiled
