@@ -1,5 +1,6 @@
 """Agent-by-agent decoding that reuses the earlier agents' work (MAT's key/value cache, Sable's running retention sums)
-samples what re-running the decoder over the whole prefix samples: the same actions, log-probabilities and next state."""
+samples what re-running the decoder over the whole prefix samples: the same actions, log-probabilities and next state.
+Sable's chunkwise rollout values equal the step-by-step replay."""
 
 from __future__ import annotations
 
@@ -118,3 +119,50 @@ def test_sable_running_sums_equal_prefix_decoding(info: EnvInfo, deterministic: 
     assert torch.equal(action, expected_action) if info.categorical else torch.allclose(action, expected_action, atol=1e-5)
     assert torch.allclose(log_prob, expected_log_prob, atol=1e-5)
     assert torch.allclose(next_state, expected_state, atol=1e-5)
+
+
+def reference_sable_rollout_values(guider: SableGuider, td: TensorDict, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sable's rollout values before the chunkwise form: replay the rollout one step at a time, two encoder passes per
+    step: the step's observation (advancing the state), then its next observation read with the state after the step
+    as a step that continues the episode (state kept)."""
+    b, t = td.batch_size
+    n = guider.n_agents
+    is_init = td.get(IS_INIT).reshape(b, t)
+    observations = guider.embed_observations(td).reshape(b, t, n, -1)
+    next_observations = guider.embed_observations(td.get("next")).reshape(b, t, n, -1)
+    continuing = retention_masks(torch.zeros_like(is_init[:, :1]), n, guider.kappa)
+    encoder_state = state[:, :, 0]
+    values, next_values = [], []
+    for step in range(t):
+        masks = retention_masks(is_init[:, step : step + 1], n, guider.kappa)
+        encodings, encoder_state = guider.encode(observations[:, step], masks, encoder_state, carry=True)
+        next_encodings, _ = guider.encode(next_observations[:, step], continuing, encoder_state, carry=False)
+        values.append(guider.value_head(encodings))
+        next_values.append(guider.value_head(next_encodings))
+    return torch.stack(values, dim=1).reshape(b, t, n), torch.stack(next_values, dim=1).reshape(b, t, n)
+
+
+@pytest.mark.parametrize("chunk_steps", [1, 3, 4, None])
+def test_sable_chunkwise_rollout_values_equal_the_step_by_step_replay(chunk_steps: int | None) -> None:
+    """Values of every observation and next observation from a nonzero state, with episode starts inside chunks, on their
+    boundaries and at step 0, next observations unrelated to the following step's (terminal ones), and a last chunk
+    shorter than the rest (chunks of 3 over 8 steps)."""
+    torch.manual_seed(3)
+    guider = build(SableGuider(embed_dim=16, n_blocks=2, n_heads=2, decay_scaling=0.9, chunk_steps=chunk_steps), DISCRETE)
+    is_init = torch.tensor([
+        [False, False, True, False, False, True, False, False],
+        [False, True, False, False, True, False, False, True],
+        [False, False, False, False, False, False, False, False],
+        [True, False, False, True, False, False, True, False],
+    ])
+    b, t = is_init.shape
+    td = TensorDict({
+        OBSERVATION: torch.randn(b, t, DISCRETE.n_agents, DISCRETE.obs_dim),
+        IS_INIT: is_init.unsqueeze(-1),
+        ("next", OBSERVATION): torch.randn(b, t, DISCRETE.n_agents, DISCRETE.obs_dim),
+    }, batch_size=[b, t])
+    state = torch.randn_like(guider.initial_state(b, torch.device("cpu")))
+    values, next_values = guider.rollout_values(td, state)
+    expected_values, expected_next_values = reference_sable_rollout_values(guider, td, state)
+    assert torch.allclose(values, expected_values, atol=1e-5)
+    assert torch.allclose(next_values, expected_next_values, atol=1e-5)

@@ -9,7 +9,7 @@ memory carried across steps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
@@ -20,14 +20,17 @@ from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ACTION_MASK, AGENT_INSTRUCTION, IS_INIT, OBSERVATION
 from hcmarl.nn.actors import observation_features
 from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical
-from hcmarl.nn.retention import RetentionDecoderBlock, RetentionEncoderBlock, RetentionMasks, head_decays, retention_masks
+from hcmarl.nn.retention import (
+    RetentionDecoderBlock, RetentionEncoderBlock, RetentionMasks, head_decays, retention_masks, with_next_observations,
+)
 from hcmarl.nn.transformer import DecoderBlock, EncoderBlock
 
 Distribution = torch.distributions.Distribution
 
-# SableGuider's default chunk of the training pass, in timesteps: the fastest forward and backward measured at the MAGPO
-# recipes' sizes (docs/algorithms/magpo.md, "The retention guider").
-CHUNK_STEPS = 16
+# SableGuider's chunks with ``chunk_steps: auto``, in tokens (timesteps x agents; a value pass's chunks also hold the next
+# observations): about the fastest training and value passes measured at the MAGPO recipes' sizes, 3 and 8 agents
+# (docs/algorithms/magpo.md, "The retention guider").
+CHUNK_TOKENS = 48
 
 
 class GuiderNetwork(nn.Module, ABC):
@@ -252,26 +255,28 @@ class SableGuider(AgentTokenGuider):
     (``hcmarl.nn.retention``). Acting is recurrent, one timestep at a time, with a state
     ``[M, n_blocks, 3, H, d, d]`` (encoder, decoder self-retention, decoder cross-retention);
     training replays each env's rollout from the state at its first step in the chunkwise form:
-    parallel within chunks of ``chunk_steps`` timesteps, the state carried from chunk to chunk.
+    parallel within chunks of ``chunk(N)`` timesteps, the state carried from chunk to chunk.
     Episode starts (``is_init``) cut the memory.
 
     Args:
         decay_scaling: Sable's "retention heads scaling parameter": the heads' decays are
             ``decay_scaling * (1 - 2^-e)``, e evenly spaced over [5, 9].
-        chunk_steps: timesteps per chunk of the training pass (None: the whole rollout in one chunk). Every value
-            gives the same result; it trades the chunks' [C N, C N] weights against the sequential carry between them.
+        chunk_steps: timesteps per chunk of the training and value passes (None: the whole rollout in one chunk;
+            ``auto``: chunks of about ``CHUNK_TOKENS`` tokens, i.e. ``CHUNK_TOKENS // N`` timesteps for training and half
+            that for values, whose chunks also hold the next observations). Every value gives the same result; it
+            trades the chunks' [C N, C N] weights against the carry between them.
         **kwargs: ``embed_dim``, ``n_blocks``, ``n_heads``, ``agent_id``, ``log_std_init`` of ``AgentTokenGuider``.
     """
 
     recurrent = True
     in_keys = [OBSERVATION, ACTION_MASK, IS_INIT]
 
-    def __init__(self, decay_scaling: float = 1.0, chunk_steps: int | None = CHUNK_STEPS, **kwargs: Any) -> None:
+    def __init__(self, decay_scaling: float = 1.0, chunk_steps: int | Literal["auto"] | None = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 < decay_scaling <= 1.0:
             raise ConfigError(f"model.guider.network.decay_scaling must be in (0, 1], got {decay_scaling}")
-        if chunk_steps is not None and chunk_steps < 1:
-            raise ConfigError(f"model.guider.network.chunk_steps must be a positive number of timesteps or null, got {chunk_steps}")
+        if chunk_steps != "auto" and chunk_steps is not None and not (isinstance(chunk_steps, int) and chunk_steps >= 1):
+            raise ConfigError(f"model.guider.network.chunk_steps must be a positive number of timesteps, auto or null, got {chunk_steps}")
         self.decay_scaling = decay_scaling
         self.chunk_steps = chunk_steps
         self.head_dim = self.embed_dim // self.n_heads
@@ -280,6 +285,10 @@ class SableGuider(AgentTokenGuider):
         self.encoder = nn.ModuleList(RetentionEncoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
         self.decoder = nn.ModuleList(RetentionDecoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
         self.register_buffer("kappa", head_decays(self.n_heads, self.decay_scaling))
+
+    def chunk(self, tokens_per_step: int) -> int | None:
+        """Timesteps per chunk of a pass with ``tokens_per_step`` tokens per timestep (N to train, 2 N for values)."""
+        return max(1, CHUNK_TOKENS // tokens_per_step) if self.chunk_steps == "auto" else self.chunk_steps
 
     def initial_state(self, batch_size: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(batch_size, self.n_blocks, 3, self.n_heads, self.head_dim, self.head_dim, device=device)
@@ -316,7 +325,7 @@ class SableGuider(AgentTokenGuider):
         """Chunkwise form over rollouts ``[B, T]``: every step's conditionals ``[B, T, N]`` and values."""
         b, t, is_init, state = self._rollout_state(td, state)
         n = self.n_agents
-        masks = retention_masks(is_init, n, self.kappa, self.chunk_steps)
+        masks = retention_masks(is_init, n, self.kappa, self.chunk(n))
         encodings, _ = self.encode(self.embed_observations(td).reshape(b, t * n, -1), masks, state[:, :, 0], carry=False)
         tokens = shifted_action_tokens(self.flat_actions(td), self.action_dim, self.categorical).reshape(b, t * n, -1)
         out, _ = self.decode(tokens, encodings, masks, state[:, :, 1:], carry=False)
@@ -344,11 +353,14 @@ class SableGuider(AgentTokenGuider):
         mask = self.flat_mask(td)
         tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=x.device)
         tokens[:, 0, 0] = 1.0
+        # every agent's encoding is known before decoding: each cross-retention's q and gate input for all agents at once
+        enc_queries = [block.cross_retention.query_projection(encodings) for block in self.decoder]
         actions, log_probs = [], []
         for i in range(self.n_agents):
             out = self.embed_actions(tokens[:, i : i + 1])
             for j, block in enumerate(self.decoder):
-                out, memory[j] = block.step(out, encodings[:, i : i + 1], memory[j])
+                enc_query = tuple(z[:, i : i + 1] for z in enc_queries[j])
+                out, memory[j] = block.step(out, encodings[:, i : i + 1], enc_query, memory[j])
             agent = self.distribution(out, None if mask is None else mask[:, i : i + 1])
             action = agent.mode if deterministic else agent.sample()
             actions.append(action)
@@ -361,21 +373,21 @@ class SableGuider(AgentTokenGuider):
 
     @torch.no_grad()
     def rollout_values(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Recurrent replay of rollouts ``[B, T]``: V of each step's observation, and of its next observation read with
-        the state after the step (the terminal observation where an episode ended)."""
+        """V of each step's observation of rollouts ``[B, T]``, and of its next observation read with the state after the
+        step (the terminal observation where an episode ended), ``[B, T, N]`` each, in the chunkwise form: each chunk of
+        ``chunk(2 N)`` timesteps is followed by its steps' next observations (``with_next_observations``), the chunks
+        run in parallel from the states carried into them, as the training pass does. Equal to replaying the rollout
+        one step at a time (tests/test_guider_cache.py)."""
         b, t, is_init, state = self._rollout_state(td, state)
-        observations = self.embed_observations(td).reshape(b, t, self.n_agents, -1)
-        next_observations = self.embed_observations(td.get("next")).reshape(b, t, self.n_agents, -1)
-        continuing = retention_masks(torch.zeros_like(is_init[:, :1]), self.n_agents, self.kappa)
-        encoder_state = state[:, :, 0]
-        values, next_values = [], []
-        for step in range(t):
-            masks = retention_masks(is_init[:, step : step + 1], self.n_agents, self.kappa)
-            encodings, encoder_state = self.encode(observations[:, step], masks, encoder_state, carry=True)
-            next_encodings, _ = self.encode(next_observations[:, step], continuing, encoder_state, carry=False)
-            values.append(self.value_head(encodings))
-            next_values.append(self.value_head(next_encodings))
-        return torch.stack(values, dim=1).reshape(b, t, self.n_agents), torch.stack(next_values, dim=1).reshape(b, t, self.n_agents)
+        n = self.n_agents
+        masks = retention_masks(is_init, n, self.kappa, self.chunk(2 * n))
+        k, c = masks.full.shape[2], masks.full.shape[-1] // n
+        tokens = torch.stack([self.embed_observations(td), self.embed_observations(td.get("next"))], dim=1)  # [B T, 2, N, E]
+        tokens = nn.functional.pad(tokens.reshape(b, t, 2, n, -1), (0, 0, 0, 0, 0, 0, 0, k * c - t))  # [B, K C, 2, N, E]
+        tokens = tokens.view(b, k, c, 2, n, -1).transpose(2, 3).reshape(b, k * 2 * c * n, -1)  # per chunk: own, then next
+        encodings, _ = self.encode(tokens, with_next_observations(masks, n, self.kappa), state[:, :, 0], carry=False)
+        values = self.value_head(encodings).view(b, k, 2, c * n).transpose(1, 2).reshape(b, 2, k * c, n)[:, :, :t]
+        return values[:, 0], values[:, 1]
 
 
 def _reshape_distribution(dist: Distribution, batch_shape: torch.Size) -> Distribution:

@@ -50,17 +50,22 @@ class RetentionMasks:
 
     Attributes:
         full: ``D`` for the encoder, ``[B, H, K, C N, C N]``.
-        causal: ``D`` for the decoder, ``[B, H, K, C N, C N]``.
+        causal: ``D`` for the decoder, ``[B, H, K, C N, C N]`` (None in ``with_next_observations``' masks, which only an
+            encoder reads).
         state_decay: ``xi`` ``[B, H, K, C N]``, how much of the state carried into its chunk each token reads.
         token_carry: ``[B, H, K, C N]``, each token's weight in the state after its chunk.
         state_carry: ``[B, H, K]``, the weight of the state carried into a chunk in the state after it.
+        carry_weights: ``W`` ``[B, H, K + 1, K + 1]``, the recursion S_{c+1} = state_carry_c S_c + U_c unrolled:
+            S_c = W[c, 0] S_0 + sum_{c'} W[c, 1 + c'] U_{c'} for c = 0..K (S_K: the state after the last chunk), with
+            W[c, j] = prod_{j <= i < c} state_carry_i for j <= c and 0 for j > c.
     """
 
     full: torch.Tensor
-    causal: torch.Tensor
+    causal: torch.Tensor | None
     state_decay: torch.Tensor
     token_carry: torch.Tensor
     state_carry: torch.Tensor
+    carry_weights: torch.Tensor
 
 
 def retention_masks(is_init: torch.Tensor, n_agents: int, kappa: torch.Tensor, chunk_steps: int | None = None) -> RetentionMasks:
@@ -92,14 +97,54 @@ def retention_masks(is_init: torch.Tensor, n_agents: int, kappa: torch.Tensor, c
     age = (lengths.unsqueeze(-1) - 1 - timestep).clamp(min=0)  # T_c - 1 - t_m, [K, C N]; the clamp keeps padding finite
     token_carry = torch.exp(age * log_kappa) * (valid & (episode == last_episode)).unsqueeze(1)
     state_carry = torch.exp(lengths * log_kappa.view(1, -1, 1)) * (last_episode.squeeze(-1) == 0).unsqueeze(1)  # [B, H, K]
-    return RetentionMasks(full, causal, state_decay, token_carry, state_carry)
+    return RetentionMasks(full, causal, state_decay, token_carry, state_carry, carry_weights(state_carry))
+
+
+def carry_weights(state_carry: torch.Tensor) -> torch.Tensor:
+    """``RetentionMasks.carry_weights`` from ``state_carry`` ``[B, H, K]``: W[c, j] = prod_{j <= i < c} state_carry_i (j <= c),
+    as a cumulative product down each column of G[c, j] = state_carry_{c-1} for c > j and 1 otherwise, then zeroed above
+    the diagonal (products, not a division of cumulative products: a carry of 0, an episode start, stays exact)."""
+    k = state_carry.shape[-1]
+    previous = nn.functional.pad(state_carry, (1, 0), value=1.0).unsqueeze(-1)  # state_carry_{c-1}, [B, H, K + 1, 1]
+    row = torch.arange(k + 1, device=state_carry.device)
+    below = row.unsqueeze(-1) > row  # c > j
+    return torch.where(below, previous, 1.0).cumprod(dim=-2).tril()
+
+
+def with_next_observations(masks: RetentionMasks, n_agents: int, kappa: torch.Tensor) -> RetentionMasks:
+    """Encoder masks for chunks of C timesteps each followed by the C next observations of those timesteps (``[B, K, 2 C N]``
+    tokens: the chunk's own C N, then C N next-observation tokens in the same (timestep, agent) order), such that the
+    encoder output of the next observation of step t is what the recurrent form gives when it reads that observation,
+    as a step continuing the episode, with the state after step t.
+
+    That recurrent read is o_n = sum_{m in the next observation of t} (q_n . k_m) v_m + kappa q_n S(t), and
+    S(t) = sum_{m <= t, same episode} kappa^(t - t_m) k_m^T v_m + kappa^(t + 1) [no start in 0..t] S_c (module docstring,
+    chunk-relative t): so the next-observation token n of step t_n reads the chunk's tokens with D' = kappa D[n, .] (D of
+    a token of step t_n), the next-observation tokens of its own step with weight 1, no other next-observation token,
+    and the carried state with xi' = kappa xi_n. The chunk's own tokens read no next-observation token, and those add
+    nothing to the carried states. The chunks may be run in parallel (``carry=False``) as ``masks``' own.
+    """
+    b, h, k, cn, _ = masks.full.shape
+    kappa = kappa.to(masks.full.device).view(1, -1, 1, 1, 1)
+    own_step = torch.block_diag(*[torch.ones(n_agents, n_agents, device=masks.full.device)] * (cn // n_agents))
+    upper = torch.cat([masks.full, torch.zeros_like(masks.full)], dim=-1)
+    lower = torch.cat([kappa * masks.full, own_step.expand(b, h, k, cn, cn)], dim=-1)
+    return RetentionMasks(
+        full=torch.cat([upper, lower], dim=-2),
+        causal=None,
+        state_decay=torch.cat([masks.state_decay, kappa[..., 0] * masks.state_decay], dim=-1),
+        token_carry=torch.cat([masks.token_carry, torch.zeros_like(masks.token_carry)], dim=-1),
+        state_carry=masks.state_carry,
+        carry_weights=masks.carry_weights,
+    )
 
 
 class MultiScaleRetention(nn.Module):
     """Gated multi-scale retention (RetNet's MSR): ``(swish(query W_g) * GroupNorm(heads)) W_o``.
 
     Keys are scaled by ``d_k^-1/2``; each head has its own decay (``head_decays``), carried in
-    the masks. The query and key/value inputs may differ (the decoder's cross-retention).
+    the masks. The query and key/value inputs may differ (the decoder's cross-retention). The GroupNorm over heads is
+    computed as a LayerNorm over each head's d channels followed by GroupNorm's per-channel affine (the same equation).
     """
 
     def __init__(self, embed_dim: int, n_heads: int) -> None:
@@ -116,10 +161,34 @@ class MultiScaleRetention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, L, d]
 
-    def _output(self, query: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(swish(query W_g) * GroupNorm_heads(y)) W_o`` for the heads' outputs ``y`` ``[B, H, L, d]``."""
-        y = self.group_norm(y.transpose(1, 2).flatten(0, 1).flatten(-2)).view_as(query)
-        return self.out(nn.functional.silu(self.gate(query)) * y)
+    def query_projection(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(query W_q, query W_g)``, ``[B, L, E]`` each."""
+        return self.query(query), self.gate(query)
+
+    def source_projection(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d_k^-1/2 source W_k, source W_v)``, ``[B, L, E]`` each (the scale folded into W_k, a ``[E, E]`` product).
+
+        (One product of the concatenated weights, here and in ``query_projection``, measured slower to train: its
+        outputs are strided views.)"""
+        return nn.functional.linear(source, self.key.weight * self.head_dim**-0.5), self.value(source)
+
+    def projections(self, query: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v ``[B, H, L, d]`` (k scaled by d_k^-1/2) and the gate input ``query W_g`` ``[B, L, E]``."""
+        (q, gate), (k, v) = self.query_projection(query), self.source_projection(source)
+        return self._heads(q), self._heads(k), self._heads(v), gate
+
+    def _output(self, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(swish(gate) * GroupNorm_heads(y)) W_o`` for the heads' outputs ``y`` ``[B, H, L, d]`` and the gate input
+        ``gate = query W_g`` ``[B, L, E]``: GroupNorm_heads(y) = LayerNorm over each head's d channels, then the
+        per-channel weight and bias."""
+        norm = self.group_norm
+        y = y.transpose(1, 2)  # [B, L, H, d]
+        if self.n_heads == 1:
+            y = nn.functional.layer_norm(y, (self.head_dim,), norm.weight, norm.bias, norm.eps)
+        else:
+            y = nn.functional.layer_norm(y, (self.head_dim,), None, None, norm.eps)
+            y = torch.addcmul(norm.bias.view(self.n_heads, -1), y, norm.weight.view(self.n_heads, -1))
+        return self.out(nn.functional.silu(gate) * y.flatten(-2))
 
     def forward(
         self, query: torch.Tensor, source: torch.Tensor, decay: torch.Tensor, masks: RetentionMasks, state: torch.Tensor,
@@ -130,40 +199,47 @@ class MultiScaleRetention(nn.Module):
         and the state after the last chunk (None if not ``carry``).
 
         Each chunk's own part, sum_m D[n, m] (q_n . k_m) v_m, and its tokens' part of the next state,
-        U_c = sum_m token_carry_m k_m^T v_m, are computed for all chunks at once; then S_{c+1} = state_carry_c S_c + U_c
-        runs over the K chunks, and every token adds xi_n q_n S_c.
+        U_c = sum_m token_carry_m k_m^T v_m, are computed for all chunks at once; then the carried states
+        S_{c+1} = state_carry_c S_c + U_c, unrolled as S_c = W[c, 0] S_0 + sum_c' W[c, 1 + c'] U_c'
+        (``masks.carry_weights``), are one product over the chunks, and every token adds xi_n q_n S_c.
         """
         length = query.shape[1]
         k_chunks, chunk_len = decay.shape[2], decay.shape[-1]
-        q = self._heads(self.query(query))
-        k = self._heads(self.key(source)) * self.head_dim**-0.5
-        v = self._heads(self.value(source))
+        q, k, v, gate = self.projections(query, source)
         pad = k_chunks * chunk_len - length
         if pad:  # the last chunk's padding: zero keys and values add nothing to any output or state
             q, k, v = (nn.functional.pad(z, (0, 0, 0, pad)) for z in (q, k, v))
         q, k, v = (z.unflatten(2, (k_chunks, chunk_len)) for z in (q, k, v))  # [B, H, K, C N, d]
         y = ((q @ k.transpose(-1, -2)) * decay) @ v
-        states = [state]
-        if k_chunks > 1 or carry:
+        if k_chunks == 1 and not carry:
+            carried_in, final = state.unsqueeze(2), None  # S_0, [B, H, 1, d, d]
+        else:
             updates = (k * masks.token_carry.unsqueeze(-1)).transpose(-1, -2) @ v  # U_c, [B, H, K, d, d]
-            for c in range(k_chunks if carry else k_chunks - 1):
-                states.append(masks.state_carry[:, :, c, None, None] * states[-1] + updates[:, :, c])
-        carried_in = states[0].unsqueeze(2) if k_chunks == 1 else torch.stack(states[:k_chunks], dim=2)  # S_c, [B, H, K, d, d]
+            weights = masks.carry_weights if carry else masks.carry_weights[:, :, :k_chunks]
+            states = weights[..., :1, None] * state.unsqueeze(2) + (weights[..., 1:] @ updates.flatten(-2)).view(
+                *weights.shape[:3], *state.shape[-2:]
+            )  # S_0 .. S_K (or S_{K-1}), [B, H, K (+ 1), d, d]
+            carried_in, final = states[:, :, :k_chunks], states[:, :, k_chunks] if carry else None
         y = y + masks.state_decay.unsqueeze(-1) * (q @ carried_in)
-        out = self._output(query, y.flatten(2, 3)[:, :, :length])
-        return out, states[-1] if carry else None
+        return self._output(gate, y.flatten(2, 3)[:, :, :length]), final
 
-    def step(self, query: torch.Tensor, source: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, query: torch.Tensor, source: torch.Tensor, memory: torch.Tensor,
+        query_projection: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One more token of the current timestep, decoded after the ones before it: ``R <- R + k^T v``, ``o = q R``.
 
-        ``query`` and ``source`` ``[B, 1, E]``; ``memory`` ``[B, H, d, d]`` is R before this token (xi S_0 plus the
-        current timestep's earlier tokens, module docstring). Returns the output ``[B, 1, E]`` and the new R.
+        ``query`` and ``source`` ``[B, 1, E]``; ``memory`` ``[B, H, d, d]`` is R before this token (xi S_0 plus the current
+        timestep's earlier tokens, module docstring); ``query_projection``: ``query``'s (``query_projection``) if already
+        computed. Returns the output ``[B, 1, E]`` and the new R.
         """
-        q = self._heads(self.query(query))
-        k = self._heads(self.key(source)) * self.head_dim**-0.5
-        v = self._heads(self.value(source))
+        if query_projection is None:
+            q, k, v, gate = self.projections(query, source)
+        else:
+            q, gate = self._heads(query_projection[0]), query_projection[1]
+            k, v = (self._heads(z) for z in self.source_projection(source))
         memory = memory + k.transpose(-1, -2) @ v
-        return self._output(query, q @ memory), memory
+        return self._output(gate, q @ memory), memory
 
 
 class RetentionEncoderBlock(nn.Module):
@@ -212,13 +288,14 @@ class RetentionDecoderBlock(nn.Module):
         return self.norm3(y + self.feed_forward(y)), next_state
 
     def step(
-        self, x: torch.Tensor, enc: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor]
+        self, x: torch.Tensor, enc: torch.Tensor, enc_query: tuple[torch.Tensor, torch.Tensor], memory: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The layer on one agent's action token ``x`` and encoding ``enc`` ``[B, 1, E]`` after the earlier agents of the
-        timestep, with the self- and cross-retention's running sums ``memory`` (each ``[B, H, d, d]``,
-        ``MultiScaleRetention.step``) -> the output and the new sums."""
+        timestep, with the cross-retention's ``query_projection`` of ``enc`` (``enc_query``) and the self- and
+        cross-retention's running sums ``memory`` (each ``[B, H, d, d]``, ``MultiScaleRetention.step``) -> the output and
+        the new sums."""
         mixed, self_memory = self.self_retention.step(x, x, memory[0])
         x = self.norm1(x + mixed)
-        mixed, cross_memory = self.cross_retention.step(enc, x, memory[1])
+        mixed, cross_memory = self.cross_retention.step(enc, x, memory[1], enc_query)
         y = self.norm2(enc + mixed)
         return self.norm3(y + self.feed_forward(y)), (self_memory, cross_memory)
