@@ -2,7 +2,7 @@
 
 A network's ``forward`` is replaced by ``CompiledForward``: the compiled function while it works,
 the original one from the first compilation failure on (with one log line naming the network and
-the error). Trust-region roles are never compiled: their Fisher-vector products differentiate
+the error). Networks a trust region moves are never compiled: its Fisher-vector products differentiate
 twice, which compiled graphs do not support.
 """
 
@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from hcmarl.trust_region import TrustRegion
 
 COMPILE_ERRORS: tuple[type[BaseException], ...] = (torch._dynamo.exc.TorchDynamoException,)  # BackendCompilerFailed, Unsupported, ...
 
@@ -53,3 +55,22 @@ def compile_network(network: nn.Module, name: str, log: Callable[[str], None] = 
             part.forward = CompiledForward(part.forward, f"{name}.{part_name}" if part_name else name, log)
             compiled += 1
     return compiled
+
+
+# a role's networks (attribute) and the attribute naming the rule that moves each (Learner, Critic, Guider, Conductor)
+NETWORK_RULES = {"actor": "constraint", "network": "constraint", "local": "distill"}
+
+
+def compile_roles(log: Callable[[str], None] = print, **roles: nn.Module | None) -> None:
+    """``compile_network`` on every network of the named roles (``learner=..., critic=...``; None: absent) except
+    those a ``TrustRegion`` moves, which stay eager with one log line."""
+    for role_name, role in roles.items():
+        for attribute, rule in NETWORK_RULES.items():
+            network = None if role is None else getattr(role, attribute, None)
+            if network is None:
+                continue
+            name = f"{role_name}.{attribute}"
+            if isinstance(getattr(role, rule, None), TrustRegion):
+                log(f"hcmarl: model.compile leaves {name} eager: its trust region differentiates twice, which compiled graphs do not support")
+                continue
+            compile_network(network, name, log)

@@ -21,13 +21,12 @@ from torchrl.envs import InitTracker
 from hcmarl.advantages import conductor_mixture_value, generalized_advantage_estimate, instruction_advantages, normalize_advantage
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError, NonFiniteLossError
-from hcmarl.compilation import compile_network
+from hcmarl.compilation import compile_roles
 from hcmarl.guided import GuidedImitation
 from hcmarl.keys import (
     ACTION, ADVANTAGE, CONDUCTOR_ADVANTAGE, CONDUCTOR_PROBS, EPISODE_RETURN, FACTOR, KL_WEIGHT, LOG_PROB, REWARD, VALUE, VALUE_TARGET,
 )
 from hcmarl.optim import GradientStep, optimizer_layout_problem
-from hcmarl.trust_region import TrustRegion
 from hcmarl.modules.conductor import Conductor, ExecutionMode
 from hcmarl.modules.critic import Critic
 from hcmarl.modules.guider import Guider, GuiderMemory
@@ -56,7 +55,7 @@ class MARLModule(L.LightningModule):
         gae_lambda: GAE's lambda.
         advantage_norm: normalise advantages over the ``batch``, per ``agent``, or ``none``.
         deterministic_eval: evaluate with the policy's mode instead of sampled actions.
-        compile: ``torch.compile`` the roles' networks (``hcmarl.compilation.compile_network``), except those moved
+        compile: ``torch.compile`` the roles' networks (``hcmarl.compilation.compile_roles``), except those moved
             by a trust region (it differentiates twice); a part that fails to compile runs eagerly, with one log line.
             Off by default: measured on CPU it does not pay (docs/benchmarks.md, "Compilation").
     """
@@ -114,24 +113,7 @@ class MARLModule(L.LightningModule):
         if self.critic is not None:
             self.critic.build(info, n_instructions)
         if self.compile_networks:
-            self._compile()
-
-    def _compile(self) -> None:
-        """``torch.compile`` every role's networks that no trust region moves (``compile``)."""
-        roles = {
-            "learner.actor": (self.learner and self.learner.actor, self.learner and self.learner.constraint),
-            "critic.network": (self.critic and self.critic.network, None),
-            "guider.network": (self.guider and self.guider.network, self.guider and self.guider.constraint),
-            "conductor.network": (self.conductor and self.conductor.network, self.conductor and self.conductor.constraint),
-            "conductor.local": (self.conductor and self.conductor.local, None),
-        }
-        for name, (network, constraint) in roles.items():
-            if network is None:
-                continue
-            if isinstance(constraint, TrustRegion):
-                print(f"hcmarl: model.compile leaves {name} eager: its trust region differentiates twice, which compiled graphs do not support")
-                continue
-            compile_network(network, name)
+            compile_roles(learner=self.learner, critic=self.critic, guider=self.guider, conductor=self.conductor)
 
     def _check_roles(self) -> None:
         """ConfigErrors for combinations of roles that cannot train, naming the key to change."""

@@ -38,11 +38,7 @@ def map_distribution(
 ) -> torch.distributions.Distribution:
     """The same kind of distribution with ``fn`` applied to each parameter tensor (categorical logits ``[..., A]``;
     Gaussian loc and scale ``[..., A]``); ``fn`` must keep the last (action) dimension."""
-    if isinstance(dist, Categorical):
-        return Categorical(logits=fn(dist.logits))
-    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
-        return Independent(Normal(fn(dist.base_dist.loc), fn(dist.base_dist.scale)), 1)
-    raise TypeError(f"hcmarl's distributions are masked categoricals and diagonal Gaussians, not {type(dist).__name__}")
+    return distribution_like(dist, [fn(t) for t in distribution_parameters(dist)])
 
 
 def distribution_parameters(dist: torch.distributions.Distribution) -> list[torch.Tensor]:

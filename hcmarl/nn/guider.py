@@ -19,7 +19,7 @@ from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ACTION_MASK, AGENT_INSTRUCTION, IS_INIT, OBSERVATION
 from hcmarl.nn.actors import observation_features
-from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical
+from hcmarl.nn.distributions import diagonal_gaussian, map_distribution, masked_categorical
 from hcmarl.nn.retention import (
     RetentionDecoderBlock, RetentionEncoderBlock, RetentionMasks, head_decays, retention_masks, with_next_observations,
 )
@@ -392,8 +392,4 @@ class SableGuider(AgentTokenGuider):
 
 def _reshape_distribution(dist: Distribution, batch_shape: torch.Size) -> Distribution:
     """A ``[B, N]`` categorical or Gaussian reshaped to ``[*batch_shape, N]``."""
-    if isinstance(dist, torch.distributions.Categorical):
-        return torch.distributions.Categorical(logits=dist.logits.reshape(*batch_shape, *dist.logits.shape[1:]))
-    base = dist.base_dist
-    loc, scale = base.loc.reshape(*batch_shape, *base.loc.shape[1:]), base.scale.reshape(*batch_shape, *base.scale.shape[1:])
-    return torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+    return map_distribution(dist, lambda t: t.reshape(*batch_shape, *t.shape[1:]))
