@@ -139,7 +139,7 @@ import json, sys, torch
 benchmarks, iterations, result_path = sys.argv[1:4]
 sys.path.insert(0, benchmarks)
 from throughput import ROOT, benchmarl_like_overrides
-from hcmarl.cli import build_cli
+from hcmarl.modules.cli import build_cli
 
 del sys.argv[1:]  # LightningCLI gets its arguments from build_cli only
 cli = build_cli([
@@ -242,9 +242,7 @@ def main() -> None:
         f"{FRAMES} frames per iteration; {PASSES} passes x {FRAMES // MINIBATCH} minibatches of {MINIBATCH} "
         f"= {PASSES * FRAMES // MINIBATCH} actor and critic steps per iteration; "
         f"mean of {args.iterations} measured iteration{'s' if args.iterations != 1 else ''} after one warm-up. "
-        "BenchMARL with " + ", ".join(f"{n} {v}" for n, v in PINS.items() if n != "benchmarl") + ".\n\n"
-        + table(benchmarl, hcmarl)
-        + "\n"
+        "BenchMARL with " + ", ".join(f"{n} {v}" for n, v in PINS.items() if n != "benchmarl") + ".\n\n" + table(benchmarl, hcmarl) + "\n"
     )
     print("[4/4] results\n\n" + report, flush=True)
     if args.out:

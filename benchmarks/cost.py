@@ -42,13 +42,26 @@ def bench_one(family: str, env: str, iterations: int, warmup: int, compiled: boo
     """``hcmarl bench`` of one family on one env, in this process (``compiled``: with ``--model.compile true``)."""
     import torch
 
-    from hcmarl.cli import build_cli
+    from hcmarl.modules.cli import build_cli
 
     torch.set_num_threads(1)
     recipe, overrides = recipe_and_overrides(family, env)
     cli = build_cli(
-        ["bench", "--config", str(recipe), *overrides, "--iterations", str(iterations), "--warmup", str(warmup),
-         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", *(["--model.compile", "true"] if compiled else [])]
+        [
+            "bench",
+            "--config",
+            str(recipe),
+            *overrides,
+            "--iterations",
+            str(iterations),
+            "--warmup",
+            str(warmup),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            *(["--model.compile", "true"] if compiled else []),
+        ]
     )
     return cli.trainer.bench_result
 
@@ -67,7 +80,9 @@ def measure(work: Path, families: list[str], envs: list[str], iterations: int, w
             print(f"cost: {family} on {env}", flush=True)
             command = [sys.executable, __file__, "--one", family, env, "--iterations", str(iterations), "--warmup", str(warmup)]
             start = time.perf_counter()
-            out = subprocess.run([*command, *(["--compile"] if compiled else [])], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+            out = subprocess.run(
+                [*command, *(["--compile"] if compiled else [])], capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}
+            )
             seconds = time.perf_counter() - start
             if out.returncode != 0:
                 print(out.stdout[-2000:], out.stderr[-4000:], sep="\n", file=sys.stderr)

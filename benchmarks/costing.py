@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torchrl.envs import EnvBase
 
-from hcmarl.cli import build_cli
 from hcmarl.envs import make_env
+from hcmarl.modules.cli import build_cli
 from hcmarl.recipes import RECIPES_DIR
 
 

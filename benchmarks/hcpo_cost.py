@@ -27,8 +27,12 @@ from hcmarl.optim import GradientStep
 
 CONDUCTOR_PARTS = ("update", "agent_weights", "update_local", "diagnostics")
 PART_NAMES = {
-    "learner": "agents' steps", "critic": "critic", "update": "conductor step", "agent_weights": "factor",
-    "update_local": "local distillation", "diagnostics": "diagnostics",
+    "learner": "agents' steps",
+    "critic": "critic",
+    "update": "conductor step",
+    "agent_weights": "factor",
+    "update_local": "local distillation",
+    "diagnostics": "diagnostics",
 }
 
 
@@ -39,9 +43,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="write the table here (markdown)")
     args = parser.parse_args()
-    configs = {"HATRPO": ("hatrpo", [])} | {
-        f"HCPO K={k}": ("hcpo", ["--model.conductor.init_args.n_instructions", str(k)]) for k in args.ks
-    }
+    configs = {"HATRPO": ("hatrpo", [])} | {f"HCPO K={k}": ("hcpo", ["--model.conductor.init_args.n_instructions", str(k)]) for k in args.ks}
     modules, batches = {}, {}
     parts: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
     for name, (algorithm, overrides) in configs.items():
@@ -50,7 +52,7 @@ def main() -> None:
         batches[name] = env.rollout(steps, module.behaviour_policy(), break_when_any_done=False)
         roles = {"learner": module.learner, "critic": module.critic}
         if module.conductor is not None:
-            roles |= {part: module.conductor for part in CONDUCTOR_PARTS}
+            roles |= dict.fromkeys(CONDUCTOR_PARTS, module.conductor)
         for part, role in roles.items():
             method = "update" if part in ("learner", "critic") else part
             parts[name][part] = []

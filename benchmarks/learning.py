@@ -19,10 +19,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from hcmarl.report.runs import discover, version_dirs  # noqa: E402
-from hcmarl.sweep import execute, expand_grid  # noqa: E402
+from hcmarl.report.runs import discover, version_dirs
+from hcmarl.sweep import execute, expand_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def eval_curve(seed_dir: Path) -> list[tuple[float, float]]:
     """(frames, eval/return) pairs of a seed over all its (resumed) versions, in frame order."""
     (run,), _ = discover([seed_dir])
-    return list(zip(*(values.tolist() for values in run.curve("eval/return"))))
+    return list(zip(*(values.tolist() for values in run.curve("eval/return")), strict=False))
 
 
 def final_result(seed_dir: Path) -> dict:
@@ -80,10 +80,7 @@ def summarise(recipe: str, runs: dict[int, Path], out_md: Path, out_png: Path) -
         "",
         "| seed | first evaluation | final evaluation |" + "".join(f" final evaluation, {EXTRA_EVALUATIONS[m]} |" for m in extras),
         "|---|---|---|" + "---|" * len(extras),
-        *[
-            f"| {s} | {first.get(s, float('nan')):.2f} | {finals[s]:.2f} |" + "".join(f" {extras[m][s]:.2f} |" for m in extras)
-            for s in sorted(runs)
-        ],
+        *[f"| {s} | {first.get(s, float('nan')):.2f} | {finals[s]:.2f} |" + "".join(f" {extras[m][s]:.2f} |" for m in extras) for s in sorted(runs)],
         f"| **mean (std)** | {statistics.mean(first.values()):.2f} | **{mean:.2f} ({std:.2f})** |"
         + "".join(f" **{statistics.mean(v.values()):.2f} ({_std(list(v.values())):.2f})** |" for v in extras.values()),
         "",

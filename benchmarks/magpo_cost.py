@@ -30,13 +30,20 @@ def loop_overrides(algorithm: str, epochs: int, minibatches: int) -> list[str]:
     """Command-line overrides giving ``algorithm``'s recipe these epochs and minibatches (critic included)."""
     if algorithm in ("mappo", "ippo"):
         return [
-            "--model.learner.init_args.constraint.init_args.epochs", str(epochs),
-            "--model.learner.init_args.constraint.init_args.minibatches", str(minibatches),
-            "--model.critic.init_args.epochs", str(epochs), "--model.critic.init_args.minibatches", str(minibatches),
+            "--model.learner.init_args.constraint.init_args.epochs",
+            str(epochs),
+            "--model.learner.init_args.constraint.init_args.minibatches",
+            str(minibatches),
+            "--model.critic.init_args.epochs",
+            str(epochs),
+            "--model.critic.init_args.minibatches",
+            str(minibatches),
         ]
     return [
-        "--model.guider.init_args.constraint.init_args.epochs", str(epochs),
-        "--model.guider.init_args.constraint.init_args.minibatches", str(minibatches),
+        "--model.guider.init_args.constraint.init_args.epochs",
+        str(epochs),
+        "--model.guider.init_args.constraint.init_args.minibatches",
+        str(minibatches),
     ]
 
 
@@ -91,12 +98,21 @@ def main() -> None:
     )
     frames = int(next(iter(part1.values()))["frames"])
     lines = table(part1, "MAPPO (its recipe)", f"One iteration on `{args.task}` ({frames:,} frames), each recipe's own settings unless named:")
-    guider = ["--model.guider.init_args.network.init_args.embed_dim", "64", "--model.guider.init_args.network.init_args.n_blocks", "1",
-              "--model.guider.init_args.network.init_args.n_heads", "1"]
+    guider = [
+        "--model.guider.init_args.network.init_args.embed_dim",
+        "64",
+        "--model.guider.init_args.network.init_args.n_blocks",
+        "1",
+        "--model.guider.init_args.network.init_args.n_heads",
+        "1",
+    ]
     part2: dict[str, dict[str, float]] = {}
     for task in ("coordsum_3x10", "coordsum_5x20", "coordsum_8x15"):
         result = measure(
-            {f"MAPPO {task}": (f"mappo/{task}", matched), f"MAGPO {task}": (f"magpo/{task}", [*guider, *loop_overrides("magpo", args.epochs, args.minibatches)])},
+            {
+                f"MAPPO {task}": (f"mappo/{task}", matched),
+                f"MAGPO {task}": (f"magpo/{task}", [*guider, *loop_overrides("magpo", args.epochs, args.minibatches)]),
+            },
             args.rounds,
         )
         part2 |= result
@@ -114,7 +130,9 @@ def main() -> None:
     print(text)
     if args.out is not None:
         command = f"OMP_NUM_THREADS=1 python benchmarks/magpo_cost.py --rounds {args.rounds} --out {args.out}"
-        args.out.write_text(f"# MAGPO cost\n\nWritten by `{command}`: medians of {args.rounds} interleaved rounds, one process, one thread.\n\n" + text)
+        args.out.write_text(
+            f"# MAGPO cost\n\nWritten by `{command}`: medians of {args.rounds} interleaved rounds, one process, one thread.\n\n" + text
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchrl.envs import EnvBase, RewardSum, TransformedEnv

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from hcmarl.cli import build_cli
+from hcmarl.modules.cli import build_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 N_AGENTS, NUM_ENVS, STEPS, EPOCHS, MINIBATCHES, HIDDEN = 4, 10, 600, 45, 15, [256, 256]
@@ -30,20 +30,39 @@ FRAMES = NUM_ENVS * STEPS
 
 def benchmarl_like_overrides() -> list[str]:
     return [
-        "--data.env", "vmas/balance", "--data.env_kwargs", "{n_agents: 4, max_steps: 100}",
-        "--data.num_envs", str(NUM_ENVS), "--data.rollout_steps", str(STEPS),
-        "--model.learner.init_args.actor.init_args.hidden_sizes", str(HIDDEN),
-        "--model.learner.init_args.actor.init_args.agent_id", "false",
-        "--model.learner.init_args.constraint.init_args.epochs", str(EPOCHS),
-        "--model.learner.init_args.constraint.init_args.minibatches", str(MINIBATCHES),
-        "--model.critic.init_args.network.init_args.hidden_sizes", str(HIDDEN),
-        "--model.critic.init_args.epochs", str(EPOCHS), "--model.critic.init_args.minibatches", str(MINIBATCHES),
-        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+        "--data.env",
+        "vmas/balance",
+        "--data.env_kwargs",
+        "{n_agents: 4, max_steps: 100}",
+        "--data.num_envs",
+        str(NUM_ENVS),
+        "--data.rollout_steps",
+        str(STEPS),
+        "--model.learner.init_args.actor.init_args.hidden_sizes",
+        str(HIDDEN),
+        "--model.learner.init_args.actor.init_args.agent_id",
+        "false",
+        "--model.learner.init_args.constraint.init_args.epochs",
+        str(EPOCHS),
+        "--model.learner.init_args.constraint.init_args.minibatches",
+        str(MINIBATCHES),
+        "--model.critic.init_args.network.init_args.hidden_sizes",
+        str(HIDDEN),
+        "--model.critic.init_args.epochs",
+        str(EPOCHS),
+        "--model.critic.init_args.minibatches",
+        str(MINIBATCHES),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
     ]
 
 
 def hcmarl_bench(iterations: int) -> dict[str, float]:
-    cli = build_cli(["bench", "--config", str(ROOT / "recipes/mappo/vmas_balance.yaml"), "--iterations", str(iterations), *benchmarl_like_overrides()])
+    cli = build_cli(
+        ["bench", "--config", str(ROOT / "recipes/mappo/vmas_balance.yaml"), "--iterations", str(iterations), *benchmarl_like_overrides()]
+    )
     return cli.trainer.bench_result
 
 
@@ -51,7 +70,9 @@ def bare_update_seconds(obs_dim: int, state_dim: int, act_dim: int) -> float:
     """Same networks, minibatches and optimiser steps as the update, in plain PyTorch."""
 
     def mlp(i: int, o: int) -> torch.nn.Sequential:
-        return torch.nn.Sequential(torch.nn.Linear(i, HIDDEN[0]), torch.nn.Tanh(), torch.nn.Linear(HIDDEN[0], HIDDEN[1]), torch.nn.Tanh(), torch.nn.Linear(HIDDEN[1], o))
+        return torch.nn.Sequential(
+            torch.nn.Linear(i, HIDDEN[0]), torch.nn.Tanh(), torch.nn.Linear(HIDDEN[0], HIDDEN[1]), torch.nn.Tanh(), torch.nn.Linear(HIDDEN[1], o)
+        )
 
     actor, critic = mlp(obs_dim, act_dim), mlp(state_dim, 1)
     log_std = torch.zeros(act_dim, requires_grad=True)
@@ -59,7 +80,12 @@ def bare_update_seconds(obs_dim: int, state_dim: int, act_dim: int) -> float:
     critic_opt = torch.optim.Adam(critic.parameters(), lr=5e-5)
     mb = FRAMES // MINIBATCHES
     obs, state = torch.randn(FRAMES, N_AGENTS, obs_dim), torch.randn(FRAMES, state_dim)
-    action, adv, old_lp, target = torch.randn(FRAMES, N_AGENTS, act_dim), torch.randn(FRAMES, N_AGENTS), torch.randn(FRAMES, N_AGENTS), torch.randn(FRAMES, 1)
+    action, adv, old_lp, target = (
+        torch.randn(FRAMES, N_AGENTS, act_dim),
+        torch.randn(FRAMES, N_AGENTS),
+        torch.randn(FRAMES, N_AGENTS),
+        torch.randn(FRAMES, 1),
+    )
     start = time.perf_counter()
     for _ in range(EPOCHS):
         for idx in torch.randperm(FRAMES).split(mb):

@@ -3,15 +3,18 @@
 DESIGN.md, "One iteration", step 1. One Lightning epoch is one iteration: the train loader
 has length 1 (so Lightning prefetches nothing) and collects only when asked, with the
 module's behaviour policy. The validation loader runs evaluation episodes with the
-module's deployment policy; ``record_episode`` draws one such episode frame by frame.
+module's deployment policy; ``record_episode`` draws one such episode frame by frame. What it
+calls on the module is the protocol :class:`hcmarl.datamodules.PolicySource`; what a module may
+read from it, :class:`hcmarl.datamodules.RolloutSource`.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -21,13 +24,11 @@ from torchrl.collectors import Collector
 from torchrl.envs import Compose, EnvBase, TransformedEnv
 from torchrl.envs.utils import step_mdp
 
+from hcmarl.datamodules.protocols import BehaviourPolicy, Policy, PolicySource, require_policy_source
 from hcmarl.envs import check_env_name, make_env
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import EPISODE_RETURN, REWARD
-
-if TYPE_CHECKING:
-    from hcmarl.modules.policy import ActingPolicy
 
 RANK_SEED_STRIDE = 100_003
 
@@ -144,7 +145,7 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.eval_env: EnvBase | None = None
         self.render_env: EnvBase | None = None
         self._collector: Collector | None = None
-        self._behaviour: ActingPolicy | None = None
+        self._behaviour: BehaviourPolicy | None = None
         self._rollouts: Iterator[TensorDictBase] | None = None
         self._policy_envs: dict[EnvBase, EnvBase] = {}
         self._running_returns = RunningReturns()
@@ -180,19 +181,31 @@ class OnPolicyDataModule(L.LightningDataModule):
         if self.total_frames >= per_iteration:
             return
         formula = (
-            f"num_envs * rollout_steps = {per_iteration}" if world_size == 1 else
-            f"ranks * num_envs * rollout_steps = {world_size} * {self.num_envs} * {self.rollout_steps} = {per_iteration}, "
+            f"num_envs * rollout_steps = {per_iteration}"
+            if world_size == 1
+            else f"ranks * num_envs * rollout_steps = {world_size} * {self.num_envs} * {self.rollout_steps} = {per_iteration}, "
             "since data.total_frames counts the frames of all ranks"
         )
         raise ConfigError(
-            f"data.total_frames={self.total_frames} is less than one iteration ({formula}); "
-            "raise total_frames or lower num_envs/rollout_steps"
+            f"data.total_frames={self.total_frames} is less than one iteration ({formula}); raise total_frames or lower num_envs/rollout_steps"
         )
 
     def _plan_iterations(self) -> None:
         """Set the trainer's ``max_epochs`` (one epoch is one iteration) to end the run at ``total_frames`` frames
         over all ranks: the iterations done plus those left at this world size."""
-        self.trainer.fit_loop.max_epochs = self.iterations_done + self.iterations_left
+        self._running_trainer().fit_loop.max_epochs = self.iterations_done + self.iterations_left
+
+    def _running_trainer(self) -> L.Trainer:
+        """The trainer running this datamodule (a ``RuntimeError`` when there is none)."""
+        if self.trainer is None:
+            raise RuntimeError("OnPolicyDataModule has no trainer: pass it to trainer.fit or trainer.validate")
+        return self.trainer
+
+    def _env_info(self) -> EnvInfo:
+        """The env's description, known once ``setup`` has made the evaluation envs (a ``RuntimeError`` before)."""
+        if self.env_info is None:
+            raise RuntimeError("OnPolicyDataModule.setup has not run: the env is not made yet")
+        return self.env_info
 
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -203,8 +216,15 @@ class OnPolicyDataModule(L.LightningDataModule):
     def _eval_seed(self) -> int:
         return self.seed + 7 + self._rank() * RANK_SEED_STRIDE + 50_021
 
+    def _policy_source(self) -> PolicySource:
+        """The trainer's module, which must implement :class:`~hcmarl.datamodules.PolicySource` (else a ``ConfigError``)."""
+        return require_policy_source(self._running_trainer().lightning_module)
+
     def setup(self, stage: str) -> None:
-        """Make the envs of this rank; when fitting, check the budget and set the run's iterations for the world size."""
+        """Check the trainer's module implements ``PolicySource``; make the envs of this rank; when fitting, check the
+        budget and set the run's iterations for the world size."""
+        if self.trainer is not None:
+            self._policy_source()  # before any env is made
         device, rank = self._device(), self._rank()
         if stage == "fit":
             self.check_budget(self.world_size)
@@ -222,18 +242,8 @@ class OnPolicyDataModule(L.LightningDataModule):
 
     def collect(self) -> TensorDictBase:
         """One rollout ``[num_envs, rollout_steps]`` with the module's behaviour policy."""
-        if self._rollouts is None:
-            self._behaviour = self.trainer.lightning_module.behaviour_policy()
-            self._collector = Collector(
-                self._policy_env(self.train_env),
-                self._behaviour,
-                frames_per_batch=self.frames_per_batch,
-                total_frames=-1,
-                device=self._device(),
-                trust_policy=True,
-                auto_register_policy_transforms=False,
-            )
-            self._rollouts = iter(self._collector)
+        if self._behaviour is None or self._rollouts is None:
+            self._behaviour, self._rollouts = self._start_collector()
         start = time.perf_counter()
         self._behaviour.begin_rollout()
         batch = next(self._rollouts)
@@ -243,32 +253,47 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.iterations_done += 1
         return batch
 
+    def _start_collector(self) -> tuple[BehaviourPolicy, Iterator[TensorDictBase]]:
+        """Make the collector, holding the module's behaviour policy itself (no copy); the policy and its rollouts."""
+        behaviour = self._policy_source().behaviour_policy()
+        self._collector = Collector(
+            self._policy_env(self.train_env),
+            behaviour,
+            frames_per_batch=self.frames_per_batch,
+            total_frames=-1,
+            device=self._device(),
+            trust_policy=True,
+            auto_register_policy_transforms=False,
+        )
+        return behaviour, iter(self._collector)
+
     def _policy_env(self, base: EnvBase) -> EnvBase:
         """``base`` as the module's policies step it, made once per env: in a ``TransformedEnv`` with the
         transforms they need (e.g. a recurrent state primer), or ``base`` itself when they need none."""
         if base not in self._policy_envs:
-            transforms = self.trainer.lightning_module.env_transforms()
+            transforms = self._policy_source().env_transforms()
             self._policy_envs[base] = TransformedEnv(base, Compose(*transforms)) if transforms else base
         return self._policy_envs[base]
 
     # ---- evaluation -----------------------------------------------------------------------
     def val_dataloader(self) -> _OnDemand:
         """One batch of episodes per evaluation mode of the module (HCPO: ``local`` and ``central``)."""
-        module = self.trainer.lightning_module
+        module = self._policy_source()
         return _OnDemand(*(lambda mode=mode: self.evaluate(module.deployment_policy(mode)) for mode in module.evaluation_modes().values()))
 
     @torch.no_grad()
-    def evaluate(self, policy: Any) -> TensorDict:
+    def evaluate(self, policy: Policy) -> TensorDict:
         """``eval_episodes`` episodes, one per env, with ``policy``: returns, lengths (and wins)."""
-        rollout = self._policy_env(self.eval_env).rollout(self.env_info.max_steps, policy, break_when_any_done=False)
+        info = self._env_info()
+        rollout = self._policy_env(self.eval_env).rollout(info.max_steps, policy, break_when_any_done=False)
         returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
         out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
-        if self.env_info.has_win:
+        if info.has_win:
             out.set("win", rollout.get(("next", "win")).squeeze(-1).any(dim=1))
         return out
 
     @torch.no_grad()
-    def record_episode(self, policy: Any) -> RecordedEpisode:
+    def record_episode(self, policy: Policy) -> RecordedEpisode:
         """One episode on one env with ``policy`` (the evaluation seed), drawn after the reset and after every step.
 
         The env must render (``hcmarl.envs.check_renderable``); the episode ends when the env is done
@@ -279,7 +304,7 @@ class OnPolicyDataModule(L.LightningDataModule):
         env, draw = self._policy_env(self.render_env), self.render_env.render_frame
         td = env.reset()
         frames, episode_return = [draw()], 0.0
-        for _ in range(self.env_info.max_steps):
+        for _ in range(self._env_info().max_steps):
             td = env.step(policy(td))
             frames.append(draw())
             episode_return += float(td.get(("next", REWARD)).sum())
@@ -297,10 +322,7 @@ class OnPolicyDataModule(L.LightningDataModule):
         """Restore frames and iterations from a checkpoint; a resumed fit runs the iterations left to ``total_frames``
         at this run's world size."""
         if state_dict.get("env") != self.env_name:
-            raise ConfigError(
-                f"--ckpt_path: the checkpoint was trained on {state_dict.get('env')!r}, this recipe uses "
-                f"data.env={self.env_name!r}"
-            )
+            raise ConfigError(f"--ckpt_path: the checkpoint was trained on {state_dict.get('env')!r}, this recipe uses data.env={self.env_name!r}")
         self.frames = int(state_dict["frames"])
         # a checkpoint from before frames were counted over all ranks has no iteration count: every such run had one rank
         self.iterations_done = int(state_dict.get("iterations", self.frames // self.frames_per_batch))

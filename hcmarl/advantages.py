@@ -50,9 +50,7 @@ def conductor_mixture_value(q: torch.Tensor, probs: torch.Tensor) -> torch.Tenso
     return (probs * q).sum(dim=-1)
 
 
-def instruction_advantages(
-    gae_advantage: torch.Tensor, value: torch.Tensor, q_taken: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def instruction_advantages(gae_advantage: torch.Tensor, value: torch.Tensor, q_taken: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """HCPO's two advantages (ALGORITHMS.md section 3, "Critic"), unnormalised.
 
     With G_t = V(s_t) + A^GAE_t (the lambda-return): the conductor's A^M_t = A^GAE_t and the
@@ -83,6 +81,10 @@ class ValueNorm(nn.Module):
     ``update`` folds a batch in with weight ``1 - beta``; statistics are summed over DDP ranks,
     so every rank holds the same normaliser.
     """
+
+    running_mean: torch.Tensor  # buffers, registered in __init__
+    running_mean_sq: torch.Tensor
+    debiasing_term: torch.Tensor
 
     def __init__(self, beta: float = 0.99999, epsilon: float = 1e-5) -> None:
         super().__init__()

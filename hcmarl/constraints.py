@@ -1,24 +1,27 @@
 """Constraints: how one policy's parameters move given a surrogate (ALGORITHMS.md section 1).
 
-A constraint sees tensors, not roles: ``evaluate(indices)`` returns an ``Evaluation`` (the new
-per-agent log-probabilities, entropies ``[b, n]`` and distributions of the samples at ``indices``
-for the agents being updated, and, where a role holds the policy near another one, that fixed
-anchor at the same samples); ``old_log_prob`` and ``advantage`` are ``[B, n]``; ``factor`` is
-``[B, 1]`` or None. ``step`` holds the optimiser, and so the parameters being moved. ``kl_weight``
-``[B, n]`` or None weights the samples of a constraint's KL (HCPO's ``paper_weighting``); constraints
-without a KL term do not read it.
+A constraint sees tensors, not roles, through one protocol, ``update(evaluate, data, step)``:
+``evaluate(indices)`` returns an ``Evaluation`` (the new per-agent log-probabilities, entropies ``[b, n]``
+and distributions of the samples at ``indices`` for the agents being updated, and, where a role holds
+the policy near another one, that fixed anchor at the same samples); ``data`` is a ``SurrogateBatch``
+(what the surrogate reads besides the policy); ``step`` holds the optimiser, and so the parameters
+being moved (one agent's, for a sequential schedule). What is optimised (a per-sample objective or
+surrogate) is a method of the constraint; how (Adam over minibatches, ``MinibatchConstraint``; a
+natural-gradient step, ``hcmarl.trust_region.TrustRegion``) is its base class.
 """
 
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from hcmarl.nn.distributions import detach_distribution, map_distribution, select_agents
-from hcmarl.optim import GradientStep, minibatch_indices
+from hcmarl.optim import GradientStep, run_minibatches
 
 Distribution = torch.distributions.Distribution
 
@@ -36,6 +39,18 @@ class Evaluation(NamedTuple):
     distribution: Distribution
     anchor: Distribution | None = None
     anchor_log_prob: torch.Tensor | None = None
+
+    def required_anchor(self, who: str) -> Distribution:
+        """The anchor; a ValueError saying that ``who`` needs one if there is none."""
+        if self.anchor is None:
+            raise ValueError(f"{who} holds the policy near another one: the evaluation must carry that distribution as its anchor")
+        return self.anchor
+
+    def required_anchor_log_prob(self, who: str) -> torch.Tensor:
+        """The anchor's log-probability of the taken actions; a ValueError saying that ``who`` needs it if there is none."""
+        if self.anchor_log_prob is None:
+            raise ValueError(f"{who} reads the anchor's log-probability of the taken actions: build the evaluation with evaluate_actions")
+        return self.anchor_log_prob
 
     def select(self, agents: slice) -> Evaluation:
         """The same evaluation restricted to ``agents`` (the last batch dimension), e.g. one agent of a sequential update."""
@@ -58,6 +73,34 @@ def index_distribution(dist: Distribution, idx: torch.Tensor) -> Distribution:
 
 
 Evaluate = Callable[[torch.Tensor], Evaluation]
+
+
+@dataclass(frozen=True)
+class SurrogateBatch:
+    """What a policy surrogate reads of a batch besides the policy itself.
+
+    ``old_log_prob`` and ``advantage`` are ``[B, n]`` (n: the agents being updated); ``factor`` ``[B, 1]``
+    weights each sample's surrogate (a sequential schedule's product of the preceding agents' ratios,
+    or a conductor's w_new/w_old), ``kl_weight`` ``[B, n]`` weights the samples of a constraint's KL
+    (HCPO's ``paper_weighting``); None where there is none. Constraints without a KL term ignore it.
+    """
+
+    old_log_prob: torch.Tensor
+    advantage: torch.Tensor
+    factor: torch.Tensor | None = None
+    kl_weight: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.advantage.shape[0]
+
+    def __getitem__(self, idx: torch.Tensor) -> SurrogateBatch:
+        """The samples ``idx`` (a minibatch)."""
+        return SurrogateBatch(
+            self.old_log_prob[idx],
+            self.advantage[idx],
+            None if self.factor is None else self.factor[idx],
+            None if self.kl_weight is None else self.kl_weight[idx],
+        )
 
 
 def clip_ppo_objective(
@@ -86,15 +129,8 @@ class Constraint(ABC):
     """Moves a policy's parameters under some rule, returning diagnostics as detached tensors."""
 
     @abstractmethod
-    def update(
-        self,
-        evaluate: Evaluate,
-        old_log_prob: torch.Tensor,
-        advantage: torch.Tensor,
-        factor: torch.Tensor | None,
-        step: GradientStep,
-        kl_weight: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]: ...
+    def update(self, evaluate: Evaluate, data: SurrogateBatch, step: GradientStep) -> dict[str, torch.Tensor]:
+        """Move the parameters ``step`` holds so as to improve the surrogate on ``data``; detached diagnostics."""
 
     def at_position(self, position: int, n_agents: int) -> Constraint:
         """The constraint for the agent updated ``position``-th (1-based) of ``n_agents`` by a sequential schedule.
@@ -114,45 +150,39 @@ class MinibatchConstraint(Constraint):
         max_grad_norm: gradient-norm clip (None or 0: no clip).
     """
 
-    def __init__(self, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
+    def __init__(self, epochs: int | None = 5, minibatches: int | None = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
         self.epochs = epochs
         self.minibatches = minibatches
         self.ent_coef = ent_coef
         self.max_grad_norm = max_grad_norm
 
     @abstractmethod
-    def objective(
-        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Per-sample objective to maximise, from the current policy's ``evaluation`` on a minibatch."""
+    def objective(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
+        """Per-sample objective to maximise, from the current policy's ``evaluation`` on a minibatch ``data``."""
 
     def diagnostics(self, evaluation: Evaluation, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra per-minibatch diagnostics from the evaluation and log(pi_new / pi_old), under no_grad; none by default."""
         return {}
 
-    def update(
-        self,
-        evaluate: Evaluate,
-        old_log_prob: torch.Tensor,
-        advantage: torch.Tensor,
-        factor: torch.Tensor | None,
-        step: GradientStep,
-        kl_weight: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        sums: dict[str, torch.Tensor] = {}
-        for _ in range(self.epochs):
-            for idx in minibatch_indices(advantage.shape[0], self.minibatches, advantage.device):
-                evaluation = evaluate(idx)
-                log_prob, entropy = evaluation.log_prob, evaluation.entropy
-                mb_factor = None if factor is None else factor[idx]
-                loss = -self.objective(evaluation, old_log_prob[idx], advantage[idx], mb_factor).mean() - self.ent_coef * entropy.mean()
-                step(loss, self.max_grad_norm)
-                with torch.no_grad():
-                    log_ratio = log_prob - old_log_prob[idx]
-                    values = {"policy_loss": loss, "entropy": entropy.mean(), "approx_kl": (-log_ratio).mean(), **self.diagnostics(evaluation, log_ratio)}
-                    for key, value in values.items():
-                        sums[key] = sums.get(key, 0.0) + value.detach()
-        return {key: value / (self.epochs * self.minibatches) for key, value in sums.items()}
+    def loss(self, evaluation: Evaluation, data: SurrogateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The minibatch loss, -mean objective - ent_coef * mean entropy, and its detached diagnostics."""
+        entropy = evaluation.entropy
+        loss = -self.objective(evaluation, data).mean() - self.ent_coef * entropy.mean()
+        with torch.no_grad():
+            log_ratio = evaluation.log_prob - data.old_log_prob
+            metrics = {"policy_loss": loss, "entropy": entropy.mean(), "approx_kl": (-log_ratio).mean(), **self.diagnostics(evaluation, log_ratio)}
+        return loss, {key: value.detach() for key, value in metrics.items()}
+
+    def update(self, evaluate: Evaluate, data: SurrogateBatch, step: GradientStep) -> dict[str, torch.Tensor]:
+        if self.epochs is None or self.minibatches is None:
+            raise ValueError(f"{type(self).__name__} has no epochs and minibatches of its own: another role's loop applies its loss")
+
+        def minibatch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            loss, metrics = self.loss(evaluate(idx), data[idx])
+            step(loss, self.max_grad_norm)
+            return metrics
+
+        return run_minibatches(len(data), self.epochs, self.minibatches, data.advantage.device, minibatch_step)
 
 
 class ClipPPO(MinibatchConstraint):
@@ -163,16 +193,12 @@ class ClipPPO(MinibatchConstraint):
         epochs, minibatches, ent_coef, max_grad_norm: see ``MinibatchConstraint``.
     """
 
-    def __init__(
-        self, eps: float = 0.2, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0
-    ) -> None:
+    def __init__(self, eps: float = 0.2, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
         super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
         self.eps = eps
 
-    def objective(
-        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
-    ) -> torch.Tensor:
-        return clip_ppo_objective(evaluation.log_prob, old_log_prob, advantage, self.eps, factor)
+    def objective(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
+        return clip_ppo_objective(evaluation.log_prob, data.old_log_prob, data.advantage, self.eps, data.factor)
 
     def diagnostics(self, evaluation: Evaluation, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"clip_frac": clip_fraction(log_ratio.exp(), self.eps)}
@@ -240,10 +266,8 @@ class A2POClip(ClipPPO):
         placed.eps = a2po_agent_eps(self.eps_last, position, n_agents, self.position_weight)
         return placed
 
-    def objective(
-        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
-    ) -> torch.Tensor:
-        return preceding_ratio_clip_objective(evaluation.log_prob, old_log_prob, advantage, self.eps, self.eps_others, factor)
+    def objective(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
+        return preceding_ratio_clip_objective(evaluation.log_prob, data.old_log_prob, data.advantage, self.eps, self.eps_others, data.factor)
 
 
 class A2C(MinibatchConstraint):
@@ -256,11 +280,9 @@ class A2C(MinibatchConstraint):
     def __init__(self, epochs: int = 1, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
         super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
 
-    def objective(
-        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
-    ) -> torch.Tensor:
-        objective = evaluation.log_prob * advantage
-        return objective if factor is None else factor * objective
+    def objective(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
+        objective = evaluation.log_prob * data.advantage
+        return objective if data.factor is None else data.factor * objective
 
 
 def soft_target_cross_entropy(target_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -292,14 +314,15 @@ class Distill:
 
         Returns the mean training cross-entropy and, after the last step, the gap KL(target || policy) on the whole batch.
         """
-        total = torch.zeros((), device=target_probs.device)
-        for _ in range(self.epochs):
-            for idx in minibatch_indices(target_probs.shape[0], self.minibatches, target_probs.device):
-                loss = soft_target_cross_entropy(target_probs[idx], predict(idx).logits).mean()
-                step(loss, self.max_grad_norm)
-                total += loss.detach()
+
+        def minibatch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            loss = soft_target_cross_entropy(target_probs[idx], predict(idx).logits).mean()
+            step(loss, self.max_grad_norm)
+            return {"cross_entropy": loss.detach()}
+
+        metrics = run_minibatches(target_probs.shape[0], self.epochs, self.minibatches, target_probs.device, minibatch_step)
         with torch.no_grad():
             everything = torch.arange(target_probs.shape[0], device=target_probs.device)
             cross_entropy = soft_target_cross_entropy(target_probs, predict(everything).logits).mean()
             gap = cross_entropy - torch.special.entr(target_probs).sum(dim=-1).mean()
-        return {"cross_entropy": total / (self.epochs * self.minibatches), "kl": gap}
+        return metrics | {"kl": gap}

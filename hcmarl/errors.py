@@ -20,8 +20,7 @@ class MissingDependencyError(HcmarlError, ImportError):
 
     def __init__(self, package: str, extra: str | None, purpose: str, install: str | None = None) -> None:
         super().__init__(
-            f"{purpose} needs the package '{package}', which is not installed. "
-            + (install or f"Install it with: pip install 'hcmarl[{extra}]'")
+            f"{purpose} needs the package '{package}', which is not installed. " + (install or f"Install it with: pip install 'hcmarl[{extra}]'")
         )
 
 

@@ -11,8 +11,8 @@ collection, and A the normalised advantage:
 - ``GuidedImitation`` (the learner): KL(stopgrad(mu) || pi) + lambda (-min(r A, clip(r) A)),
   r = exp(l - g_old). lambda = 0 is CTDS's pure imitation.
 
-Both are computed from the same pre-update parameters of each minibatch; the guider role
-(``hcmarl.modules.Guider``) runs the loop and steps both networks.
+Both are computed from the same pre-update parameters of each minibatch; the iteration's guided stage
+(``hcmarl.stages.JointGuidedStage``) runs the loop and steps both networks.
 
 ``GuidedTrustRegion`` (a hybrid's guider) takes a trust-region step on the double clip's inner ratio
 and the same masked KL; the learner then runs ``GuidedImitation`` by its own schedule.
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from hcmarl.constraints import Evaluation, MinibatchConstraint, clip_fraction, clip_ppo_objective
+from hcmarl.constraints import Evaluation, MinibatchConstraint, SurrogateBatch, clip_fraction, clip_ppo_objective
 from hcmarl.errors import ConfigError
 from hcmarl.nn.distributions import detach_distribution, kl_divergence
 from hcmarl.trust_region import TrustRegion
@@ -99,26 +99,19 @@ class GuidedClip:
         self.ent_coef = ent_coef
         self.max_grad_norm = max_grad_norm
 
-    def loss(
-        self,
-        guider: Distribution,
-        log_prob: torch.Tensor,
-        old_log_prob: torch.Tensor,
-        advantage: torch.Tensor,
-        learner: Distribution | None = None,
-        learner_log_prob: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The guider's policy loss, mean over samples and agents ``[b, N]``, and detached diagnostics.
+    def loss(self, evaluation: Evaluation, data: SurrogateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The guider's policy loss on a minibatch, mean over samples and agents ``[b, N]``, and detached diagnostics.
 
-        ``learner`` and ``learner_log_prob`` (the learner's distribution and log pi(a_i|o_i) on the same
-        samples) are treated as constants; without them the loss is PPO's.
+        ``evaluation`` is the guider's; its anchor (the learner's distribution and log pi(a_i|o_i) on the same
+        samples, detached) is treated as a constant; without one the loss is PPO's.
         """
-        entropy = guider.entropy()
-        if learner is None:
+        guider, log_prob, entropy = evaluation.distribution, evaluation.log_prob, evaluation.entropy
+        old_log_prob, advantage = data.old_log_prob, data.advantage
+        if evaluation.anchor is None:
             objective = clip_ppo_objective(log_prob, old_log_prob, advantage, self.eps)
             loss = -objective.mean() - self.ent_coef * entropy.mean()
             return loss, self._diagnostics(loss, log_prob, old_log_prob, entropy)
-        learner, learner_log_prob = detach_distribution(learner), learner_log_prob.detach()
+        learner, learner_log_prob = evaluation.required_anchor("GuidedClip"), evaluation.required_anchor_log_prob("GuidedClip")
         objective = guided_clip_objective(log_prob, learner_log_prob, old_log_prob, advantage, self.eps, self.delta)
         mask = guided_mask(log_prob.detach(), learner_log_prob, self.delta)
         kl = kl_divergence(guider, learner)
@@ -135,9 +128,7 @@ class GuidedClip:
         }
         return loss, diagnostics
 
-    def _diagnostics(
-        self, loss: torch.Tensor, log_prob: torch.Tensor, old_log_prob: torch.Tensor, entropy: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def _diagnostics(self, loss: torch.Tensor, log_prob: torch.Tensor, old_log_prob: torch.Tensor, entropy: torch.Tensor) -> dict[str, torch.Tensor]:
         ratio = (log_prob - old_log_prob).detach().exp()
         return {"policy_loss": loss.detach(), "entropy": entropy.detach().mean(), "clip_frac": clip_fraction(ratio, self.eps)}
 
@@ -186,30 +177,18 @@ class GuidedImitation(MinibatchConstraint):
         guider = detach_distribution(guider)
         return kl_divergence(guider, learner) if self.kl_direction == "guider_learner" else kl_divergence(learner, guider)
 
-    def objective(
-        self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, factor: torch.Tensor | None
-    ) -> torch.Tensor:
+    def objective(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
         """Per-sample lam * factor * clip(r) A - KL, the learner being ``evaluation`` and the guider its ``anchor``."""
-        if evaluation.anchor is None:
-            raise ValueError("GuidedImitation imitates a guider: the evaluation must carry the guider's distribution as its anchor")
-        objective = -self.imitation_kl(evaluation.distribution, evaluation.anchor)
+        objective = -self.imitation_kl(evaluation.distribution, evaluation.required_anchor("GuidedImitation"))
         if self.lam > 0:
-            objective = objective + self.lam * clip_ppo_objective(evaluation.log_prob, old_log_prob, advantage, self.eps, factor)
+            objective = objective + self.lam * clip_ppo_objective(evaluation.log_prob, data.old_log_prob, data.advantage, self.eps, data.factor)
         return objective
 
     def diagnostics(self, evaluation: Evaluation, log_ratio: torch.Tensor) -> dict[str, torch.Tensor]:
         return {
-            "imitation_kl": self.imitation_kl(evaluation.distribution, evaluation.anchor).mean(),
+            "imitation_kl": self.imitation_kl(evaluation.distribution, evaluation.required_anchor("GuidedImitation")).mean(),
             "clip_frac": clip_fraction(log_ratio.exp(), self.eps),
         }
-
-    def loss(self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The learner's loss on one of ``GuidedClip``'s minibatches, mean over samples and agents ``[b, N]``, and
-        detached diagnostics; ``evaluation`` is the learner's, anchored at the guider."""
-        loss = -self.objective(evaluation, old_log_prob, advantage, None).mean() - self.ent_coef * evaluation.entropy.mean()
-        with torch.no_grad():
-            metrics = self.diagnostics(evaluation, evaluation.log_prob - old_log_prob)
-        return loss, {"policy_loss": loss.detach(), "entropy": evaluation.entropy.detach().mean(), **metrics}
 
 
 class GuidedTrustRegion(TrustRegion):
@@ -231,14 +210,16 @@ class GuidedTrustRegion(TrustRegion):
         super().__init__(**trust_region)
         self.delta = _check_delta(delta)
 
-    def surrogate(self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Per-sample ``weight * inner * A - mask * KL(mu || pi)`` (``TrustRegion.surrogate`` without an anchor)."""
+    def surrogate(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
+        """Per-sample ``factor * inner * A - mask * KL(mu || pi)`` (``TrustRegion.surrogate`` without an anchor)."""
         if evaluation.anchor is None or math.isinf(self.delta):
-            return super().surrogate(evaluation, old_log_prob, advantage, weight)
-        learner_log_prob = evaluation.anchor_log_prob
-        inner = inner_ratio(evaluation.log_prob, learner_log_prob, old_log_prob, self.delta)
+            return super().surrogate(evaluation, data)
+        learner, learner_log_prob = evaluation.anchor, evaluation.required_anchor_log_prob("GuidedTrustRegion")
+        inner = inner_ratio(evaluation.log_prob, learner_log_prob, data.old_log_prob, self.delta)
+        if data.factor is not None:
+            inner = data.factor * inner
         mask = guided_mask(evaluation.log_prob.detach(), learner_log_prob, self.delta)
-        return weight * inner * advantage - mask * kl_divergence(evaluation.distribution, evaluation.anchor)
+        return inner * data.advantage - mask * kl_divergence(evaluation.distribution, learner)
 
 
 def _check_delta(delta: float) -> float:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -44,7 +45,8 @@ class GradientStep:
         if self.agent is None:
             self.optimizer.step()
         else:
-            self.optimizer.step(agent=self.agent)
+            step_one_agent: Callable[..., Any] = self.optimizer.step  # AgentAdam's (Lightning's wrapper passes keywords on)
+            step_one_agent(agent=self.agent)
 
 
 def minibatch_indices(batch_size: int, minibatches: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -52,6 +54,19 @@ def minibatch_indices(batch_size: int, minibatches: int, device: torch.device) -
     if not 1 <= minibatches <= batch_size:
         raise ValueError(f"minibatches must be in [1, {batch_size}] for a batch of {batch_size}, got {minibatches}")
     yield from torch.randperm(batch_size, device=device).tensor_split(minibatches)
+
+
+def run_minibatches(
+    batch_size: int, epochs: int, minibatches: int, device: torch.device, minibatch_step: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """The one epoch x minibatch loop: ``minibatch_step(indices)`` on each of ``epochs`` random splits of the batch into
+    ``minibatches`` (``minibatch_indices``); returns the mean of each detached metric the steps return."""
+    sums: dict[str, torch.Tensor] = {}
+    for _ in range(epochs):
+        for idx in minibatch_indices(batch_size, minibatches, device):
+            for key, value in minibatch_step(idx).items():
+                sums[key] = sums.get(key, 0.0) + value
+    return {key: value / (epochs * minibatches) for key, value in sums.items()}
 
 
 class AgentAdam(Optimizer):
@@ -67,7 +82,7 @@ class AgentAdam(Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None, agent: int | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None, agent: int | None = None) -> torch.Tensor | None:  # type: ignore[override]  # adds the agent keyword
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -101,12 +116,12 @@ def optimizer_layout_problem(roles: list[str], saved_states: list[dict[str, Any]
     """
     if len(saved_states) != len(optimizers):
         return f"optimisers: {len(saved_states)} saved, {len(optimizers)} in this recipe ({', '.join(roles)})"
-    for role, saved, optimizer in zip(roles, saved_states, optimizers):
+    for role, saved, optimizer in zip(roles, saved_states, optimizers, strict=True):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         indices = [i for group in saved["param_groups"] for i in group["params"]]
         if len(indices) != len(params):
             return f"the {role} optimiser holds {len(indices)} parameters, this recipe's has {len(params)}"
-        for position, (index, param) in enumerate(zip(indices, params)):
+        for position, (index, param) in enumerate(zip(indices, params, strict=True)):
             moment = saved["state"].get(index, {}).get("exp_avg")
             if moment is not None and moment.shape != param.shape:
                 return (

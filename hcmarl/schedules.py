@@ -3,41 +3,56 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from tensordict import TensorDictBase
 
-from hcmarl.constraints import Constraint, Evaluation, evaluate_actions, index_distribution
-from hcmarl.nn.actors import select_agent
-from hcmarl.nn.distributions import select_agents
+from hcmarl.constraints import Constraint, Evaluation, SurrogateBatch, evaluate_actions, index_distribution
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError
-from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, KL_WEIGHT, LOG_PROB, VALUE
+from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE
+from hcmarl.nn.actors import select_agent
+from hcmarl.nn.distributions import select_agents
 from hcmarl.optim import GradientStep
 
 Distribution = torch.distributions.Distribution
 Policy = Callable[..., Distribution]  # policy(td) for every agent, policy(td, agent=i) for agent i alone (``Actor.forward``)
 
 
-class Schedule(ABC):
-    """Runs a constraint over the agents of a flat batch ``[B]`` (group ``agents`` is ``[B, N]``).
+@dataclass(frozen=True)
+class Upstream:
+    """What stages before the learner's hand its update, over the same samples ``[B]`` as its batch (None: nothing).
 
-    ``anchor``, if given, is a fixed distribution over the same samples and agents (batch ``[B, N]``) that the
-    constraint may hold the policy near (MAGPO's guider for its learner); each evaluation carries its minibatch.
+    ``anchor``: a fixed distribution (batch ``[B, N]``) that the constraint may hold the policy near (MAGPO's
+    updated guider; each evaluation carries its minibatch). ``factor`` ``[B, 1]``: the factor every agent's
+    surrogate starts from (HCPO's conductor). ``kl_weight`` ``[B, N]``: the weights of each agent's KL samples
+    (HCPO's ``paper_weighting``).
     """
+
+    anchor: Distribution | None = None
+    factor: torch.Tensor | None = None
+    kl_weight: torch.Tensor | None = None
+
+
+NO_UPSTREAM = Upstream()
+
+
+class Schedule(ABC):
+    """Runs a constraint over the agents of a flat batch ``[B]`` (group ``agents`` is ``[B, N]``), from what the
+    stages ``upstream`` hand it."""
 
     requires_separate_params: bool = False
 
     @abstractmethod
     def update(
-        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, anchor: Distribution | None = None
+        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, upstream: Upstream = NO_UPSTREAM
     ) -> dict[str, torch.Tensor]: ...
 
 
-def evaluate_minibatch(
-    policy: Policy, batch: TensorDictBase, idx: torch.Tensor, anchor: Distribution | None, agent: int | None = None
-) -> Evaluation:
+def evaluate_minibatch(policy: Policy, batch: TensorDictBase, idx: torch.Tensor, anchor: Distribution | None, agent: int | None = None) -> Evaluation:
     """The policy on the samples ``idx`` of ``batch`` with the anchor at the same samples: for all agents, or for
     ``agent`` alone when ``batch`` and ``anchor`` hold that agent's column only (``select_agent``)."""
     minibatch = batch[idx]
@@ -48,18 +63,18 @@ def evaluate_minibatch(
 class Simultaneous(Schedule):
     """All agents' actors updated together (MAPPO, IPPO, MAGPO's learner).
 
-    The factor is 1, or the batch's ``factor`` entry when a role upstream provides one (a
-    conductor's w_new/w_old over shared actors, ALGORITHMS.md section 3).
+    The factor is 1, or the ``factor`` a stage upstream provides (a conductor's w_new/w_old over shared
+    actors, ALGORITHMS.md section 3).
     """
 
     def update(
-        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, anchor: Distribution | None = None
+        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, upstream: Upstream = NO_UPSTREAM
     ) -> dict[str, torch.Tensor]:
         def evaluate(idx: torch.Tensor) -> Evaluation:
-            return evaluate_minibatch(policy, batch, idx, anchor)
+            return evaluate_minibatch(policy, batch, idx, upstream.anchor)
 
-        factor, kl_weight = batch.get(FACTOR, None), batch.get(KL_WEIGHT, None)
-        return constraint.update(evaluate, batch.get(LOG_PROB), batch.get(ADVANTAGE), factor, step, kl_weight)
+        data = SurrogateBatch(batch.get(LOG_PROB), batch.get(ADVANTAGE), upstream.factor, upstream.kl_weight)
+        return constraint.update(evaluate, data, step)
 
 
 def semi_greedy_scores(advantage: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -96,10 +111,10 @@ class Sequential(Schedule):
 
     Before agent ``i_l`` moves, its surrogate is weighted by ``factor``, the product over the
     agents already updated of ``pi_new^{i}(a|o) / pi_old^{i}(a|o)`` (detached, whole batch,
-    product over action dimensions); it starts at 1, or at the batch's ``factor`` entry when
-    a role upstream (HCPO's conductor) provides one. The agent at position l (1-based) is
-    updated by ``constraint.at_position(l, N)`` with the step ``step.for_agent(i_l)``; a batch entry
-    ``("agents", "kl_weight")`` weights that agent's KL samples (HCPO's ``paper_weighting``).
+    product over action dimensions); it starts at 1, or at the ``factor`` a stage upstream (HCPO's
+    conductor) provides. The agent at position l (1-based) is updated by ``constraint.at_position(l, N)``
+    with the step ``step.for_agent(i_l)``; column i of ``kl_weight`` weights that agent's KL samples
+    (HCPO's ``paper_weighting``).
 
     Each agent's update reads that agent's data and evaluates that agent's policy alone
     (``policy(td, agent=i)``), so an iteration costs O(N) agent evaluations, not O(N^2).
@@ -130,9 +145,9 @@ class Sequential(Schedule):
         return semi_greedy_order(semi_greedy_scores(advantage, value))
 
     def update(
-        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, anchor: Distribution | None = None
+        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, upstream: Upstream = NO_UPSTREAM
     ) -> dict[str, torch.Tensor]:
-        factor = batch.get(FACTOR, None)
+        anchor, factor, kl_weight = upstream.anchor, upstream.factor, upstream.kl_weight
         if factor is None:
             factor = torch.ones(*batch.get(ADVANTAGE).shape[:-1], 1, device=batch.device)
         metrics: dict[str, torch.Tensor] = {}
@@ -142,12 +157,16 @@ class Sequential(Schedule):
             own = select_agent(batch, agent)
             own_anchor = None if anchor is None else select_agents(anchor, slice(agent, agent + 1))
 
-            def evaluate(idx: torch.Tensor, own: TensorDictBase = own, agent: int = agent, own_anchor: Distribution | None = own_anchor) -> Evaluation:
+            def evaluate(
+                idx: torch.Tensor, own: TensorDictBase = own, agent: int = agent, own_anchor: Distribution | None = own_anchor
+            ) -> Evaluation:
                 return evaluate_minibatch(policy, own, idx, own_anchor, agent)
 
             placed = constraint.at_position(position + 1, len(order))
-            old_log_prob, kl_weight = own.get(LOG_PROB), own.get(KL_WEIGHT, None)
-            for key, value in placed.update(evaluate, old_log_prob, own.get(ADVANTAGE), factor, step.for_agent(agent), kl_weight).items():
+            old_log_prob = own.get(LOG_PROB)
+            own_kl_weight = None if kl_weight is None else kl_weight[..., agent : agent + 1]
+            data = SurrogateBatch(old_log_prob, own.get(ADVANTAGE), factor, own_kl_weight)
+            for key, value in placed.update(evaluate, data, step.for_agent(agent)).items():
                 sums[key] = sums.get(key, 0.0) + value
             with torch.no_grad():
                 log_ratio = policy(own, agent=agent).log_prob(own.get(ACTION)) - old_log_prob

@@ -6,11 +6,11 @@
 The grid is the cartesian product of every ``--set`` key's values, times the seeds. Run
 ``(values, seed)`` logs into ``<out>/<recipe>[/<key>=<value>,...]/seed<seed>/version_K`` (``key`` is
 the last part of the dotted name unless two keys share it), which ``hcmarl report <out>`` reads
-back. Each run is ``python -m hcmarl.cli fit ...`` in its own process with one torch thread
+back. Each run is ``python -m hcmarl.modules.cli fit ...`` in its own process with one torch thread
 (``OMP_NUM_THREADS=1``), ``--parallel`` at a time, its output appended to ``fit.log`` beside its
 versions. The sweep is resumable: a run whose ``final_eval.json`` (in any version) reports at least
 the requested frames is skipped, a run with a ``last.ckpt`` continues from it into a new version,
-and the others start afresh. The run folders need the CSV logger every recipe uses.
+and the others start afresh. The run folders need the CSV logger of recipes/base.yaml.
 """
 
 from __future__ import annotations
@@ -143,10 +143,24 @@ class SweepRun:
         version = int(versions[-1].name.split("_")[1]) + 1 if versions else 0
         checkpoint = self.last_checkpoint()
         return [
-            sys.executable, "-m", "hcmarl.cli", "fit", "--config", str(self.config),
-            "--seed_everything", str(self.seed), "--data.total_frames", str(self.frames),
-            "--trainer.logger.init_args.save_dir", str(self.out), "--trainer.logger.init_args.name", self.name,
-            "--trainer.logger.init_args.version", str(version), "--trainer.enable_progress_bar", "false",
+            sys.executable,
+            "-m",
+            "hcmarl.modules.cli",
+            "fit",
+            "--config",
+            str(self.config),
+            "--seed_everything",
+            str(self.seed),
+            "--data.total_frames",
+            str(self.frames),
+            "--trainer.logger.init_args.save_dir",
+            str(self.out),
+            "--trainer.logger.init_args.name",
+            self.name,
+            "--trainer.logger.init_args.version",
+            str(version),
+            "--trainer.enable_progress_bar",
+            "false",
             *[arg for key, value in self.overrides if key != "data.total_frames" for arg in (f"--{key}", value)],
             *(["--ckpt_path", str(checkpoint)] if checkpoint else []),
             *extra,
@@ -163,12 +177,10 @@ def _frames(value: str) -> int:
 def _short_keys(keys: Sequence[str]) -> dict[str, str]:
     """Each key's last dotted part, or the whole key where two keys share that part."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
 
 
-def expand_grid(
-    config: str, seeds: Sequence[int], sets: Sequence[tuple[str, list[str]]], out: Path, frames: int | None = None
-) -> list[SweepRun]:
+def expand_grid(config: str, seeds: Sequence[int], sets: Sequence[tuple[str, list[str]]], out: Path, frames: int | None = None) -> list[SweepRun]:
     """Every (override values, seed) of the grid, override combinations outermost, in the order given."""
     recipe, path = resolve_recipe(config)
     keys = [k for k, _ in sets]
@@ -180,9 +192,10 @@ def expand_grid(
         raise ConfigError("--seeds names no seed; e.g. --seeds 0-4")
     short = _short_keys(keys)
     fixed_frames = None if "data.total_frames" in keys else frames if frames is not None else _recipe_frames(path)
-    runs, tags = [], {}
+    runs: list[SweepRun] = []
+    tags: dict[str, tuple[tuple[str, str], ...]] = {}
     for values in itertools.product(*[v for _, v in sets]):
-        overrides = tuple(zip(keys, values))
+        overrides = tuple(zip(keys, values, strict=True))
         tag = ",".join(f"{short[k]}={_UNSAFE.sub('-', v)}" for k, v in overrides)
         if tags.setdefault(tag, overrides) != overrides:
             raise ConfigError(f"the overrides {tags[tag]} and {overrides} give one folder name '{tag}'; use values that differ in letters or digits")
@@ -252,13 +265,16 @@ def check_extra(extra: Sequence[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hcmarl sweep",
-        description="Train a recipe over seeds x override values, each run in its own folder; resumable. "
-        "Arguments after -- go to every hcmarl fit.",
+        description="Train a recipe over seeds x override values, each run in its own folder; resumable. Arguments after -- go to every hcmarl fit.",
     )
     parser.add_argument("--config", required=True, help="a recipe: a YAML path or a shipped name such as mappo/coordsum_3x10")
     parser.add_argument("--seeds", required=True, help="seeds: 0-4, 0,2,5 or 3")
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
         help="values of a config key to sweep (repeatable: the grid is their product)",
     )
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time, one CPU thread each (default: 1)")

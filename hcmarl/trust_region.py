@@ -13,12 +13,12 @@ over ranks, so every rank takes the identical step.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from hcmarl.constraints import Constraint, Evaluate, Evaluation, index_distribution
+from hcmarl.constraints import Constraint, Evaluate, Evaluation, SurrogateBatch, index_distribution
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError
 from hcmarl.nn.distributions import detach_distribution, distribution_like, distribution_parameters, kl_divergence
@@ -68,7 +68,7 @@ class _ParameterSlice:
         grads = torch.autograd.grad(
             outputs, self.params, grad_outputs, create_graph=create_graph, retain_graph=retain_graph or create_graph, allow_unused=True
         )
-        return self.flat([torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)])
+        return self.flat([torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)])
 
     def get(self) -> torch.Tensor:
         return self.flat([p.detach() for p in self.params]).clone()
@@ -113,10 +113,10 @@ class KLCurvature:
         """``F v`` for a flat ``v`` over the parameters moved (no damping)."""
         if not self.active:
             return torch.zeros_like(v)
-        jv = torch.autograd.grad(self.jacobian_t_u @ v, self.u, retain_graph=True, allow_unused=True)
-        jv = [torch.zeros_like(u) if g is None else g for u, g in zip(self.u, jv)]
-        hjv = torch.autograd.grad(self.kl_eta_grad, self.eta_leaves, grad_outputs=jv, retain_graph=True, allow_unused=True)
-        hjv = [torch.zeros_like(e) if g is None else g for e, g in zip(self.eta_leaves, hjv)]
+        jv_parts = torch.autograd.grad(self.jacobian_t_u @ v, self.u, retain_graph=True, allow_unused=True)
+        jv = [torch.zeros_like(u) if g is None else g for u, g in zip(self.u, jv_parts, strict=True)]
+        hjv_parts = torch.autograd.grad(self.kl_eta_grad, self.eta_leaves, grad_outputs=jv, retain_graph=True, allow_unused=True)
+        hjv = [torch.zeros_like(e) if g is None else g for e, g in zip(self.eta_leaves, hjv_parts, strict=True)]
         return self.params.grad(self.eta, retain_graph=True, grad_outputs=hjv)
 
 
@@ -155,26 +155,19 @@ class TrustRegion(Constraint):
         self.accept_ratio = accept_ratio
         self.fisher_fraction = fisher_fraction
 
-    def surrogate(self, evaluation: Evaluation, old_log_prob: torch.Tensor, advantage: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Per-sample surrogate to maximise, ``weight * rho * A`` with rho = pi_new / pi_old (ALGORITHMS.md section 1, ``TrustRegion``)."""
-        return weight * torch.exp(evaluation.log_prob - old_log_prob) * advantage
+    def surrogate(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
+        """Per-sample surrogate to maximise, ``factor * rho * A`` with rho = pi_new / pi_old (ALGORITHMS.md section 1, ``TrustRegion``)."""
+        ratio = torch.exp(evaluation.log_prob - data.old_log_prob)
+        return (ratio if data.factor is None else data.factor * ratio) * data.advantage
 
     @sdpa_kernel(SDPBackend.MATH)  # Fisher-vector products differentiate twice: only SDPA's math kernel has a double backward
-    def update(
-        self,
-        evaluate: Evaluate,
-        old_log_prob: torch.Tensor,
-        advantage: torch.Tensor,
-        factor: torch.Tensor | None,
-        step: GradientStep,
-        kl_weight: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """One trust-region step; ``factor`` weights the surrogate's samples, ``kl_weight`` the KL's.
+    def update(self, evaluate: Evaluate, data: SurrogateBatch, step: GradientStep) -> dict[str, torch.Tensor]:
+        """One trust-region step; ``data.factor`` weights the surrogate's samples, ``data.kl_weight`` the KL's.
 
         With ``kl_weight`` the trust region bounds the weighted mean sum(w * KL) / sum(w).
         """
-        everything = torch.arange(advantage.shape[0], device=advantage.device)
-        weight = torch.ones_like(advantage[..., :1]) if factor is None else factor
+        everything = torch.arange(len(data), device=data.advantage.device)
+        kl_weight = data.kl_weight
         params = _ParameterSlice(step)
         stride = max(1, round(1 / self.fisher_fraction))
         fisher_samples = None if stride == 1 else everything[::stride]
@@ -187,7 +180,7 @@ class TrustRegion(Constraint):
 
         evaluation = evaluate(everything)  # theta_old: the surrogate's gradient, the old policy and (all samples) the KL's curvature
         old_dist = detach_distribution(evaluation.distribution)
-        surrogate = self.surrogate(evaluation, old_log_prob, advantage, weight).mean()
+        surrogate = self.surrogate(evaluation, data).mean()
         g = all_reduce_mean(params.grad(surrogate, retain_graph=True))
         old_value = all_reduce_mean(surrogate.detach())
         at_fisher_samples = evaluation.distribution if fisher_samples is None else evaluate(fisher_samples).distribution
@@ -208,7 +201,7 @@ class TrustRegion(Constraint):
                 params.set(old_params + fraction * full_step)
                 trial = evaluate(everything)
                 kl = all_reduce_mean(mean_kl(trial.distribution))
-                improvement = all_reduce_mean(self.surrogate(trial, old_log_prob, advantage, weight).mean()) - old_value
+                improvement = all_reduce_mean(self.surrogate(trial, data).mean()) - old_value
                 if kl <= self.max_kl and improvement > 0 and improvement / (expected * fraction) > self.accept_ratio:
                     accepted = torch.tensor(1.0)
                     break

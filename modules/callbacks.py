@@ -7,7 +7,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -15,10 +15,20 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
+from hcmarl.datamodules.protocols import require_policy_source
 from hcmarl.envs import check_renderable
 from hcmarl.video import write_video
 
+if TYPE_CHECKING:
+    from hcmarl.datamodules import OnPolicyDataModule
+
 SHOWN_METRICS = {"perf/fps": "fps", "train/return": "return", "eval/return": "eval"}
+
+
+def onpolicy_data(trainer: L.Trainer) -> OnPolicyDataModule:
+    """The trainer's datamodule, which these callbacks read as an ``OnPolicyDataModule`` (Lightning sets
+    ``trainer.datamodule`` when a run starts, so type checkers do not see it on ``Trainer``)."""
+    return trainer.datamodule  # type: ignore[attr-defined]
 
 
 class FramesProgressBar(ProgressBar):
@@ -39,21 +49,25 @@ class FramesProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        dm = trainer.datamodule
+        dm = onpolicy_data(trainer)
         total = dm.frames + dm.iterations_left * dm.global_frames_per_batch  # a resumed run starts at its frames
         self._bar = tqdm(
-            total=total, initial=dm.frames, unit="frame", unit_scale=True, dynamic_ncols=True,
-            desc=dm.env_name, file=sys.stdout, smoothing=0.1,
+            total=total,
+            initial=dm.frames,
+            unit="frame",
+            unit_scale=True,
+            dynamic_ncols=True,
+            desc=dm.env_name,
+            file=sys.stdout,
+            smoothing=0.1,
         )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._bar is None:
             return
-        self._bar.update(trainer.datamodule.frames - self._bar.n)
+        self._bar.update(onpolicy_data(trainer).frames - self._bar.n)
         metrics = trainer.callback_metrics
-        self._bar.set_postfix(
-            {short: f"{float(metrics[key]):.4g}" for key, short in SHOWN_METRICS.items() if key in metrics}, refresh=False
-        )
+        self._bar.set_postfix({short: f"{float(metrics[key]):.4g}" for key, short in SHOWN_METRICS.items() if key in metrics}, refresh=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None:
@@ -75,7 +89,7 @@ class ThroughputMeter(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
         metrics = trainer.callback_metrics
-        frames = trainer.datamodule.global_frames_per_batch  # the perf/*_fps metrics count frames over all ranks
+        frames = onpolicy_data(trainer).global_frames_per_batch  # the perf/*_fps metrics count frames over all ranks
         self.records.append(
             {
                 "collect_s": frames / float(metrics["perf/collect_fps"]),
@@ -107,20 +121,17 @@ class EpisodeVideo(Callback):
         self._dir: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        check_renderable(trainer.datamodule.env_name)
+        check_renderable(onpolicy_data(trainer).env_name)
         # trainer.log_dir is a collective under DDP: every rank asks here, only rank zero records
         self._dir = Path(self.dirpath) if self.dirpath is not None else Path(trainer.log_dir or trainer.default_root_dir) / "videos"
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or self._dir is None:
             return
-        dm = trainer.datamodule
-        episode = dm.record_episode(pl_module.deployment_policy())
+        dm = onpolicy_data(trainer)
+        episode = dm.record_episode(require_policy_source(pl_module, "hcmarl.modules.callbacks.EpisodeVideo").deployment_policy())
         path = write_video(episode.frames, self._dir / f"{dm.env_name.replace('/', '-')}_{dm.frames}frames", self.fps)
-        print(
-            f"Episode video: {path} ({len(episode.frames)} frames: {episode.steps} steps, "
-            f"return {episode.episode_return:.4g})"
-        )
+        print(f"Episode video: {path} ({len(episode.frames)} frames: {episode.steps} steps, return {episode.episode_return:.4g})")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_video("eval/video", [str(path)], caption=[f"{dm.env_name}, {dm.frames:,} frames"])

@@ -6,15 +6,18 @@ the resolved config (``describe_run``), so the seeds of one recipe sit together 
 
 from __future__ import annotations
 
-import netrc
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 from hcmarl.errors import MissingDependencyError
+from hcmarl.wandb_credentials import wandb_credentials_available, wandb_offline_by_default
+
+__all__ = ["WandbLogger", "recipe_name", "wandb_credentials_available"]
 
 
 def recipe_name(config_files: Sequence[str | os.PathLike] | None, env: str) -> str:
@@ -25,16 +28,6 @@ def recipe_name(config_files: Sequence[str | os.PathLike] | None, env: str) -> s
         return env.replace("/", "_")
     path = Path(os.fspath(config_files[0])).absolute()
     return f"{path.parent.name}/{path.stem}"
-
-
-def wandb_credentials_available() -> bool:
-    """True when an API key is set (WANDB_API_KEY) or stored by ``wandb login`` (~/.netrc)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
 
 
 class WandbLogger(_LightningWandbLogger):
@@ -49,15 +42,13 @@ class WandbLogger(_LightningWandbLogger):
             command sets ``group`` to the recipe unless it is given (``describe_run``).
     """
 
-    def __init__(
-        self, name: str | None = None, save_dir: str = "runs", project: str = "hcmarl", offline: bool | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, name: str | None = None, save_dir: str = "runs", project: str = "hcmarl", offline: bool | None = None, **kwargs: Any) -> None:
         try:
             import wandb  # noqa: F401
         except ImportError as err:
             raise MissingDependencyError("wandb", "wandb", "The W&B logger") from err
         if offline is None:
-            offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not wandb_credentials_available()
+            offline = wandb_offline_by_default()
         if offline:
             os.environ["WANDB_MODE"] = "offline"
             print(

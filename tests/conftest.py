@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hcmarl.cli import main
+from hcmarl.modules.cli import main
 from hcmarl.recipes import RECIPES_DIR
 
 TINY = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--data.eval_episodes", "2", "--trainer.enable_progress_bar", "false"]

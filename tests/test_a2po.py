@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_sequential import INFO, _batch
 
 from hcmarl.constraints import A2POClip, ClipPPO, a2po_agent_eps, clip_ppo_objective, preceding_ratio_clip_objective
 from hcmarl.errors import ConfigError
@@ -14,7 +15,6 @@ from hcmarl.modules import Learner
 from hcmarl.nn import MLPActor
 from hcmarl.optim import AgentAdam, GradientStep
 from hcmarl.schedules import Sequential, semi_greedy_order, semi_greedy_scores
-from test_sequential import INFO, _batch
 
 
 def test_agent_eps_grows_linearly_with_the_position() -> None:
@@ -38,11 +38,16 @@ def test_preceding_ratio_clip_objective_matches_the_formula_sample_by_sample() -
     factor = torch.rand(200, 1) * 1.2 + 0.4  # inside and outside [0.9, 1.1]
     got = preceding_ratio_clip_objective(log_prob, old, advantage, 0.15, 0.1, factor)
     expected = torch.tensor(
-        [[_reference_objective(lp.item(), o.item(), a.item(), 0.15, 0.1, f.item())] for lp, o, a, f in zip(log_prob, old, advantage, factor)]
+        [
+            [_reference_objective(lp.item(), o.item(), a.item(), 0.15, 0.1, f.item())]
+            for lp, o, a, f in zip(log_prob, old, advantage, factor, strict=True)
+        ]
     )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     # no factor: plain PPO-clip; HAPPO multiplies its factor outside the clip, A2PO inside, so they differ
-    torch.testing.assert_close(preceding_ratio_clip_objective(log_prob, old, advantage, 0.15, 0.1, None), clip_ppo_objective(log_prob, old, advantage, 0.15))
+    torch.testing.assert_close(
+        preceding_ratio_clip_objective(log_prob, old, advantage, 0.15, 0.1, None), clip_ppo_objective(log_prob, old, advantage, 0.15)
+    )
     assert not torch.allclose(got, clip_ppo_objective(log_prob, old, advantage, 0.15, factor))
 
 
@@ -61,9 +66,9 @@ class RecordingA2PO(A2POClip):
         super().__init__(eps=0.2, eps_others=0.1, epochs=2, minibatches=2, ent_coef=0.0)
         self.seen: list[tuple[float, torch.Tensor]] = []  # shared with the copies at_position makes
 
-    def update(self, evaluate, old_log_prob, advantage, factor, step, kl_weight=None):
-        self.seen.append((self.eps, factor.clone()))
-        return super().update(evaluate, old_log_prob, advantage, factor, step, kl_weight)
+    def update(self, evaluate, data, step):
+        self.seen.append((self.eps, data.factor.clone()))
+        return super().update(evaluate, data, step)
 
 
 def test_sequential_gives_each_position_its_clip_range_and_the_unclipped_factor() -> None:

@@ -36,8 +36,23 @@ def test_learning_writes_table_and_curve_and_equal_frames_reads_the_run(tmp_path
     frames = 64 * 128  # one iteration of the recipe
     docs = tmp_path / "docs"
     _load("learning").main(
-        ["--recipe", "mappo/coordsum_3x10", "--seeds", "0", "--frames", str(frames), "--parallel", "1", "--work", str(tmp_path), "--docs", str(docs),
-         "--", "--data.eval_episodes", "4"]
+        [
+            "--recipe",
+            "mappo/coordsum_3x10",
+            "--seeds",
+            "0",
+            "--frames",
+            str(frames),
+            "--parallel",
+            "1",
+            "--work",
+            str(tmp_path),
+            "--docs",
+            str(docs),
+            "--",
+            "--data.eval_episodes",
+            "4",
+        ]
     )
     table = (docs / "mappo_coordsum_3x10.md").read_text()
     assert "1 seed, 8,192 frames each" in table and "| 0 |" in table
@@ -51,7 +66,21 @@ def test_learning_writes_table_and_curve_and_equal_frames_reads_the_run(tmp_path
 def test_cost_writes_the_table_with_ratios_and_hours_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``cost.py`` for two families on one env, one iteration each; a second call reads the work folder and benches nothing."""
     out = tmp_path / "cost.md"
-    args = ["--work", str(tmp_path), "--families", "mappo", "ippo", "--envs", "coordsum/3x10", "--iterations", "1", "--warmup", "0", "--out", str(out)]
+    args = [
+        "--work",
+        str(tmp_path),
+        "--families",
+        "mappo",
+        "ippo",
+        "--envs",
+        "coordsum/3x10",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+        str(out),
+    ]
     _load("cost").main(args)
     assert capsys.readouterr().out.count("cost: ") == 2
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")] for line in out.read_text().splitlines()[2:]}

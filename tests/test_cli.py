@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import final_eval, recipe, run_dirs
 
-from hcmarl.cli import build_cli, main
-from hcmarl.recipes import recipe_paths
+from hcmarl.modules.base_config import with_base
+from hcmarl.modules.cli import build_cli, main
+from hcmarl.recipes import BASE_CONFIG, RECIPES_DIR, recipe_paths
 
 FRAMES_PER_ITERATION = 4 * 8  # TINY: 4 envs x 8 steps
 
@@ -60,6 +61,49 @@ def test_print_config_resolves_interpolation_after_overrides(capsys: pytest.Capt
     printed = capsys.readouterr().out
     assert "name: mappo/vmas/navigation" in printed
     assert "env: vmas/navigation" in printed and ("devices: 2" in printed or "devices: '2'" in printed)
+    assert "accelerator: auto" in printed  # the base's trainer block is part of the printed config
+
+
+# ---- recipes from parts: recipes/base.yaml under every run ---------------------------------------------------
+
+
+def test_a_recipe_alone_runs_on_the_base_with_its_logger_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["--config", recipe("hatrpo/vmas_balance")], run=False)
+    assert cli.config.trainer.accelerator == "auto" and cli.config.trainer.devices == 1
+    assert cli.config.trainer.logger.class_path == "lightning.pytorch.loggers.CSVLogger"
+    assert cli.config.trainer.logger.init_args.name == "hatrpo/vmas/balance"
+    assert Path(cli.trainer.logger.log_dir) == Path("runs/hatrpo/vmas/balance/version_0")  # the run folder of before the base
+
+
+def test_command_line_overrides_beat_the_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["--config", recipe("mappo/coordsum_3x10"), "--trainer.accelerator", "cpu", "--trainer.logger.init_args.name", "mine"], run=False)
+    assert cli.config.trainer.accelerator == "cpu" and cli.config.trainer.logger.init_args.name == "mine"
+
+
+def test_a_config_outside_recipes_logs_under_its_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "my_run.yaml"
+    own.write_text(Path(recipe("mappo/coordsum_3x10")).read_text())
+    cli = build_cli(["--config", str(own), "--data.env", "coordsum/3x30"], run=False)
+    assert cli.config.trainer.logger.init_args.name == "my_run/coordsum/3x30"
+    as_text = build_cli(["--config", own.read_text(), "--data.env", "coordsum/3x30"], run=False)  # a config string, no file
+    assert as_text.config.trainer.logger.init_args.name == "hcmarl/coordsum/3x30"  # the base's own fallback
+
+
+def test_the_base_goes_after_the_subcommand_before_the_users_words() -> None:
+    words = with_base(["fit", "--config", recipe("ippo/coordsum_3x10"), "--seed_everything", "1"], {"fit", "validate"})
+    assert words[:3] == ["fit", "--config", str(BASE_CONFIG)]
+    assert "ippo/${data.env}" in words[4] and words[5:] == ["--config", recipe("ippo/coordsum_3x10"), "--seed_everything", "1"]
+    assert with_base(["--help"], {"fit"}) == ["--help"]  # no subcommand, nothing to add
+
+
+def test_no_recipe_pins_the_accelerator() -> None:
+    recipes = sorted(RECIPES_DIR.rglob("*.yaml"))
+    assert BASE_CONFIG in recipes and len(recipes) == len(recipe_paths()) + 1
+    pinned = [str(p.relative_to(RECIPES_DIR)) for p in recipes if p != BASE_CONFIG and "accelerator:" in p.read_text()]
+    assert pinned == [], f"these recipes repeat the base's trainer.accelerator: {pinned}"
 
 
 def test_total_frames_sets_the_number_of_iterations() -> None:
@@ -68,9 +112,7 @@ def test_total_frames_sets_the_number_of_iterations() -> None:
 
 
 def test_block_swapped_by_class_path() -> None:
-    cli = build_cli(
-        ["--config", recipe("mappo/coordsum_3x10"), "--model.critic.init_args.network", "hcmarl.nn.AgentValue"], run=False
-    )
+    cli = build_cli(["--config", recipe("mappo/coordsum_3x10"), "--model.critic.init_args.network", "hcmarl.nn.AgentValue"], run=False)
     from hcmarl.nn import AgentValue
 
     assert isinstance(cli.model.critic.network, AgentValue)
@@ -114,7 +156,7 @@ def test_recipe_equals_python_construction() -> None:
     cli.model.build(info)
     torch.manual_seed(0)
     python_model.build(info)
-    for (k1, v1), (k2, v2) in zip(cli.model.state_dict().items(), python_model.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(cli.model.state_dict().items(), python_model.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hcmarl.cli import build_cli
 from hcmarl.compilation import CompiledForward, compile_network
 from hcmarl.envs import make_env
+from hcmarl.modules.cli import build_cli
 from hcmarl.nn.layers import AgentMLP
 from hcmarl.recipes import RECIPES_DIR
 

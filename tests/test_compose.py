@@ -4,7 +4,7 @@ collects a rollout with its behaviour policy and runs one iteration's updates wi
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -32,11 +32,14 @@ def _imitation() -> GuidedImitation:
 
 COMPOSITIONS: dict[str, Callable[[], MARLModule]] = {
     "conductor over a trust-region guider and sequential learners": lambda: MARLModule(
-        conductor=_conductor(), guider=Guider(MATGuider(embed_dim=16), GuidedTrustRegion(fisher_fraction=0.5)),
-        learner=Learner(MLPActor(share_params=False), _imitation(), Sequential()), critic=Critic(InstructionCritic()),
+        conductor=_conductor(),
+        guider=Guider(MATGuider(embed_dim=16), GuidedTrustRegion(fisher_fraction=0.5)),
+        learner=Learner(MLPActor(share_params=False), _imitation(), Sequential()),
+        critic=Critic(InstructionCritic()),
     ),
     "Sable guider moved by GuidedTrustRegion": lambda: MARLModule(
-        guider=Guider(SableGuider(embed_dim=16, n_heads=2), GuidedTrustRegion()), learner=Learner(MLPActor(), _imitation(), Simultaneous()),
+        guider=Guider(SableGuider(embed_dim=16, n_heads=2), GuidedTrustRegion()),
+        learner=Learner(MLPActor(), _imitation(), Simultaneous()),
         critic=Critic(CentralValue()),
     ),
     "MAT moved by TrustRegion": lambda: MARLModule(guider=Guider(MATGuider(embed_dim=16), TrustRegion()), critic=Critic(CentralValue())),

@@ -17,7 +17,7 @@ from torch.distributions import Categorical
 from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 
-from hcmarl.constraints import Evaluation, ClipPPO, clip_ppo_objective, evaluate_actions
+from hcmarl.constraints import ClipPPO, Evaluation, SurrogateBatch, clip_ppo_objective, evaluate_actions
 from hcmarl.optim import GradientStep, minibatch_indices
 
 
@@ -66,7 +66,7 @@ def test_clip_ppo_objective_matches_torchrl(eps: float) -> None:
     new_log_prob = actor.get_dist(td.clone()).log_prob(td.get("action"))
     ours = -clip_ppo_objective(new_log_prob, old_log_prob, adv, eps).mean()
     grad_ours = torch.autograd.grad(ours, [linear.weight, linear.bias])
-    for a, b in zip(grad_ours, grad_torchrl):
+    for a, b in zip(grad_ours, grad_torchrl, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
@@ -77,7 +77,7 @@ def test_clip_ppo_objective_against_direct_formula() -> None:
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0, -2.0])
     got = clip_ppo_objective(log_prob, old, adv, eps)
     rho = [1.5, 1.5, 0.5, 0.5, 1.1, 1.1]
-    expected = [min(r * a, min(max(r, 1 - eps), 1 + eps) * a) for r, a in zip(rho, adv.tolist())]
+    expected = [min(r * a, min(max(r, 1 - eps), 1 + eps) * a) for r, a in zip(rho, adv.tolist(), strict=True)]
     torch.testing.assert_close(got, torch.tensor(expected), atol=1e-6, rtol=1e-6)
 
 
@@ -119,7 +119,7 @@ def test_clip_ppo_update_moves_toy_policy() -> None:
 
     before = torch.softmax(logits.detach(), dim=-1)[:, 0].clone()
     step = GradientStep(torch.optim.Adam([logits], lr=0.05))
-    metrics = ClipPPO(eps=0.2, epochs=5, minibatches=2, ent_coef=0.0).update(evaluate, old_log_prob, advantage, None, step)
+    metrics = ClipPPO(eps=0.2, epochs=5, minibatches=2, ent_coef=0.0).update(evaluate, SurrogateBatch(old_log_prob, advantage), step)
     after = torch.softmax(logits.detach(), dim=-1)[:, 0]
     assert torch.all(after > before + 0.01), (before, after)
     assert set(metrics) == {"policy_loss", "entropy", "clip_frac", "approx_kl"}
@@ -177,8 +177,9 @@ def test_a2c_gradient_is_the_factor_weighted_policy_gradient() -> None:
     logits = nn.Parameter(torch.randn(N, K))
     actions = torch.randint(0, K, (B, N))
     advantage, factor = torch.randn(B, N), torch.rand(B, 1) + 0.5
+    old_log_prob = torch.randn(B, N)  # A2C reads no ratio: a behaviour log-prob unlike the policy's changes nothing
     dist = Categorical(logits=logits.expand(B, N, K))
-    loss = -A2C().objective(evaluate_actions(dist, actions), None, advantage, factor).mean()
+    loss = -A2C().objective(evaluate_actions(dist, actions), SurrogateBatch(old_log_prob, advantage, factor)).mean()
     (grad,) = torch.autograd.grad(loss, logits)
     onehot = torch.nn.functional.one_hot(actions, K).float()
     expected = -((factor * advantage).unsqueeze(-1) * (onehot - torch.softmax(logits.detach(), -1))).sum(0) / (B * N)

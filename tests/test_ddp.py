@@ -18,13 +18,20 @@ import pytest
 import torch
 from conftest import final_eval, recipe, run_dirs
 
-
 PER_AGENT_CRITIC = ["--model.critic.init_args.network", "hcmarl.nn.AgentValue"]  # per-agent scores for A2PO's semi-greedy order
 RANK_FRAMES = 4 * 16  # what one rank collects per iteration: 4 envs x 16 steps
 TINY = [
-    "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
+    "--trainer.strategy",
+    "ddp",
+    "--trainer.enable_progress_bar",
+    "false",
     "--trainer.callbacks+=ddp_probe.SaveParametersPerRank",
-    "--data.num_envs", "4", "--data.rollout_steps", "16", "--data.eval_episodes", "2",
+    "--data.num_envs",
+    "4",
+    "--data.rollout_steps",
+    "16",
+    "--data.eval_episodes",
+    "2",
 ]
 
 
@@ -36,8 +43,18 @@ def _env(out: Path) -> dict[str, str]:
 
 def _command(name: str, total_frames: int, save_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "hcmarl.cli", "fit", "--config", recipe(name), *TINY,
-        "--data.total_frames", str(total_frames), "--trainer.logger.init_args.save_dir", str(save_dir), *extra,
+        sys.executable,
+        "-m",
+        "hcmarl.modules.cli",
+        "fit",
+        "--config",
+        recipe(name),
+        *TINY,
+        "--data.total_frames",
+        str(total_frames),
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        *extra,
     ]
 
 

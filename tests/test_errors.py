@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, recipe
 
 import hcmarl.constraints
 from hcmarl.optim import optimizer_layout_problem
-from conftest import TINY, recipe
 
 FRAMES = "32"
 
@@ -34,7 +34,7 @@ def test_unknown_config_key(run_cli, capsys) -> None:
 def test_unknown_key_in_recipe_file(capsys, tmp_path: Path, monkeypatch) -> None:
     from conftest import recipe
 
-    from hcmarl.cli import main
+    from hcmarl.modules.cli import main
 
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"
@@ -52,8 +52,14 @@ def test_unknown_env_lists_known_names(run_cli, capsys) -> None:
 
 def test_categorical_actor_on_continuous_env(run_cli, capsys) -> None:
     message = exit_message(
-        run_cli, capsys, "fit", "mappo/vmas_balance", "--data.total_frames", FRAMES,
-        "--model.learner.init_args.actor.init_args.distribution", "categorical",
+        run_cli,
+        capsys,
+        "fit",
+        "mappo/vmas_balance",
+        "--data.total_frames",
+        FRAMES,
+        "--model.learner.init_args.actor.init_args.distribution",
+        "categorical",
     )
     assert "hcmarl: error:" in message and "distribution='categorical'" in message and "continuous" in message
 
@@ -96,9 +102,16 @@ def test_nan_loss_stops_with_iteration_and_loss_named(run_cli, capsys, monkeypat
 
     monkeypatch.setattr(hcmarl.constraints, "clip_ppo_objective", poisoned)
     message = exit_message(
-        run_cli, capsys, "fit", "mappo/coordsum_3x10", "--data.total_frames", "96",
-        "--model.learner.init_args.constraint.init_args.epochs", "1",
-        "--model.learner.init_args.constraint.init_args.minibatches", "1",
+        run_cli,
+        capsys,
+        "fit",
+        "mappo/coordsum_3x10",
+        "--data.total_frames",
+        "96",
+        "--model.learner.init_args.constraint.init_args.epochs",
+        "1",
+        "--model.learner.init_args.constraint.init_args.minibatches",
+        "1",
     )
     assert "iteration 1" in message and "learner/policy_loss" in message and "NaN" in message
     (ckpt,) = tmp_path.rglob("last.ckpt")  # the checkpoint of the clean iteration is kept
@@ -117,10 +130,26 @@ def test_wandb_runs_offline_without_credentials(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_MODE")} | {"HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
-            sys.executable, "-m", "hcmarl.cli", "fit", "--config", recipe("mappo/coordsum_3x10"), *TINY, "--data.total_frames", FRAMES,
-            "--trainer.logger", "hcmarl.modules.loggers.WandbLogger", "--trainer.logger.init_args.save_dir", str(tmp_path / "wb"),
+            sys.executable,
+            "-m",
+            "hcmarl.modules.cli",
+            "fit",
+            "--config",
+            recipe("mappo/coordsum_3x10"),
+            *TINY,
+            "--data.total_frames",
+            FRAMES,
+            "--trainer.logger",
+            "hcmarl.modules.loggers.WandbLogger",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "wb"),
         ],
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "wandb sync" in result.stderr
@@ -129,8 +158,14 @@ def test_wandb_runs_offline_without_credentials(tmp_path: Path) -> None:
 
 def test_recurrent_minibatches_above_num_envs(run_cli, capsys) -> None:
     message = exit_message(
-        run_cli, capsys, "fit", "mappo/vmas_balance", "--data.total_frames", FRAMES,
-        "--model.learner.init_args.actor", "hcmarl.nn.GRUActor",
+        run_cli,
+        capsys,
+        "fit",
+        "mappo/vmas_balance",
+        "--data.total_frames",
+        FRAMES,
+        "--model.learner.init_args.actor",
+        "hcmarl.nn.GRUActor",
     )
     assert "minibatches=15" in message and "data.num_envs=4" in message
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -9,12 +10,12 @@ import torch
 from tensordict import TensorDict
 from torch.distributions import Categorical
 
-from hcmarl.constraints import Evaluation, clip_ppo_objective, evaluate_actions
+from hcmarl.constraints import Evaluation, SurrogateBatch, clip_ppo_objective, evaluate_actions
 from hcmarl.guided import GuidedImitation, GuidedTrustRegion
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
 from hcmarl.nn.distributions import kl_divergence
 from hcmarl.optim import AgentAdam, GradientStep
-from hcmarl.schedules import Sequential
+from hcmarl.schedules import Sequential, Upstream
 from hcmarl.trust_region import TrustRegion
 
 
@@ -58,7 +59,7 @@ def test_guided_trust_region_surrogate_matches_the_formula_sample_by_sample() ->
     advantage, weight = torch.randn(obs.shape[0], 3, dtype=torch.float64), torch.rand(obs.shape[0], 1, dtype=torch.float64) + 0.5
     delta = 1.4
     evaluation = evaluate(torch.arange(obs.shape[0]))
-    got = GuidedTrustRegion(delta=delta).surrogate(evaluation, old_log_prob, advantage, weight)
+    got = GuidedTrustRegion(delta=delta).surrogate(evaluation, SurrogateBatch(old_log_prob, advantage, weight))
     p, q = evaluation.distribution.probs, anchor.probs
     masked = 0
     for b in range(obs.shape[0]):
@@ -75,10 +76,18 @@ def test_guided_trust_region_surrogate_matches_the_formula_sample_by_sample() ->
 
 def test_without_an_anchor_or_with_an_infinite_band_it_is_the_trust_region() -> None:
     results = []
-    for constraint, with_anchor in [(TrustRegion(max_kl=0.01), False), (GuidedTrustRegion(delta=math.inf), True), (GuidedTrustRegion(delta=1.3), False)]:
+    for constraint, with_anchor in [
+        (TrustRegion(max_kl=0.01), False),
+        (GuidedTrustRegion(delta=math.inf), True),
+        (GuidedTrustRegion(delta=1.3), False),
+    ]:
         policy, obs, _, old_log_prob, _, evaluate = _setting(seed=2)
         advantage = torch.randn(old_log_prob.shape, generator=torch.Generator().manual_seed(3), dtype=old_log_prob.dtype)
-        metrics = constraint.update(lambda idx: evaluate(idx, with_anchor), old_log_prob, advantage, None, GradientStep(AgentAdam(policy.parameters())))
+        metrics = constraint.update(
+            functools.partial(evaluate, with_anchor=with_anchor),
+            SurrogateBatch(old_log_prob, advantage),
+            GradientStep(AgentAdam(policy.parameters())),
+        )
         assert metrics["accepted"] == 1.0
         results.append(policy.weight.detach().clone())
     torch.testing.assert_close(results[1], results[0])
@@ -93,7 +102,8 @@ def test_the_masked_kl_alone_pulls_the_guider_towards_the_learner() -> None:
         everything = torch.arange(obs.shape[0])
         with torch.no_grad():
             before = kl_divergence(evaluate(everything).distribution, anchor).mean()
-        metrics = GuidedTrustRegion(delta=delta, max_kl=0.01).update(evaluate, old_log_prob, torch.zeros_like(old_log_prob), None, GradientStep(AgentAdam(policy.parameters())))
+        data = SurrogateBatch(old_log_prob, torch.zeros_like(old_log_prob))
+        metrics = GuidedTrustRegion(delta=delta, max_kl=0.01).update(evaluate, data, GradientStep(AgentAdam(policy.parameters())))
         with torch.no_grad():
             after = kl_divergence(evaluate(everything).distribution, anchor).mean()
         if math.isinf(delta):
@@ -130,7 +140,7 @@ def test_the_fisher_subsample_changes_only_the_fisher() -> None:
 
     expected, with_all_samples = natural_step(half), natural_step(torch.arange(obs.shape[0]))
     metrics = TrustRegion(max_kl=max_kl, damping=damping, cg_iters=100, fisher_fraction=0.5).update(
-        lambda idx: evaluate(idx, False), old_log_prob, advantage, None, GradientStep(AgentAdam(policy.parameters()))
+        lambda idx: evaluate(idx, False), SurrogateBatch(old_log_prob, advantage), GradientStep(AgentAdam(policy.parameters()))
     )
     assert metrics["line_search_steps"] == 1.0 and metrics["accepted"] == 1.0
     error = (policy.weight.detach().reshape(-1) - expected).abs().max()
@@ -149,13 +159,13 @@ def test_guided_imitation_objective_is_lambda_times_the_factored_clip_minus_the_
     learner, guider = Categorical(logits=torch.randn(50, 3, 4)), Categorical(logits=torch.randn(50, 3, 4))
     action = guider.sample()
     old_log_prob, advantage, factor = guider.log_prob(action), torch.randn(50, 3), torch.rand(50, 1) + 0.5
-    got = GuidedImitation(lam=3.0, eps=0.1).objective(evaluate_actions(learner, action, guider), old_log_prob, advantage, factor)
+    got = GuidedImitation(lam=3.0, eps=0.1).objective(evaluate_actions(learner, action, guider), SurrogateBatch(old_log_prob, advantage, factor))
     p, q = guider.probs, learner.probs
     kl = (p * (p.log() - q.log())).sum(-1)
     expected = 3.0 * clip_ppo_objective(learner.log_prob(action), old_log_prob, advantage, 0.1, factor) - kl
     torch.testing.assert_close(got, expected)
     with pytest.raises(ValueError, match="anchor"):
-        GuidedImitation().objective(evaluate_actions(learner, action), old_log_prob, advantage, None)
+        GuidedImitation().objective(evaluate_actions(learner, action), SurrogateBatch(old_log_prob, advantage))
 
 
 def test_sequential_imitation_moves_each_agent_alone_towards_its_own_guider_conditional() -> None:
@@ -173,7 +183,11 @@ def test_sequential_imitation_moves_each_agent_alone_towards_its_own_guider_cond
     with torch.no_grad():
         before = kl_divergence(guider, policy(batch)).mean(0)
     metrics = Sequential(order="fixed").update(
-        policy, GuidedImitation(lam=0.0, epochs=40, minibatches=2), batch, GradientStep(AgentAdam(policy.parameters(), lr=0.05)), guider
+        policy,
+        GuidedImitation(lam=0.0, epochs=40, minibatches=2),
+        batch,
+        GradientStep(AgentAdam(policy.parameters(), lr=0.05)),
+        Upstream(anchor=guider),
     )
     with torch.no_grad():
         after = kl_divergence(guider, policy(batch)).mean(0)

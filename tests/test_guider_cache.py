@@ -15,9 +15,7 @@ from hcmarl.nn.distributions import select_agents
 from hcmarl.nn.guider import AgentTokenGuider
 from hcmarl.nn.retention import retention_masks
 
-DISCRETE = EnvInfo(
-    name="toy", n_agents=5, obs_dim=6, state_dim=30, action_kind="categorical", action_dim=4, max_steps=10, has_action_mask=True
-)
+DISCRETE = EnvInfo(name="toy", n_agents=5, obs_dim=6, state_dim=30, action_kind="categorical", action_dim=4, max_steps=10, has_action_mask=True)
 CONTINUOUS = EnvInfo(name="toy", n_agents=4, obs_dim=6, state_dim=24, action_kind="continuous", action_dim=2, max_steps=10)
 
 
@@ -149,18 +147,23 @@ def test_sable_chunkwise_rollout_values_equal_the_step_by_step_replay(chunk_step
     shorter than the rest (chunks of 3 over 8 steps)."""
     torch.manual_seed(3)
     guider = build(SableGuider(embed_dim=16, n_blocks=2, n_heads=2, decay_scaling=0.9, chunk_steps=chunk_steps), DISCRETE)
-    is_init = torch.tensor([
-        [False, False, True, False, False, True, False, False],
-        [False, True, False, False, True, False, False, True],
-        [False, False, False, False, False, False, False, False],
-        [True, False, False, True, False, False, True, False],
-    ])
+    is_init = torch.tensor(
+        [
+            [False, False, True, False, False, True, False, False],
+            [False, True, False, False, True, False, False, True],
+            [False, False, False, False, False, False, False, False],
+            [True, False, False, True, False, False, True, False],
+        ]
+    )
     b, t = is_init.shape
-    td = TensorDict({
-        OBSERVATION: torch.randn(b, t, DISCRETE.n_agents, DISCRETE.obs_dim),
-        IS_INIT: is_init.unsqueeze(-1),
-        ("next", OBSERVATION): torch.randn(b, t, DISCRETE.n_agents, DISCRETE.obs_dim),
-    }, batch_size=[b, t])
+    td = TensorDict(
+        {
+            OBSERVATION: torch.randn(b, t, DISCRETE.n_agents, DISCRETE.obs_dim),
+            IS_INIT: is_init.unsqueeze(-1),
+            ("next", OBSERVATION): torch.randn(b, t, DISCRETE.n_agents, DISCRETE.obs_dim),
+        },
+        batch_size=[b, t],
+    )
     state = torch.randn_like(guider.initial_state(b, torch.device("cpu")))
     values, next_values = guider.rollout_values(td, state)
     expected_values, expected_next_values = reference_sable_rollout_values(guider, td, state)

@@ -16,13 +16,20 @@ from hcmarl.envs import make_env
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import (
-    ACTION, ACTION_MASK, AGENT_INSTRUCTION, CONDUCTOR_LOG_PROB, CONDUCTOR_PROBS, FACTOR, INSTRUCTION, KL_WEIGHT, STATE,
+    ACTION,
+    ACTION_MASK,
+    AGENT_INSTRUCTION,
+    CONDUCTOR_LOG_PROB,
+    CONDUCTOR_PROBS,
+    INSTRUCTION,
+    STATE,
 )
 from hcmarl.modules import Conductor, Critic, Learner, MARLModule
-from hcmarl.modules.conductor import EXECUTION_MODES, shared_seed_instruction
 from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MLPActor
 from hcmarl.optim import GradientStep
+from hcmarl.roles.conductor import EXECUTION_MODES, shared_seed_instruction
 from hcmarl.schedules import Sequential, Simultaneous
+from hcmarl.stages import IterationContext
 from hcmarl.trust_region import TrustRegion
 
 INFO = EnvInfo(name="toy", n_agents=3, obs_dim=4, state_dim=12, action_kind="categorical", action_dim=5, max_steps=10)
@@ -48,9 +55,15 @@ def _rollout(module: MARLModule, steps: int = 24) -> TensorDict:
 
 
 def _update(module: MARLModule, batch: TensorDict, seed: int) -> dict[str, torch.Tensor]:
+    return _update_in_context(module, batch, seed)[0]
+
+
+def _update_in_context(module: MARLModule, batch: TensorDict, seed: int) -> tuple[dict[str, torch.Tensor], IterationContext]:
+    """One iteration's update, and the context its stages passed values through (the conductor's factor and KL weights)."""
     module.compute_advantages(batch)
     torch.manual_seed(seed)
-    return module.update_roles(batch, [GradientStep(opt) for opt in module.configure_optimizers()])
+    context = IterationContext(batch, dict(zip(module.optimizer_roles(), (GradientStep(opt) for opt in module.configure_optimizers()), strict=True)))
+    return module.plan.run_stages(context), context
 
 
 def test_hcpo_with_one_instruction_equals_hatrpo() -> None:
@@ -64,11 +77,11 @@ def test_hcpo_with_one_instruction_equals_hatrpo() -> None:
     hcpo_metrics, hatrpo_metrics = _update(hcpo, batch.clone(), seed=11), _update(hatrpo, batch.clone(), seed=11)
     assert hcpo_metrics["learner/accepted"] > 0 and hatrpo_metrics["learner/accepted"] > 0
     moved = False
-    for (name, value), reference in zip(hcpo.learner.state_dict().items(), hatrpo.learner.state_dict().values()):
+    for (name, value), reference in zip(hcpo.learner.state_dict().items(), hatrpo.learner.state_dict().values(), strict=True):
         torch.testing.assert_close(value, reference, atol=1e-5, rtol=1e-4, msg=f"learner {name}")
         moved |= not torch.equal(value, initial[name])
     assert moved, "the update changed nothing, so the comparison proves nothing"
-    for (name, value), reference in zip(hcpo.critic.network.state_dict().items(), hatrpo.critic.network.state_dict().values()):
+    for (name, value), reference in zip(hcpo.critic.network.state_dict().items(), hatrpo.critic.network.state_dict().values(), strict=True):
         torch.testing.assert_close(value, reference, atol=1e-5, rtol=1e-4, msg=f"critic {name}")
 
 
@@ -77,7 +90,7 @@ def test_iteration_moves_the_conductor_within_delta1_and_hands_its_ratio_to_the_
     module = _module(5, env_info)
     batch = _rollout(module)
     before = copy.deepcopy(module.conductor.network)
-    metrics = _update(module, batch, seed=2)
+    metrics, context = _update_in_context(module, batch, seed=2)
     assert metrics["conductor/accepted"] == 1.0 and 0 < metrics["conductor/kl"] <= 0.01
     with torch.no_grad():
         flat = batch.reshape(-1)
@@ -86,7 +99,7 @@ def test_iteration_moves_the_conductor_within_delta1_and_hands_its_ratio_to_the_
         true_kl = torch.distributions.kl_divergence(old, new).mean()
         torch.testing.assert_close(true_kl, metrics["conductor/kl"], atol=1e-5, rtol=1e-4)
         expected_factor = (new.log_prob(flat[INSTRUCTION]) - flat[CONDUCTOR_LOG_PROB]).exp()
-    torch.testing.assert_close(batch.get(FACTOR).reshape(-1), expected_factor)
+    torch.testing.assert_close(context.factor.reshape(-1), expected_factor)
     assert not torch.allclose(expected_factor, torch.ones_like(expected_factor))
     usage = torch.stack([metrics[f"conductor/usage_{k}"] for k in range(5)])
     torch.testing.assert_close(usage.sum(), torch.tensor(1.0))
@@ -192,9 +205,20 @@ def test_paper_weighting_reaches_the_agents_kl() -> None:
     env_info = make_env("coordsum/3x10", num_envs=1, seed=0).info
     module = _module(4, env_info)
     module.conductor.paper_weighting = True
+    received: list[torch.Tensor | None] = []
+    update = module.learner.constraint.update
+
+    def recording_update(evaluate, data, step):
+        received.append(data.kl_weight)
+        return update(evaluate, data, step)
+
+    module.learner.constraint.update = recording_update
     batch = _rollout(module, steps=8)
-    _update(module, batch, seed=0)
-    assert KL_WEIGHT in batch.keys(include_nested=True) and batch.get(KL_WEIGHT).shape == (8, 8, 3)
+    _, context = _update_in_context(module, batch, seed=0)
+    assert context.kl_weight is not None and context.kl_weight.shape == (8, 8, 3)
+    flat_weights = context.kl_weight.reshape(-1, 3)
+    assert len(received) == 3 and all(w is not None and w.shape == (64, 1) for w in received)
+    assert any(torch.equal(w, flat_weights[:, agent : agent + 1]) for w in received for agent in range(3))
 
 
 def test_conductor_needs_an_instruction_critic_and_the_other_way_round() -> None:
@@ -206,8 +230,7 @@ def test_conductor_needs_an_instruction_critic_and_the_other_way_round() -> None
 
 
 def test_hcpo_recipe_logs_conductor_diagnostics_and_both_evaluations(run_cli, tmp_path, capsys: pytest.CaptureFixture) -> None:
-    run_cli("fit", "hcpo/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1",
-            "--model.conductor.init_args.n_instructions", "4")
+    run_cli("fit", "hcpo/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1", "--model.conductor.init_args.n_instructions", "4")
     (run_dir,) = run_dirs(tmp_path)
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -231,11 +254,11 @@ def test_random_conductor_ablation_samples_uniformly_and_trains_no_conductor() -
     batch = _rollout(module)
     torch.testing.assert_close(batch.get(CONDUCTOR_PROBS), torch.full((8, 24, 5), 0.2))
     before = copy.deepcopy(module.conductor.state_dict())
-    metrics = _update(module, batch, seed=0)
+    metrics, context = _update_in_context(module, batch, seed=0)
     assert "conductor/kl" not in metrics and "local/kl" not in metrics
     for name, value in module.conductor.state_dict().items():
         assert torch.equal(value, before[name]), name
-    torch.testing.assert_close(batch.get(FACTOR), torch.ones(8, 24, 1))
+    torch.testing.assert_close(context.factor, torch.ones(8, 24, 1))
     with pytest.raises(ConfigError, match="paper_weighting"):
         _conductor(5, behaviour="random", paper_weighting=True)
 
@@ -245,14 +268,14 @@ def test_conductor_over_shared_actors_hands_its_factor_to_a_simultaneous_update(
     recorded: list[torch.Tensor] = []
 
     class RecordingClip(ClipPPO):
-        def update(self, evaluate, old_log_prob, advantage, factor, step, kl_weight=None):
-            recorded.append(factor)
-            return super().update(evaluate, old_log_prob, advantage, factor, step, kl_weight)
+        def update(self, evaluate, data, step):
+            recorded.append(data.factor)
+            return super().update(evaluate, data, step)
 
     learner = Learner(MLPActor(share_params=True, agent_id=True), RecordingClip(epochs=1), Simultaneous())
     module = MARLModule(learner, Critic(InstructionCritic(), epochs=1), _conductor(4))
     module.build(env_info)
     batch = _rollout(module, steps=8)
-    metrics = _update(module, batch, seed=0)
+    metrics, context = _update_in_context(module, batch, seed=0)
     assert torch.isfinite(metrics["learner/policy_loss"])
-    torch.testing.assert_close(recorded[0], batch.get(FACTOR).reshape(-1, 1))
+    torch.testing.assert_close(recorded[0], context.factor.reshape(-1, 1))

@@ -13,16 +13,17 @@ from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import TransformedEnv
 
-from hcmarl.constraints import ClipPPO, evaluate_actions
+from hcmarl.constraints import ClipPPO, Distill, Evaluation, SurrogateBatch, evaluate_actions
 from hcmarl.envs import make_env
 from hcmarl.errors import ConfigError
 from hcmarl.guided import GuidedClip, GuidedImitation, GuidedTrustRegion
 from hcmarl.keys import ACTION, ADVANTAGE, AGENT_INSTRUCTION, IS_INIT, LOG_PROB, OBSERVATION, STATE, VALUE_TARGET
 from hcmarl.modules import Conductor, Critic, Guider, Learner, MARLModule
 from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MATGuider, MLPActor, SableGuider
-from hcmarl.constraints import Distill
+from hcmarl.nn.distributions import detach_distribution
 from hcmarl.optim import GradientStep
-from hcmarl.schedules import Sequential, Simultaneous
+from hcmarl.schedules import Sequential, Simultaneous, Upstream
+from hcmarl.stages import IterationContext, JointGuidedStage
 from hcmarl.trust_region import TrustRegion
 
 ENV = "coordsum/3x10"
@@ -91,8 +92,9 @@ def test_a_sable_guider_replays_each_rollout_from_the_state_it_started_with() ->
     assert not torch.allclose(from_zeros.log_prob(second.get(ACTION)), second.get(LOG_PROB), atol=1e-3)
     module.compute_advantages(second)
     opt_guider, opt_learner = module.guider.make_optimizer(), module.learner.make_optimizer()
-    metrics = module.guider.update(second, GradientStep(opt_guider), module.learner, GradientStep(opt_learner), start_state=start)
-    assert all(torch.isfinite(v) for values in metrics.values() for v in values.values())
+    stage = JointGuidedStage(module.guider, module.learner, train_value=True)
+    metrics = stage.run(IterationContext(second, {"guider": GradientStep(opt_guider), "learner": GradientStep(opt_learner)}))
+    assert metrics and all(torch.isfinite(v) for v in metrics.values())
 
 
 def test_a_conductor_instructs_the_guider_and_the_learner() -> None:
@@ -135,12 +137,14 @@ def test_both_roles_step_from_the_same_pre_update_parameters() -> None:
     dist, value = guider.network(flat)
     log_prob = dist.log_prob(flat.get(ACTION))
     learner_dist = learner.actor(flat)
-    loss, _ = guider.constraint.loss(dist, log_prob, flat.get(LOG_PROB), flat.get(ADVANTAGE), learner_dist, learner_dist.log_prob(flat.get(ACTION)))
+    data = SurrogateBatch(flat.get(LOG_PROB), flat.get(ADVANTAGE))
+    guider_eval = Evaluation(log_prob, dist.entropy(), dist, detach_distribution(learner_dist), learner_dist.log_prob(flat.get(ACTION)).detach())
+    loss, _ = guider.constraint.loss(guider_eval, data)
     loss = loss + guider.vf_coef * torch.nn.functional.huber_loss(value, guider.value_norm.normalize(target), delta=10.0)
     GradientStep(g_opt)(loss, 0.5)
     old_dist, _ = old_guider.network(flat)
     learner_eval = evaluate_actions(learner.actor(flat), flat.get(ACTION), old_dist)
-    learner_loss, _ = learner.constraint.loss(learner_eval, flat.get(LOG_PROB), flat.get(ADVANTAGE))
+    learner_loss, _ = learner.constraint.loss(learner_eval, data)
     GradientStep(l_opt)(learner_loss, 0.5)
 
     learner_before = module.learner.state_dict()["actor.net.0.weight"].clone()
@@ -212,9 +216,16 @@ def test_magpo_recipe_logs_its_diagnostics_and_both_evaluations(run_cli, tmp_pat
     run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1")
     (run_dir,) = run_dirs(tmp_path)
     expected = {
-        "guider/mask_frac", "guider/kl_guider_learner", "guider/kl_learner_guider", "guider/clip_frac", "guider/inner_clip_frac",
+        "guider/mask_frac",
+        "guider/kl_guider_learner",
+        "guider/kl_learner_guider",
+        "guider/clip_frac",
+        "guider/inner_clip_frac",
         "guider/value_loss",
-        "learner/clip_frac", "learner/imitation_kl", "eval/return", "eval/guider/return",
+        "learner/clip_frac",
+        "learner/imitation_kl",
+        "eval/return",
+        "eval/guider/return",
     }
     assert expected <= _logged(run_dir)
     result = final_eval(run_dir)
@@ -249,13 +260,13 @@ def test_a_trust_region_guider_steps_alone_then_sequential_learners_imitate_the_
     metrics = module.update_roles(batch.clone(), [GradientStep(opt) for opt in module.configure_optimizers()])
     assert metrics["guider/accepted"] == 1.0 and "learner/kl_agent2" in metrics and "learner/imitation_kl" in metrics
 
-    steps = dict(zip(reference.optimizer_roles(), [GradientStep(opt) for opt in reference.configure_optimizers()]))
+    steps = dict(zip(reference.optimizer_roles(), [GradientStep(opt) for opt in reference.configure_optimizers()], strict=True))
     flat = batch.reshape(-1)
     torch.manual_seed(5)
-    reference.guider.update_alone(flat, steps["guider"], reference.learner)
+    reference.guider.update(flat, steps["guider"], reference.learner)
     with torch.no_grad():
         updated_guider = reference.guider.network(flat)[0]
-    reference.learner.update(flat, steps["learner"], updated_guider)
+    reference.learner.update(flat, steps["learner"], Upstream(anchor=updated_guider))
     for role in ("guider", "learner"):
         for name, value in getattr(module, role).state_dict().items():
             torch.testing.assert_close(value, getattr(reference, role).state_dict()[name], atol=1e-6, rtol=1e-5, msg=f"{role}.{name}")

@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict
 from torch.distributions import Categorical, Independent, Normal
 
-from hcmarl.constraints import clip_ppo_objective, evaluate_actions
+from hcmarl.constraints import SurrogateBatch, clip_ppo_objective, evaluate_actions
 from hcmarl.envs.base import EnvInfo
 from hcmarl.guided import GuidedClip, GuidedImitation, guided_clip_objective, guided_mask
 from hcmarl.keys import ACTION, ACTION_MASK, OBSERVATION
@@ -90,7 +90,7 @@ def test_inner_clip_stops_the_gradient_where_algorithms_md_says() -> None:
         (0.0, 0.5, 0.0, 1.0, 1.0),  # same exit, A > 0: min takes ratio * A
         (0.35, 0.30, 0.0, 1.0, 0.0),  # inside the band, inner = e^{0.35} > 1 + eps: PPO's clip stops it
     ]
-    g, l, g_old, a, expected = (torch.tensor(column) for column in zip(*cases))
+    g, l, g_old, a, expected = (torch.tensor(column) for column in zip(*cases, strict=True))
     assert float((g - l)[1]) > log_delta and float((g - l)[3]) < -log_delta
     assert torch.allclose(_objective_gradient(g, l, g_old, a, eps, delta), expected, atol=1e-6)
     # plain PPO (delta = inf) differs exactly on the band exits where the inner ratio was taken
@@ -121,7 +121,7 @@ def test_infinite_delta_guider_loss_is_plain_ppo() -> None:
     guider_logits, learner_logits, action, old_log_prob, advantage = _categorical_batch()
     guider, learner = Categorical(logits=guider_logits), Categorical(logits=learner_logits)
     rule = GuidedClip(eps=0.2, delta=math.inf, ent_coef=0.01)
-    loss, metrics = rule.loss(guider, guider.log_prob(action), old_log_prob, advantage, learner, learner.log_prob(action))
+    loss, metrics = rule.loss(evaluate_actions(guider, action, learner), SurrogateBatch(old_log_prob, advantage))
     (grad,) = torch.autograd.grad(loss, guider_logits)
     fresh = Categorical(logits=guider_logits)
     ratio = torch.exp(fresh.log_prob(action) - old_log_prob)
@@ -136,7 +136,7 @@ def test_guider_loss_adds_the_masked_kl_to_a_constant_learner() -> None:
     guider, learner = Categorical(logits=guider_logits), Categorical(logits=learner_logits)
     g, l = guider.log_prob(action), learner.log_prob(action)
     rule = GuidedClip(eps=0.2, delta=1.2, ent_coef=0.0)
-    loss, metrics = rule.loss(guider, g, old_log_prob, advantage, learner, l)
+    loss, metrics = rule.loss(evaluate_actions(guider, action, learner), SurrogateBatch(old_log_prob, advantage))
     p, q = guider.probs, learner.probs
     kl = (p * (p.log() - q.log())).sum(-1)
     mask = ((g - l).abs() >= math.log(1.2)).float()
@@ -153,7 +153,7 @@ def test_learner_kl_term_matches_a_direct_computation(direction: str) -> None:
     guider_logits, learner_logits, action, old_log_prob, advantage = _categorical_batch(seed=2)
     guider, learner = Categorical(logits=guider_logits), Categorical(logits=learner_logits)
     rule = GuidedImitation(lam=0.0, kl_direction=direction)
-    loss, metrics = rule.loss(evaluate_actions(learner, action, guider), old_log_prob, advantage)
+    loss, metrics = rule.loss(evaluate_actions(learner, action, guider), SurrogateBatch(old_log_prob, advantage))
     p, q = torch.softmax(guider_logits, -1), torch.softmax(learner_logits, -1)
     direct = (p * (p.log() - q.log())).sum(-1) if direction == "guider_learner" else (q * (q.log() - p.log())).sum(-1)
     assert torch.allclose(loss, direct.mean(), atol=1e-6) and torch.allclose(metrics["imitation_kl"], direct.mean(), atol=1e-6)
@@ -176,8 +176,9 @@ def test_learner_loss_adds_lambda_times_ppo_against_the_behaviour() -> None:
     guider, learner = Categorical(logits=guider_logits), Categorical(logits=learner_logits)
     l = learner.log_prob(action)
     evaluation = evaluate_actions(learner, action, guider)
-    loss, _ = GuidedImitation(lam=4.0, eps=0.1).loss(evaluation, old_log_prob, advantage)
-    pure, _ = GuidedImitation(lam=0.0).loss(evaluation, old_log_prob, advantage)
+    data = SurrogateBatch(old_log_prob, advantage)
+    loss, _ = GuidedImitation(lam=4.0, eps=0.1).loss(evaluation, data)
+    pure, _ = GuidedImitation(lam=0.0).loss(evaluation, data)
     assert torch.allclose(loss - pure, -4.0 * clip_ppo_objective(l, old_log_prob, advantage, 0.1).mean(), atol=1e-6)
 
 

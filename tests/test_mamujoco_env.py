@@ -18,9 +18,8 @@ import torch
 from torchrl.envs import RewardSum, TransformedEnv
 from torchrl.envs.utils import check_env_specs, step_mdp
 
-from hcmarl.envs import make_env
+from hcmarl.envs import make_env, mamujoco
 from hcmarl.envs.base import ACTION, OBSERVATION, STATE
-from hcmarl.envs import mamujoco
 from hcmarl.envs.mamujoco import tasks
 from hcmarl.envs.mamujoco_workers import MaMuJoCoWorkerError
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
@@ -103,7 +102,7 @@ def test_padded_action_entries_are_ignored() -> None:
     actions = _actions(envs[0], 0) * 0.3
     other = actions.clone()
     other[:, 1, 8] = 123.0  # agent 1 has 8 actions: entry 8 is padding
-    outs = [env.step(env.reset().set(ACTION, a))["next"] for env, a in zip(envs, (actions, other))]
+    outs = [env.step(env.reset().set(ACTION, a))["next"] for env, a in zip(envs, (actions, other), strict=False)]
     torch.testing.assert_close(outs[0][OBSERVATION], outs[1][OBSERVATION])
     torch.testing.assert_close(outs[0][REWARD], outs[1][REWARD])
 
@@ -168,7 +167,9 @@ def test_coupled_half_cheetah_reads_the_tendon_jacobian_densely() -> None:
 
 @requires_mamujoco
 def test_time_limit_is_truncation_and_returns_are_summed() -> None:
-    env = TransformedEnv(make_env("mamujoco/HalfCheetah-2x3", num_envs=2, seed=0, max_steps=5), RewardSum(in_keys=[REWARD], out_keys=[EPISODE_RETURN]))
+    env = TransformedEnv(
+        make_env("mamujoco/HalfCheetah-2x3", num_envs=2, seed=0, max_steps=5), RewardSum(in_keys=[REWARD], out_keys=[EPISODE_RETURN])
+    )
     assert env.base_env.info.max_steps == 5
     rollout = env.rollout(5, policy=lambda td: td.set(ACTION, _actions(env, 0)))
     done, terminated, truncated = (rollout["next", k].squeeze(-1) for k in ("done", "terminated", "truncated"))
@@ -209,7 +210,7 @@ def test_workers_give_the_same_data_as_one_process() -> None:
             check_env_specs(pooled)
             local.set_seed(0), pooled.set_seed(0)
             step = iter(range(100))
-            policy = lambda env: (lambda td: td.set(ACTION, _actions(env, next(step))))  # noqa: E731
+            policy = lambda env: lambda td: td.set(ACTION, _actions(env, next(step)))  # noqa: E731
             a = local.rollout(10, policy=policy(local), break_when_any_done=False)  # crosses two time limits
             step = iter(range(100))
             b = pooled.rollout(10, policy=policy(pooled), break_when_any_done=False)

@@ -37,9 +37,7 @@ def _td(B: int, info: EnvInfo, mask: torch.Tensor | None = None, seed: int = 0) 
     agents = {"observation": obs}
     if mask is not None:
         agents["action_mask"] = mask
-    return TensorDict(
-        {"agents": TensorDict(agents, [B, info.n_agents]), STATE: torch.randn(B, info.state_dim, generator=g)}, [B]
-    )
+    return TensorDict({"agents": TensorDict(agents, [B, info.n_agents]), STATE: torch.randn(B, info.state_dim, generator=g)}, [B])
 
 
 # ---------------------------------------------------------------- layers
@@ -164,7 +162,7 @@ def test_masked_categorical_log_prob_and_entropy_over_available_actions() -> Non
             j = int(torch.randint(len(avail), (1,), generator=g))
             actions[b, i] = avail[j]
             expected_lp[b, i] = z[j] - lse
-            expected_ent[b, i] = -sum(pk * (v - lse) for pk, v in zip(p, z))
+            expected_ent[b, i] = -sum(pk * (v - lse) for pk, v in zip(p, z, strict=False))
     torch.testing.assert_close(dist.log_prob(actions), expected_lp, atol=1e-5, rtol=1e-5)
     entropy = dist.entropy()
     assert torch.isfinite(entropy).all()

@@ -14,16 +14,16 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import Compose, TransformedEnv
 
-from hcmarl.cli import build_cli
-from hcmarl.constraints import Constraint, Evaluation, evaluate_actions, index_distribution
+from hcmarl.constraints import Constraint, Evaluation, SurrogateBatch, evaluate_actions, index_distribution
 from hcmarl.envs import make_env
 from hcmarl.envs.base import EnvInfo
-from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, KL_WEIGHT, LOG_PROB
+from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
+from hcmarl.modules.cli import build_cli
 from hcmarl.nn import GRUActor, MLPActor
 from hcmarl.nn.actors import select_agent
 from hcmarl.optim import GradientStep
 from hcmarl.recipes import RECIPES_DIR
-from hcmarl.schedules import Policy, Sequential
+from hcmarl.schedules import NO_UPSTREAM, Policy, Sequential, Upstream
 
 Distribution = torch.distributions.Distribution
 
@@ -32,10 +32,10 @@ class EveryAgentSequential(Sequential):
     """The reference: each evaluation runs the policy for every agent and keeps the moving agent's column."""
 
     def update(
-        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, anchor: Distribution | None = None
+        self, policy: Policy, constraint: Constraint, batch: TensorDictBase, step: GradientStep, upstream: Upstream = NO_UPSTREAM
     ) -> dict[str, torch.Tensor]:
         old_log_prob, advantage, action = batch.get(LOG_PROB), batch.get(ADVANTAGE), batch.get(ACTION)
-        factor, kl_weight = batch.get(FACTOR, None), batch.get(KL_WEIGHT, None)
+        anchor, factor, kl_weight = upstream.anchor, upstream.factor, upstream.kl_weight
         if factor is None:
             factor = torch.ones(*advantage.shape[:-1], 1)
         order = self.agent_order(batch)
@@ -49,7 +49,7 @@ class EveryAgentSequential(Sequential):
 
             placed = constraint.at_position(position + 1, len(order))
             own_kl_weight = None if kl_weight is None else kl_weight[..., own]
-            placed.update(evaluate, old_log_prob[..., own], advantage[..., own], factor, step.for_agent(agent), own_kl_weight)
+            placed.update(evaluate, SurrogateBatch(old_log_prob[..., own], advantage[..., own], factor, own_kl_weight), step.for_agent(agent))
             with torch.no_grad():
                 factor = factor * (policy(batch).log_prob(action)[..., own] - old_log_prob[..., own]).exp()
         return {}

@@ -62,9 +62,18 @@ def test_replay_reproduces_behaviour_log_probs_across_resets(share_params: bool)
 @pytest.mark.parametrize("name", ["mappo/coordsum_3x10", "ippo/vmas_balance"])
 def test_gru_actor_swapped_in_by_class_path(name: str, run_cli, tmp_path: Path) -> None:
     run_cli(
-        "fit", name, "--model.learner.init_args.actor", "hcmarl.nn.GRUActor",
-        "--model.learner.init_args.actor.init_args.hidden_size", "16", "--data.total_frames", "64", "--data.eval_every", "1",
-        "--model.learner.init_args.constraint.init_args.minibatches", "2",
+        "fit",
+        name,
+        "--model.learner.init_args.actor",
+        "hcmarl.nn.GRUActor",
+        "--model.learner.init_args.actor.init_args.hidden_size",
+        "16",
+        "--data.total_frames",
+        "64",
+        "--data.eval_every",
+        "1",
+        "--model.learner.init_args.constraint.init_args.minibatches",
+        "2",
     )
     (run_dir,) = run_dirs(tmp_path)
     assert math.isfinite(final_eval(run_dir)["eval/return"])

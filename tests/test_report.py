@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from hcmarl.cli import main
 from hcmarl.errors import ConfigError, RunDataError
+from hcmarl.modules.cli import main
 from hcmarl.report import report
 from hcmarl.report.runs import discover, parse_run_name, resolve_metric
 from hcmarl.report.stats import (
@@ -59,7 +59,7 @@ def test_stratified_bootstrap_matches_a_loop_reference() -> None:
     draws = [rng.integers(0, len(t), size=(resamples, len(t))) for t in tasks]  # per task, in task order
     reference = []
     for b in range(resamples):
-        sample = [float(t[i]) for t, d in zip(tasks, draws) for i in d[b]]
+        sample = [float(t[i]) for t, d in zip(tasks, draws, strict=False) for i in d[b]]
         reference.append(_iqm_by_hand(np.array(sample)))
     assert estimate.value == pytest.approx(_iqm_by_hand(np.array([1, 5, 2, 10, 0, 3, 7.0])))  # = (1+2+3+5+7)/5
     assert estimate.value == pytest.approx(3.6)
@@ -213,7 +213,7 @@ def test_aggregate_normalises_final_scores(fixture_runs: Path) -> None:
     # alg_a: 0, 1, 0, 1/3 -> mean(0, 1/3)
     assert agg.iqm["alg_a"].value == pytest.approx(1 / 6)
     assert list(agg.iqm) == ["alg_b", "alg_a"]
-    (x, y, poi), = agg.improvement
+    ((x, y, poi),) = agg.improvement
     # 3x10: b (9/11, 9/11) vs a (0, 1): 2 of 4 pairs -> 1/2; 3x30: every b beats every a -> 1
     assert (x, y) == ("alg_b", "alg_a") and poi.value == pytest.approx(0.75)
 
@@ -241,8 +241,16 @@ def test_report_writes_every_file_it_promises(fixture_runs: Path, tmp_path: Path
     written = report([fixture_runs], out, resamples=100, export=out / "runs.csv")
     names = sorted(p.name for p in written)
     assert names == sorted(
-        ["runs.csv", "curves_coordsum_3x10.png", "curves_coordsum_3x10.svg", "curves_coordsum_3x30.png",
-         "curves_coordsum_3x30.svg", "iqm.png", "iqm.svg", "report.md"]
+        [
+            "runs.csv",
+            "curves_coordsum_3x10.png",
+            "curves_coordsum_3x10.svg",
+            "curves_coordsum_3x30.png",
+            "curves_coordsum_3x30.svg",
+            "iqm.png",
+            "iqm.svg",
+            "report.md",
+        ]
     )
     for path in written:
         assert path.is_file() and path.stat().st_size > 0
@@ -303,9 +311,24 @@ def test_report_logs_its_figures_to_an_offline_wandb_run(fixture_runs: Path, tmp
     pytest.importorskip("wandb")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-m", "hcmarl.cli", "report", str(fixture_runs), "--out", str(tmp_path / "out"), "--resamples", "50",
-         "--wandb", "hcmarl-test"],
-        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hcmarl.modules.cli",
+            "report",
+            str(fixture_runs),
+            "--out",
+            str(tmp_path / "out"),
+            "--resamples",
+            "50",
+            "--wandb",
+            "hcmarl-test",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("W&B run with the figures: ")][0]

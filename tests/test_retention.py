@@ -20,8 +20,16 @@ def test_head_decays_follow_the_multi_scale_schedule() -> None:
     assert torch.allclose(head_decays(3, 0.5), 0.5 * torch.tensor([1 - 2.0**-5, 1 - 2.0**-7, 1 - 2.0**-9]))
 
 
-def reference_retention(layer: MultiScaleRetention, query: torch.Tensor, source: torch.Tensor, is_init: torch.Tensor,
-                        n_agents: int, kappa: torch.Tensor, state: torch.Tensor, causal: bool) -> torch.Tensor:
+def reference_retention(
+    layer: MultiScaleRetention,
+    query: torch.Tensor,
+    source: torch.Tensor,
+    is_init: torch.Tensor,
+    n_agents: int,
+    kappa: torch.Tensor,
+    state: torch.Tensor,
+    causal: bool,
+) -> torch.Tensor:
     """Retention token by token, straight from its definition (a loop over pairs n, m)."""
     b, length, _ = query.shape
     h, d = layer.n_heads, layer.head_dim
@@ -92,12 +100,14 @@ def float64():
 
 # 8 timesteps, episode starts inside chunks and on chunk boundaries (chunks of 2, 3 and 4 start at 0, 2, 3, 4, 6),
 # an env with none, and one that starts at 0: every kind of cut in every chunking below
-CHUNKED_STARTS = torch.tensor([
-    [False, False, True, False, False, True, False, False],
-    [False, True, False, False, True, False, False, True],
-    [False, False, False, False, False, False, False, False],
-    [True, False, False, True, False, False, True, False],
-])
+CHUNKED_STARTS = torch.tensor(
+    [
+        [False, False, True, False, False, True, False, False],
+        [False, True, False, False, True, False, False, True],
+        [False, False, False, False, False, False, False, False],
+        [True, False, False, True, False, False, True, False],
+    ]
+)
 
 
 @pytest.mark.parametrize("chunk_steps", [1, 2, 3, 5, 8])
@@ -116,8 +126,17 @@ def test_chunk_masks_cut_the_whole_rollout_masks(chunk_steps: int) -> None:
             assert torch.equal(getattr(chunked, name)[:, :, c, :length, :length], getattr(whole, name)[:, :, 0, tokens, tokens])
 
 
-def run_blocks(blocks: torch.nn.ModuleList, decoder: bool, x: torch.Tensor, enc: torch.Tensor, is_init: torch.Tensor,
-               n_agents: int, kappa: torch.Tensor, state: torch.Tensor, chunk_steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def run_blocks(
+    blocks: torch.nn.ModuleList,
+    decoder: bool,
+    x: torch.Tensor,
+    enc: torch.Tensor,
+    is_init: torch.Tensor,
+    n_agents: int,
+    kappa: torch.Tensor,
+    state: torch.Tensor,
+    chunk_steps: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The blocks over a whole sequence at once, in chunks of ``chunk_steps`` timesteps, with the carry."""
     masks = retention_masks(is_init, n_agents, kappa, chunk_steps)
     states = []
@@ -231,7 +250,7 @@ def test_chunked_guider_equals_the_whole_rollout_and_acting(info: EnvInfo, chunk
     chunked = guider_outputs(*guider(rollout, start))
     guider.chunk_steps = None
     whole = guider_outputs(*guider(rollout, start))
-    for a, b in zip(chunked, whole):
+    for a, b in zip(chunked, whole, strict=False):
         assert torch.allclose(a, b, atol=1e-5)
     guider.chunk_steps = chunk_steps
     dist, _ = guider(rollout, start)

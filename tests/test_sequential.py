@@ -13,7 +13,7 @@ from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
 from hcmarl.modules import Learner
 from hcmarl.nn import MLPActor
 from hcmarl.optim import AgentAdam, GradientStep
-from hcmarl.schedules import Sequential, Simultaneous
+from hcmarl.schedules import Sequential, Simultaneous, Upstream
 
 INFO = EnvInfo(name="toy", n_agents=3, obs_dim=4, state_dim=12, action_kind="categorical", action_dim=5, max_steps=10)
 
@@ -58,10 +58,10 @@ class RecordingClip(ClipPPO):
         self.factors: list[torch.Tensor] = []
         self.kl_weights: list[torch.Tensor | None] = []
 
-    def update(self, evaluate, old_log_prob, advantage, factor, step, kl_weight=None):
-        self.factors.append(factor.clone())
-        self.kl_weights.append(kl_weight)
-        return super().update(evaluate, old_log_prob, advantage, factor, step, kl_weight)
+    def update(self, evaluate, data, step):
+        self.factors.append(data.factor.clone())
+        self.kl_weights.append(data.kl_weight)
+        return super().update(evaluate, data, step)
 
 
 def test_factor_is_the_product_of_the_preceding_agents_ratios() -> None:
@@ -85,9 +85,8 @@ def test_factor_is_the_product_of_the_preceding_agents_ratios() -> None:
 def test_fixed_order_and_external_initial_factor() -> None:
     batch, actor = _batch()
     initial = torch.rand(batch.shape[0], 1) + 0.5
-    batch.set("factor", initial)
     constraint = RecordingClip()
-    Sequential(order="fixed").update(actor, constraint, batch, GradientStep(AgentAdam(actor.parameters(), lr=1e-2)))
+    Sequential(order="fixed").update(actor, constraint, batch, GradientStep(AgentAdam(actor.parameters(), lr=1e-2)), Upstream(factor=initial))
     torch.testing.assert_close(constraint.factors[0], initial)
 
 
@@ -108,23 +107,22 @@ def test_sequential_with_shared_parameters_is_a_config_error() -> None:
 
 
 def test_learner_update_passes_an_upstream_factor_to_the_schedule() -> None:
-    """The learner selects the keys its update reads; an upstream role's factor must survive that."""
+    """The learner selects the keys its update reads from the batch; an upstream role's factor, an argument of its
+    update, must reach the schedule all the same."""
     batch, _ = _batch()
     initial = torch.rand(batch.shape[0], 1) + 0.5
-    batch.set("factor", initial)
     batch.set("unrelated", torch.zeros(batch.shape[0]))
     constraint = RecordingClip()
     learner = Learner(MLPActor(share_params=False), constraint, Sequential(order="fixed"))
     learner.build(INFO)
-    learner.update(batch, GradientStep(learner.make_optimizer()))
+    learner.update(batch, GradientStep(learner.make_optimizer()), Upstream(factor=initial))
     torch.testing.assert_close(constraint.factors[0], initial)
 
 
 def test_each_agent_gets_its_own_kl_weights() -> None:
     batch, actor = _batch()
     kl_weight = torch.rand(batch.shape[0], 3)
-    batch.set(("agents", "kl_weight"), kl_weight)
     constraint = RecordingClip()
-    Sequential(order="fixed").update(actor, constraint, batch, GradientStep(AgentAdam(actor.parameters(), lr=1e-2)))
+    Sequential(order="fixed").update(actor, constraint, batch, GradientStep(AgentAdam(actor.parameters(), lr=1e-2)), Upstream(kl_weight=kl_weight))
     for agent, seen in enumerate(constraint.kl_weights):
         torch.testing.assert_close(seen, kl_weight[:, agent : agent + 1])

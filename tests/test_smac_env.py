@@ -89,9 +89,7 @@ def _smacv2_output(E: int = 3, N: int = 5, A: int = 11, D: int = 80, S: int = 12
     """A batch of TorchRL ``SMACv2Env`` output: env 0 won, env 1 hit the episode limit, env 2 runs on."""
     td = TensorDict(
         {
-            "agents": TensorDict(
-                {"observation": torch.randn(E, N, D), "action_mask": torch.rand(E, N, A) > 0.5}, batch_size=(E, N)
-            ),
+            "agents": TensorDict({"observation": torch.randn(E, N, D), "action_mask": torch.rand(E, N, A) > 0.5}, batch_size=(E, N)),
             "state": torch.randn(E, S),
             "info": {
                 "battle_won": torch.tensor([True, False, False]),

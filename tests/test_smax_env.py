@@ -134,7 +134,7 @@ def test_episode_ends(rollout) -> None:
         ends = done[e].nonzero().flatten().tolist()
         lengths = np.diff([-1, *ends])
         assert (lengths <= 100).all()
-        assert all(bool(truncated[e, t]) == (length == 100) for t, length in zip(ends, lengths))
+        assert all(bool(truncated[e, t]) == (length == 100) for t, length in zip(ends, lengths, strict=False))
     after = torch.zeros_like(done)
     after[:, 1:] = done[:, :-1]  # the step after an end starts a new battle: every unit alive, so all can move
     assert rollout[ACTION_MASK][after][..., :4].all()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import hcmarl.sweep as sweep
-from hcmarl.cli import main
 from hcmarl.errors import ConfigError
+from hcmarl.modules.cli import main
 from hcmarl.sweep import check_extra, expand_grid, parse_seeds, parse_set
 
 TINY_FIT = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--data.eval_episodes", "2"]
@@ -116,11 +116,25 @@ def test_finished_runs_are_skipped_and_cut_runs_resume(tmp_path: Path, fake_fit:
 
 
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
-    main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0-1", "--set", "data.num_envs=4,8", "--frames", "64", "--out", str(tmp_path),
-          "--dry-run"])
+    main(
+        [
+            "sweep",
+            "--config",
+            "mappo/coordsum_3x10",
+            "--seeds",
+            "0-1",
+            "--set",
+            "data.num_envs=4,8",
+            "--frames",
+            "64",
+            "--out",
+            str(tmp_path),
+            "--dry-run",
+        ]
+    )
     printed = capsys.readouterr().out.splitlines()
     assert fake_fit == [] and printed[0].startswith("hcmarl sweep: 4 runs")
-    assert sum("-m hcmarl.cli fit" in line for line in printed) == 4
+    assert sum("-m hcmarl.modules.cli fit" in line for line in printed) == 4
 
 
 def test_failed_run_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from hcmarl.constraints import Evaluation
+from hcmarl.constraints import Evaluation, SurrogateBatch
 from hcmarl.nn.distributions import kl_divergence
 from hcmarl.optim import AgentAdam, GradientStep
 from hcmarl.trust_region import KLCurvature, TrustRegion, _ParameterSlice, conjugate_gradient
@@ -96,7 +96,7 @@ def test_accepted_step_respects_the_trust_region_and_improves(max_kl: float) -> 
         first = evaluate(everything)
     old_log_prob, old_dist = first.log_prob.clone(), Categorical(logits=first.distribution.logits.clone())
     advantage = torch.randn_like(old_log_prob)
-    metrics = TrustRegion(max_kl=max_kl).update(evaluate, old_log_prob, advantage, None, GradientStep(AgentAdam([weight])))
+    metrics = TrustRegion(max_kl=max_kl).update(evaluate, SurrogateBatch(old_log_prob, advantage), GradientStep(AgentAdam([weight])))
     assert metrics["accepted"] == 1.0
     with torch.no_grad():
         now = evaluate(everything)
@@ -115,7 +115,7 @@ def test_rejected_step_restores_parameters_bit_for_bit() -> None:
     before = weight.detach().clone()
     # accept_ratio above 1 can never be met by a concave-ish surrogate: every try is rejected
     metrics = TrustRegion(max_kl=0.05, accept_ratio=10.0).update(
-        evaluate, old_log_prob, torch.randn_like(old_log_prob), None, GradientStep(AgentAdam([weight]))
+        evaluate, SurrogateBatch(old_log_prob, torch.randn_like(old_log_prob)), GradientStep(AgentAdam([weight]))
     )
     assert metrics["accepted"] == 0.0 and metrics["line_search_steps"] == 10
     assert torch.equal(weight.detach(), before)
@@ -128,7 +128,8 @@ def test_one_agents_step_leaves_the_others_untouched() -> None:
         old_log_prob = evaluate(torch.arange(obs.shape[0])).log_prob.clone()
     before = weight.detach().clone()
     step = GradientStep(AgentAdam([weight])).for_agent(2)
-    TrustRegion(max_kl=0.01).update(evaluate, old_log_prob, torch.randn_like(old_log_prob), torch.rand(obs.shape[0], 1) + 0.5, step)
+    factor = torch.rand(obs.shape[0], 1) + 0.5
+    TrustRegion(max_kl=0.01).update(evaluate, SurrogateBatch(old_log_prob, torch.randn_like(old_log_prob), factor), step)
     assert torch.equal(weight[:2].detach(), before[:2]) and not torch.equal(weight[2].detach(), before[2])
 
 
@@ -147,7 +148,8 @@ def test_kl_weights_bound_the_weighted_kl_and_only_their_ratios_matter() -> None
         generator = torch.Generator().manual_seed(7)
         advantage = torch.randn(old_log_prob.shape, generator=generator, dtype=old_log_prob.dtype)
         kl_weight = (torch.rand(old_log_prob.shape, generator=generator) < 0.3).to(old_log_prob.dtype) * scale
-        metrics = TrustRegion(max_kl=max_kl).update(evaluate, old_log_prob, advantage, None, GradientStep(AgentAdam([weight])), kl_weight)
+        data = SurrogateBatch(old_log_prob, advantage, kl_weight=kl_weight)
+        metrics = TrustRegion(max_kl=max_kl).update(evaluate, data, GradientStep(AgentAdam([weight])))
         assert metrics["accepted"] == 1.0
         with torch.no_grad():
             kl = kl_divergence(old_dist, evaluate(everything).distribution)
@@ -156,3 +158,20 @@ def test_kl_weights_bound_the_weighted_kl_and_only_their_ratios_matter() -> None
         assert kl.mean() > weighted  # the unweighted samples moved further than the bound allows on average
         results.append(weight.detach().clone())
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_surrogate_is_the_factor_times_the_ratio_times_the_advantage_sample_by_sample() -> None:
+    """ALGORITHMS.md section 1, ``TrustRegion``: L_i = factor_i * (pi_new / pi_old)(a_i) * A_i; no factor means 1."""
+    torch.manual_seed(0)
+    logits = torch.randn(32, 2, 5)
+    action = torch.randint(5, (32, 2))
+    dist = Categorical(logits=logits)
+    log_prob = dist.log_prob(action)
+    old_log_prob, advantage, factor = log_prob + 0.3 * torch.randn(32, 2), torch.randn(32, 2), torch.rand(32, 1) + 0.5
+    evaluation = Evaluation(log_prob, dist.entropy(), dist)
+    rule = TrustRegion()
+    by_hand = [[float(factor[i, 0] * torch.exp(log_prob[i, j] - old_log_prob[i, j]) * advantage[i, j]) for j in range(2)] for i in range(32)]
+    torch.testing.assert_close(rule.surrogate(evaluation, SurrogateBatch(old_log_prob, advantage, factor)), torch.tensor(by_hand))
+    unweighted = rule.surrogate(evaluation, SurrogateBatch(old_log_prob, advantage))
+    torch.testing.assert_close(unweighted, torch.exp(log_prob - old_log_prob) * advantage)
+    assert not torch.allclose(unweighted, torch.tensor(by_hand))

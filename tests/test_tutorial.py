@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import recipe
 
-from hcmarl.cli import main
+from hcmarl.modules.cli import main
 
 OVERLAY = Path(__file__).resolve().parents[1] / "examples" / "conductor_over_magpo.yaml"
 
@@ -47,7 +47,22 @@ def test_the_tutorials_unfinished_steps_are_config_errors(critic: str | None, me
     step = tmp_path / "step.yaml"
     step.write_text(yaml.safe_dump(overlay))
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", recipe("magpo/coordsum_3x10"), "--config", str(step), "--data.total_frames", "64",
-              "--data.num_envs", "4", "--data.rollout_steps", "8", "--trainer.enable_progress_bar", "false"])
+        main(
+            [
+                "fit",
+                "--config",
+                recipe("magpo/coordsum_3x10"),
+                "--config",
+                str(step),
+                "--data.total_frames",
+                "64",
+                "--data.num_envs",
+                "4",
+                "--data.rollout_steps",
+                "8",
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err

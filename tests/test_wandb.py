@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import TINY, recipe
 
-from hcmarl.cli import build_cli
+from hcmarl.modules.cli import build_cli
 from hcmarl.modules.loggers import recipe_name
 
 wandb = pytest.importorskip("wandb")
@@ -66,8 +66,19 @@ def test_run_is_grouped_by_recipe_with_its_seed_and_resolved_config(offline: Pat
 
 def test_a_group_given_is_kept(offline: Path) -> None:
     cli = build_cli(
-        ["fit", "--config", recipe("mappo/coordsum_3x10"), *TINY, "--data.total_frames", "32", *WANDB,
-         "--trainer.logger.init_args.group", "ablation", "--trainer.logger.init_args.tags", "[baseline]"]
+        [
+            "fit",
+            "--config",
+            recipe("mappo/coordsum_3x10"),
+            *TINY,
+            "--data.total_frames",
+            "32",
+            *WANDB,
+            "--trainer.logger.init_args.group",
+            "ablation",
+            "--trainer.logger.init_args.tags",
+            "[baseline]",
+        ]
     )
     run = cli.trainer.logger.experiment
     assert run.group == "ablation"
@@ -82,7 +93,7 @@ def test_recipe_name_from_the_config_file_or_the_env() -> None:
 
 TWO_RUNS = """
 import glob, json, wandb
-from hcmarl.cli import main
+from hcmarl.modules.cli import main
 base = ["fit", "--config", {recipe!r}, *{tiny!r}, "--data.total_frames", "32", *{wandb_args!r}]
 main([*base, "--seed_everything", "1"])
 assert wandb.run is None, "the first W&B run is still open"

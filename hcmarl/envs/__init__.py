@@ -2,7 +2,9 @@
 
 Names are ``family/task``: ``vmas/balance``, ``coordsum/3x10``, ``smax/3s5z``,
 ``smac/3s5z``, ``mamujoco/HalfCheetah-2x3``, ``mpe/simple_spread_v3``. An unknown name raises
-``UnknownEnvError`` listing what is known.
+``UnknownEnvError`` listing what is known. A family of the user's own is named by its module's
+dotted path, ``my_package.my_envs/task`` (docs/extending.md): the name travels in the config, so
+sweeps and DDP workers find it too.
 
 Each family module (``hcmarl.envs.<family>``) provides ``tasks() -> list[str]`` (raising
 ``MissingDependencyError`` when its package is absent, except where the task list is static)
@@ -35,8 +37,23 @@ RENDERING_FAMILIES: tuple[str, ...] = ("vmas", "mpe")
 
 
 def _family(family: str):
-    """The family's module, imported on first use (its optional package is imported only inside it)."""
-    return importlib.import_module(FAMILY_MODULES[family])
+    """The family's module, imported on first use (its optional package is imported only inside it): a shipped
+    family by its short name, a user's family by its module's dotted path."""
+    return importlib.import_module(FAMILY_MODULES.get(family, family))
+
+
+def _user_family(family: str):
+    """The module of a user's family named by a dotted path (e.g. ``examples.extending.new_env_family``), or None
+    if ``family`` is not one; ``UnknownEnvError`` if it cannot be imported or lacks ``tasks`` and ``make``."""
+    if family in FAMILY_MODULES or "." not in family:
+        return None
+    try:
+        module = _family(family)
+    except ImportError as err:
+        raise UnknownEnvError(f"env family {family!r}: its module cannot be imported ({err}); is its folder on PYTHONPATH?") from err
+    if not (callable(getattr(module, "tasks", None)) and callable(getattr(module, "make", None))):
+        raise UnknownEnvError(f"env family {family!r}: its module must define tasks() and make(task, num_envs, seed, device, **kwargs)")
+    return module
 
 
 def known_env_names() -> list[str]:
@@ -58,7 +75,15 @@ def check_env_name(name: str) -> tuple[str, str]:
     family, sep, task = name.partition("/")
     if sep and family in FAMILY_MODULES and task in _family(family).tasks():
         return family, task
-    raise UnknownEnvError(f"unknown env name {name!r} (names are 'family/task'); known: {', '.join(known_env_names())}")
+    user_family = _user_family(family) if sep else None
+    if user_family is not None:
+        if task in user_family.tasks():
+            return family, task
+        raise UnknownEnvError(f"unknown task {task!r} of env family {family!r}; its tasks: {', '.join(user_family.tasks())}")
+    raise UnknownEnvError(
+        f"unknown env name {name!r} (names are 'family/task', or 'my_package.my_module/task' for a family of your own); "
+        f"known: {', '.join(known_env_names())}"
+    )
 
 
 def check_renderable(name: str) -> None:
@@ -83,4 +108,16 @@ def make_env(
     return _family(family).make(task, num_envs=num_envs, seed=seed, device=torch.device(device), **kwargs)
 
 
-__all__ = ["make_env", "known_env_names", "check_env_name", "check_renderable", "RENDERING_FAMILIES", "EnvInfo", "OBSERVATION", "ACTION", "ACTION_MASK", "STATE", "REWARD"]
+__all__ = [
+    "make_env",
+    "known_env_names",
+    "check_env_name",
+    "check_renderable",
+    "RENDERING_FAMILIES",
+    "EnvInfo",
+    "OBSERVATION",
+    "ACTION",
+    "ACTION_MASK",
+    "STATE",
+    "REWARD",
+]

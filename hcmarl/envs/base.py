@@ -22,7 +22,15 @@ from torchrl.envs import EnvBase
 from hcmarl.keys import ACTION, ACTION_MASK, OBSERVATION, REWARD, STATE
 
 __all__ = [
-    "EnvInfo", "team_reward_from_agents", "set_masked_categorical_specs", "masked_categorical_info", "ACTION", "ACTION_MASK", "OBSERVATION", "REWARD", "STATE"
+    "EnvInfo",
+    "team_reward_from_agents",
+    "set_masked_categorical_specs",
+    "masked_categorical_info",
+    "ACTION",
+    "ACTION_MASK",
+    "OBSERVATION",
+    "REWARD",
+    "STATE",
 ]
 
 

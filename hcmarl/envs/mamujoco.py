@@ -37,8 +37,8 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, EnvInfo
 from hcmarl.envs import coupled_half_cheetah
+from hcmarl.envs.base import ACTION, EnvInfo
 from hcmarl.envs.mamujoco_workers import WorkerPool
 from hcmarl.errors import ConfigError, MissingDependencyError, UnknownEnvError
 
@@ -64,6 +64,7 @@ the two listed are FACMAC's and a smaller one), plus ``Walker2d-6x1`` (:func:`_w
 
 MANY_SEGMENT_BASE = {"ManySegmentAnt": "Ant", "ManySegmentSwimmer": "Swimmer"}
 """Many-segment robots -> the Gymnasium robot whose env loads their generated model."""
+
 
 def _import_mamujoco():
     """gymnasium-robotics' MaMuJoCo module, or ``MissingDependencyError`` naming the extra."""
@@ -113,7 +114,10 @@ def _default_max_steps(robot: str) -> int:
 
     if robot == "CoupledHalfCheetah":
         return coupled_half_cheetah.EPISODE_STEPS
-    return int(gymnasium.spec(f"{MANY_SEGMENT_BASE.get(robot, robot)}-v5").max_episode_steps)
+    steps = gymnasium.spec(f"{MANY_SEGMENT_BASE.get(robot, robot)}-v5").max_episode_steps
+    if steps is None:
+        raise ConfigError(f"Gymnasium registers no episode length for mamujoco/{robot}; give the env's max_steps")
+    return int(steps)
 
 
 def _single_agent_env(robot: str, partition: str, max_steps: int, **gym_kwargs: Any):
@@ -175,9 +179,7 @@ def make_raw_env(task: str, max_steps: int | None = None, agent_obsk: int = 1, *
     steps = _default_max_steps(robot) if max_steps is None else max_steps
     single = _single_agent_env(robot, partition, steps, **gym_kwargs)
     factorization = FACTORIZATIONS[task]() if task in FACTORIZATIONS else None
-    return mujoco_multi.MultiAgentMujocoEnv(
-        robot, partition, agent_obsk=agent_obsk, agent_factorization=factorization, gym_env=single
-    )
+    return mujoco_multi.MultiAgentMujocoEnv(robot, partition, agent_obsk=agent_obsk, agent_factorization=factorization, gym_env=single)
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class LocalBatch:
     def reset(self, indices: list[int], seeds: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
         """Reset the envs at ``indices`` (seeding each with its entry of ``seeds``); their obs and states."""
         envs = [self.envs[i] for i in indices]
-        return self._observe(envs, [env.reset(seed=seed)[0] for env, seed in zip(envs, seeds)])
+        return self._observe(envs, [env.reset(seed=seed)[0] for env, seed in zip(envs, seeds, strict=True)])
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
         """Step every env with ``actions [n, N, A]``: obs, states, rewards ``[n]``, terminated, truncated ``[n]``."""
@@ -237,7 +239,9 @@ class LocalBatch:
         clipped = np.clip(actions, self.layout.action_low, self.layout.action_high)
         observations = []
         for e, env in enumerate(self.envs):
-            agent_actions = {agent: clipped[e, i, :size] for i, (agent, size) in enumerate(zip(env.possible_agents, self.layout.act_sizes))}
+            agent_actions = {
+                agent: clipped[e, i, :size] for i, (agent, size) in enumerate(zip(env.possible_agents, self.layout.act_sizes, strict=True))
+            }
             agent_obs, reward, term, trunc, _ = env.step(agent_actions)
             first = env.possible_agents[0]
             observations.append(agent_obs)
@@ -333,15 +337,15 @@ class MaMuJoCoEnv(EnvBase):
 
     def _tensordict(self, obs: np.ndarray, state: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, **extra: torch.Tensor) -> TensorDict:
         E, N = obs.shape[0], self.n_agents
-        terminated = torch.from_numpy(terminated).reshape(E, 1)
-        truncated = torch.from_numpy(truncated).reshape(E, 1) & ~terminated
+        ended = torch.from_numpy(terminated).reshape(E, 1)
+        cut = torch.from_numpy(truncated).reshape(E, 1) & ~ended
         return TensorDict(
             {
                 "agents": TensorDict({"observation": torch.from_numpy(obs)}, batch_size=(E, N)),
                 "state": torch.from_numpy(state),
-                "done": terminated | truncated,
-                "terminated": terminated,
-                "truncated": truncated,
+                "done": ended | cut,
+                "terminated": ended,
+                "truncated": cut,
                 **extra,
             },
             batch_size=(E,),
@@ -360,7 +364,7 @@ class MaMuJoCoEnv(EnvBase):
             self._seeds[i] = None
         no = np.zeros(len(indices), dtype=bool)
         fresh = self._tensordict(obs, state, no, no)
-        if len(indices) == E:
+        if self._last is None or len(indices) == E:
             self._last = fresh
         else:
             self._last = self._last.clone()  # the old one may be held by the caller: never write into it

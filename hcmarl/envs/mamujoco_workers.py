@@ -10,11 +10,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import traceback
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
-WORKER_START_METHOD = "forkserver"
+WORKER_START_METHOD: Final = "forkserver"
 """Workers fork from a clean server process that has imported this module once."""
 
 
@@ -92,18 +92,19 @@ class WorkerPool:
         """:meth:`LocalBatch.reset`, each worker resetting its own envs among ``indices``."""
         busy = []
         for w, part in enumerate(self.slices):
-            mine = [(int(i - part[0]), seed) for i, seed in zip(indices, seeds) if part[0] <= i <= part[-1]]
+            mine = [(int(i - part[0]), seed) for i, seed in zip(indices, seeds, strict=True) if part[0] <= i <= part[-1]]
             if mine:
-                local, local_seeds = zip(*mine)
+                local, local_seeds = zip(*mine, strict=True)
                 self._send(w, "reset", list(local), list(local_seeds))
                 busy.append(w)
-        return tuple(np.concatenate(parts) for parts in zip(*self._receive(busy)))
+        obs, states = zip(*self._receive(busy), strict=True)
+        return np.concatenate(obs), np.concatenate(states)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, ...]:
         """:meth:`LocalBatch.step`, the workers stepping their slices at the same time."""
         for w, part in enumerate(self.slices):
             self._send(w, "step", actions[part])
-        return tuple(np.concatenate(parts) for parts in zip(*self._receive(range(len(self.pipes)))))
+        return tuple(np.concatenate(parts) for parts in zip(*self._receive(range(len(self.pipes))), strict=True))
 
     def close(self) -> None:
         """Ask live workers to close their envs, then end every worker process."""

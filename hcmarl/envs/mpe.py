@@ -53,9 +53,7 @@ def _scenario_module(scenario: str) -> ModuleType:
     """The ``mpe2.<scenario>`` module, or ``UnknownEnvError`` listing the known scenarios."""
     _import_mpe2()
     if scenario not in COOPERATIVE_SCENARIOS:
-        raise UnknownEnvError(
-            f"unknown MPE scenario {scenario!r}; known: {', '.join('mpe/' + s for s in COOPERATIVE_SCENARIOS)}"
-        )
+        raise UnknownEnvError(f"unknown MPE scenario {scenario!r}; known: {', '.join('mpe/' + s for s in COOPERATIVE_SCENARIOS)}")
     return importlib.import_module(f"mpe2.{scenario}")
 
 
@@ -91,8 +89,7 @@ class MpeMultiAgentEnv(EnvBase):
         self.scenario = scenario
         self.max_cycles = max_cycles
         self._envs = [
-            module.parallel_env(max_cycles=max_cycles, continuous_actions=False, render_mode="rgb_array", **scenario_kwargs)
-            for _ in range(num_envs)
+            module.parallel_env(max_cycles=max_cycles, continuous_actions=False, render_mode="rgb_array", **scenario_kwargs) for _ in range(num_envs)
         ]
         first = self._envs[0]
         self.agent_names: list[str] = list(first.possible_agents)
@@ -194,17 +191,17 @@ class MpeMultiAgentEnv(EnvBase):
         self._check_actions(actions)
         E, N = actions.shape
         rewards = np.zeros((E, N), dtype=np.float32)
-        terminated = np.zeros((E, 1), dtype=bool)
-        truncated = np.zeros((E, 1), dtype=bool)
+        any_terminated = np.zeros((E, 1), dtype=bool)
+        any_truncated = np.zeros((E, 1), dtype=bool)
         for i, env in enumerate(self._envs):
             step_actions = {agent: int(actions[i, j]) for j, agent in enumerate(self.agent_names)}
             observations, reward, term, trunc, _ = env.step(step_actions)
             self._store(i, observations)
             rewards[i] = [reward[agent] for agent in self.agent_names]
-            terminated[i] = any(term.values())
-            truncated[i] = any(trunc.values())
-        terminated = torch.from_numpy(terminated).to(self.device)
-        truncated = torch.from_numpy(truncated).to(self.device) & ~terminated
+            any_terminated[i] = any(term.values())
+            any_truncated[i] = any(trunc.values())
+        terminated = torch.from_numpy(any_terminated).to(self.device)
+        truncated = torch.from_numpy(any_truncated).to(self.device) & ~terminated
         return self._observation(
             reward=team_reward_from_agents(torch.from_numpy(rewards).to(self.device)),
             done=terminated | truncated,

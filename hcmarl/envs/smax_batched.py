@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def byte_packing(template: Any) -> tuple[Callable, Callable]:
             return jax.lax.bitcast_convert_type(part, dtype).reshape(shape)
 
         parts = jnp.split(row, list(itertools.accumulate(sizes))[:-1])
-        return jax.tree.unflatten(treedef, [from_bytes(part, *spec) for part, spec in zip(parts, layout)])
+        return jax.tree.unflatten(treedef, [from_bytes(part, *spec) for part, spec in zip(parts, layout, strict=True)])
 
     return pack, unpack
 

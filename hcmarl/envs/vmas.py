@@ -49,9 +49,7 @@ class VmasMultiAgentEnv(EnvBase):
     ) -> None:
         vmas = _import_vmas()
         if scenario not in vmas_scenarios():
-            raise UnknownEnvError(
-                f"unknown VMAS scenario {scenario!r}; known: {', '.join('vmas/' + s for s in vmas_scenarios())}"
-            )
+            raise UnknownEnvError(f"unknown VMAS scenario {scenario!r}; known: {', '.join('vmas/' + s for s in vmas_scenarios())}")
         super().__init__(device=device, batch_size=torch.Size([num_envs]))
         self.scenario = scenario
         self.max_steps = max_steps

@@ -2,12 +2,24 @@
 
 from hcmarl.nn.actors import Actor, MLPActor
 from hcmarl.nn.conductor import ConductorNetwork, LocalConductors
-from hcmarl.nn.guider import GuiderNetwork, MATGuider, SableGuider
 from hcmarl.nn.critics import AgentValue, CentralValue, InstructionCritic, ValueNetwork
+from hcmarl.nn.guider import GuiderNetwork, MATGuider, SableGuider
 from hcmarl.nn.layers import AgentLinear, AgentMLP
 from hcmarl.nn.recurrent import GRUActor
 
 __all__ = [
-    "Actor", "MLPActor", "GRUActor", "CentralValue", "AgentValue", "InstructionCritic", "ValueNetwork",
-    "ConductorNetwork", "LocalConductors", "GuiderNetwork", "MATGuider", "SableGuider", "AgentLinear", "AgentMLP",
+    "Actor",
+    "MLPActor",
+    "GRUActor",
+    "CentralValue",
+    "AgentValue",
+    "InstructionCritic",
+    "ValueNetwork",
+    "ConductorNetwork",
+    "LocalConductors",
+    "GuiderNetwork",
+    "MATGuider",
+    "SableGuider",
+    "AgentLinear",
+    "AgentMLP",
 ]

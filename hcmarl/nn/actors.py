@@ -13,7 +13,8 @@ forward, backward and Fisher-vector products cost one agent, not N (DESIGN.md, "
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
@@ -36,6 +37,8 @@ def agent_id_features(obs: torch.Tensor, agent: int | None = None, n_agents: int
     """
     if agent is None:
         eye = torch.eye(obs.shape[-2], device=obs.device, dtype=obs.dtype)
+    elif n_agents is None:
+        raise ValueError(f"agent_id_features(agent={agent}) needs n_agents: the one-hot id of one agent has n_agents entries")
     else:
         eye = torch.eye(n_agents, device=obs.device, dtype=obs.dtype)[agent : agent + 1]
     return torch.cat([obs, eye.expand(*obs.shape[:-2], *eye.shape)], dim=-1)

@@ -5,7 +5,7 @@ Both are categorical policies over K instructions, built once the env's sizes an
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -60,9 +60,7 @@ class LocalConductors(nn.Module):
 
     in_keys = [OBSERVATION]
 
-    def __init__(
-        self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", share_params: bool = False, agent_id: bool = False
-    ) -> None:
+    def __init__(self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", share_params: bool = False, agent_id: bool = False) -> None:
         super().__init__()
         self.hidden_sizes = list(hidden_sizes)
         self.activation = activation

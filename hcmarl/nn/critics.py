@@ -7,7 +7,7 @@ the sampled instruction the same way, and all K heads through ``heads``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -30,6 +30,10 @@ class ValueNetwork(nn.Module):
         self.activation = activation
         self.net: AgentMLP | None = None
         self.n_agents = 0
+
+    def build(self, info: EnvInfo) -> None:
+        """Create the layers for the env described by ``info``."""
+        raise NotImplementedError(f"{type(self).__name__} must define build(info)")
 
     def _check_built(self) -> AgentMLP:
         if self.net is None:
@@ -56,9 +60,7 @@ class AgentValue(ValueNetwork):
 
     in_keys = [OBSERVATION]
 
-    def __init__(
-        self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", share_params: bool = True, agent_id: bool = False
-    ) -> None:
+    def __init__(self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh", share_params: bool = True, agent_id: bool = False) -> None:
         super().__init__(hidden_sizes, activation)
         self.share_params = share_params
         self.agent_id = agent_id
@@ -85,7 +87,8 @@ class InstructionCritic(ValueNetwork):
 
     in_keys = [STATE, INSTRUCTION]
 
-    def build(self, info: EnvInfo, n_instructions: int) -> None:
+    def build(self, info: EnvInfo, n_instructions: int = 1) -> None:
+        """One head per instruction: ``n_instructions`` = K, the conductor's (``hcmarl.roles.Critic.build`` passes it)."""
         self.n_agents = info.n_agents
         self.net = AgentMLP(info.state_dim, self.hidden_sizes, n_instructions, 1, self.activation)
 

@@ -6,7 +6,7 @@ are summed over action dimensions.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.distributions import Categorical, Independent, Normal
@@ -33,9 +33,7 @@ def kl_divergence(p: torch.distributions.Distribution, q: torch.distributions.Di
     return torch.distributions.kl_divergence(p, q)
 
 
-def map_distribution(
-    dist: torch.distributions.Distribution, fn: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.distributions.Distribution:
+def map_distribution(dist: torch.distributions.Distribution, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.distributions.Distribution:
     """The same kind of distribution with ``fn`` applied to each parameter tensor (categorical logits ``[..., A]``;
     Gaussian loc and scale ``[..., A]``); ``fn`` must keep the last (action) dimension."""
     return distribution_like(dist, [fn(t) for t in distribution_parameters(dist)])

@@ -9,7 +9,8 @@ memory carried across steps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, cast
 
 import torch
 from tensordict import TensorDictBase
@@ -21,7 +22,12 @@ from hcmarl.keys import ACTION, ACTION_MASK, AGENT_INSTRUCTION, IS_INIT, OBSERVA
 from hcmarl.nn.actors import observation_features
 from hcmarl.nn.distributions import diagonal_gaussian, map_distribution, masked_categorical
 from hcmarl.nn.retention import (
-    RetentionDecoderBlock, RetentionEncoderBlock, RetentionMasks, head_decays, retention_masks, with_next_observations,
+    RetentionDecoderBlock,
+    RetentionEncoderBlock,
+    RetentionMasks,
+    head_decays,
+    retention_masks,
+    with_next_observations,
 )
 from hcmarl.nn.transformer import DecoderBlock, EncoderBlock
 
@@ -126,9 +132,11 @@ class AgentTokenGuider(GuiderNetwork):
         self.value_head = nn.Sequential(nn.Linear(e, e), nn.GELU(), nn.LayerNorm(e), nn.Linear(e, 1))
         self.action_embedding = nn.Sequential(nn.Linear(info.action_dim + 1, e, bias=False), nn.GELU())
         self.decoder_norm = nn.LayerNorm(e)
-        self.action_head = nn.Sequential(nn.Linear(e, e), nn.GELU(), nn.LayerNorm(e), nn.Linear(e, info.action_dim))
-        nn.init.orthogonal_(self.action_head[-1].weight, gain=0.01)
-        nn.init.zeros_(self.action_head[-1].bias)
+        hidden = nn.Linear(e, e)  # created before the output layer: the order the seed's draws follow
+        action_out = nn.Linear(e, info.action_dim)
+        self.action_head = nn.Sequential(hidden, nn.GELU(), nn.LayerNorm(e), action_out)
+        nn.init.orthogonal_(action_out.weight, gain=0.01)
+        nn.init.zeros_(action_out.bias)
         if not self.categorical:
             self.log_std = nn.Parameter(torch.full((1, info.action_dim), float(self.log_std_init)))
         self.build_blocks()
@@ -190,6 +198,11 @@ class MATGuider(AgentTokenGuider):
         self.encoder = nn.ModuleList(EncoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
         self.decoder = nn.ModuleList(DecoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
 
+    @property
+    def decoder_blocks(self) -> Sequence[DecoderBlock]:
+        """``decoder`` with its blocks' type, which iterating an ``nn.ModuleList`` does not give a type checker."""
+        return cast("Sequence[DecoderBlock]", self.decoder)
+
     def encode(self, td: TensorDictBase) -> torch.Tensor:
         """The agents' encodings ``[M, N, E]`` (leading batch dimensions flattened into M)."""
         x = self.embed_observations(td)
@@ -219,21 +232,19 @@ class MATGuider(AgentTokenGuider):
         return _reshape_distribution(dist, batch_shape), self.value_head(encodings).reshape(*batch_shape, self.n_agents)
 
     @torch.no_grad()
-    def sample(
-        self, td: TensorDictBase, deterministic: bool = False, state: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def sample(self, td: TensorDictBase, deterministic: bool = False, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, None]:
         batch_shape = td.batch_size
         encodings = self.encode(td)
         mask = self.flat_mask(td)
         m = encodings.shape[0]
         tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=encodings.device)
         tokens[:, 0, 0] = 1.0
-        caches = [block.new_cache(m, self.n_agents, encodings.device) for block in self.decoder]
+        caches = [block.new_cache(m, self.n_agents, encodings.device) for block in self.decoder_blocks]
         actions, log_probs = [], []
         for i in range(self.n_agents):
             # position i reads tokens and encodings 0..i only (DecoderBlock); those before i are in the caches
             x = self.embed_actions(tokens[:, i : i + 1])
-            for block, cache in zip(self.decoder, caches):
+            for block, cache in zip(self.decoder_blocks, caches, strict=True):
                 x = block.step(x, encodings[:, i : i + 1], cache, i)
             agent = self.distribution(x, None if mask is None else mask[:, i : i + 1])
             action = agent.mode if deterministic else agent.sample()
@@ -271,6 +282,8 @@ class SableGuider(AgentTokenGuider):
     recurrent = True
     in_keys = [OBSERVATION, ACTION_MASK, IS_INIT]
 
+    kappa: torch.Tensor  # each head's decay [H], a buffer (build_blocks)
+
     def __init__(self, decay_scaling: float = 1.0, chunk_steps: int | Literal["auto"] | None = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 < decay_scaling <= 1.0:
@@ -286,6 +299,11 @@ class SableGuider(AgentTokenGuider):
         self.decoder = nn.ModuleList(RetentionDecoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
         self.register_buffer("kappa", head_decays(self.n_heads, self.decay_scaling))
 
+    @property
+    def decoder_blocks(self) -> Sequence[RetentionDecoderBlock]:
+        """``decoder`` with its blocks' type, which iterating an ``nn.ModuleList`` does not give a type checker."""
+        return cast("Sequence[RetentionDecoderBlock]", self.decoder)
+
     def chunk(self, tokens_per_step: int) -> int | None:
         """Timesteps per chunk of a pass with ``tokens_per_step`` tokens per timestep (N to train, 2 N for values)."""
         return max(1, CHUNK_TOKENS // tokens_per_step) if self.chunk_steps == "auto" else self.chunk_steps
@@ -293,9 +311,7 @@ class SableGuider(AgentTokenGuider):
     def initial_state(self, batch_size: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(batch_size, self.n_blocks, 3, self.n_heads, self.head_dim, self.head_dim, device=device)
 
-    def encode(
-        self, x: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, x: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encoder blocks on observation tokens ``[M, L, E]`` with their states ``[M, n_blocks, H, d, d]``."""
         states = []
         for j, block in enumerate(self.encoder):
@@ -348,18 +364,20 @@ class SableGuider(AgentTokenGuider):
         state = self.initial_state(m, x.device) if state is None else state
         masks = retention_masks(td.get(IS_INIT).reshape(m, 1), self.n_agents, self.kappa)
         encodings, encoder_state = self.encode(x, masks, state[:, :, 0], carry=True)
+        assert encoder_state is not None  # encode returns its state when it carries it
         xi_state = masks.state_carry[:, None, None, :, :, None] * state[:, :, 1:]  # xi S_0, [M, n_blocks, 2, H, d, d]
         memory = [(xi_state[:, j, 0], xi_state[:, j, 1]) for j in range(self.n_blocks)]
         mask = self.flat_mask(td)
         tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=x.device)
         tokens[:, 0, 0] = 1.0
         # every agent's encoding is known before decoding: each cross-retention's q and gate input for all agents at once
-        enc_queries = [block.cross_retention.query_projection(encodings) for block in self.decoder]
+        enc_queries = [block.cross_retention.query_projection(encodings) for block in self.decoder_blocks]
         actions, log_probs = [], []
         for i in range(self.n_agents):
             out = self.embed_actions(tokens[:, i : i + 1])
-            for j, block in enumerate(self.decoder):
-                enc_query = tuple(z[:, i : i + 1] for z in enc_queries[j])
+            for j, block in enumerate(self.decoder_blocks):
+                query, gate = enc_queries[j]
+                enc_query = (query[:, i : i + 1], gate[:, i : i + 1])
                 out, memory[j] = block.step(out, encodings[:, i : i + 1], enc_query, memory[j])
             agent = self.distribution(out, None if mask is None else mask[:, i : i + 1])
             action = agent.mode if deterministic else agent.sample()

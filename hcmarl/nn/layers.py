@@ -8,8 +8,9 @@ parameters are read: a sequential update's per-agent step then costs one agent, 
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ class AgentMLP(nn.Sequential):
         act = activation_class(activation)
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden_sizes]
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in itertools.pairwise(sizes):
             layers += [AgentLinear(a, b, n_groups), act()]
         layers.append(AgentLinear(sizes[-1], out_features, n_groups, gain=out_gain))
         super().__init__(*layers)

@@ -41,7 +41,7 @@ def head_decays(n_heads: int, decay_scaling: float = 1.0) -> torch.Tensor:
     """Each head's kappa ``[H]``: ``decay_scaling * (1 - 2^-e)`` with e evenly spaced over [5, 9] (RetNet's multi-scale decays;
     Sable's "retention heads scaling parameter" is ``decay_scaling``)."""
     exponents = torch.linspace(5.0, 9.0, n_heads) if n_heads > 1 else torch.tensor([5.0])
-    return decay_scaling * (1.0 - 2.0 ** -exponents)
+    return decay_scaling * (1.0 - 2.0**-exponents)
 
 
 @dataclass
@@ -191,7 +191,12 @@ class MultiScaleRetention(nn.Module):
         return self.out(nn.functional.silu(gate) * y.flatten(-2))
 
     def forward(
-        self, query: torch.Tensor, source: torch.Tensor, decay: torch.Tensor, masks: RetentionMasks, state: torch.Tensor,
+        self,
+        query: torch.Tensor,
+        source: torch.Tensor,
+        decay: torch.Tensor,
+        masks: RetentionMasks,
+        state: torch.Tensor,
         carry: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The chunkwise form (module docstring): outputs ``[B, L, E]`` for ``query`` reading ``source`` (both ``[B, L, E]``)
@@ -224,7 +229,10 @@ class MultiScaleRetention(nn.Module):
         return self._output(gate, y.flatten(2, 3)[:, :, :length]), final
 
     def step(
-        self, query: torch.Tensor, source: torch.Tensor, memory: torch.Tensor,
+        self,
+        query: torch.Tensor,
+        source: torch.Tensor,
+        memory: torch.Tensor,
         query_projection: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One more token of the current timestep, decoded after the ones before it: ``R <- R + k^T v``, ``o = q R``.

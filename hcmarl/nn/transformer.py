@@ -19,9 +19,7 @@ def causal_mask(n: int, device: torch.device) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
 
 
-def cached_attention(
-    attention: nn.MultiheadAttention, query: torch.Tensor, source: torch.Tensor, cache: torch.Tensor, position: int
-) -> torch.Tensor:
+def cached_attention(attention: nn.MultiheadAttention, query: torch.Tensor, source: torch.Tensor, cache: torch.Tensor, position: int) -> torch.Tensor:
     """``attention`` for one query token reading every cached token and one new ``source`` token: with
     (q, k, v) = (query W_q + b_q, source W_k + b_k, source W_v + b_v) per head, k and v are written into ``cache``
     ``[2, B, H, n, d]`` at ``position``, and the output is concat_h softmax(q K^T / sqrt(d)) V W_o + b_o with K, V the

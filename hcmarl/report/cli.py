@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--band", choices=("ci", "std"), default="ci", help="learning-curve band: bootstrap interval of the mean, or std (default: ci)"
     )
     parser.add_argument(
-        "--bounds", action="append", default=[], metavar="TASK=MIN:MAX",
+        "--bounds",
+        action="append",
+        default=[],
+        metavar="TASK=MIN:MAX",
         help="normalisation bounds of a task instead of the observed min and max (repeatable)",
     )
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples (default: %(default)s)")

@@ -77,7 +77,7 @@ class Run:
         """``(frames, values)`` of ``metric``, in frame order."""
         if metric not in self.curves:
             raise RunDataError(f"{self.label} ({', '.join(self.sources)}) has no '{metric}'; it has: {', '.join(sorted(self.curves))}")
-        frames, values = zip(*self.curves[metric])
+        frames, values = zip(*self.curves[metric], strict=True)
         return np.asarray(frames), np.asarray(values)
 
 
@@ -115,7 +115,7 @@ def curves_from_rows(rows: Sequence[Mapping[str, str]], where: str) -> Points:
     known = sorted((e, f) for e, f in counted if e is not None and f is not None)
     epochs = [e for e, _ in known]
     points: Points = {m: {} for m in metrics}
-    for row, (epoch, frames) in zip(rows, counted):
+    for row, (epoch, frames) in zip(rows, counted, strict=True):
         present = {m: v for m in metrics if (v := _number(row.get(m), where)) is not None}
         if not present:
             continue
@@ -159,10 +159,12 @@ def _identity(where: str, algorithm: str, task: object, seed: object) -> tuple[s
         )
     if seed is None or isinstance(seed, bool) or str(seed).strip() == "":
         raise RunDataError(f"{where}: the seed is unknown; it needs seed_everything in config.yaml, a 'seed' column, or a name ending in seed<k>")
-    try:
-        return algorithm, task, int(float(seed))
-    except ValueError:
-        raise RunDataError(f"{where}: the seed '{seed}' is not an integer") from None
+    if isinstance(seed, (str, int, float)):  # a YAML value may also be a list or a mapping
+        try:
+            return algorithm, task, int(float(seed))
+        except (ValueError, OverflowError):
+            pass
+    raise RunDataError(f"{where}: the seed '{seed}' is not an integer")
 
 
 @dataclass

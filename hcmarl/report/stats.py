@@ -72,7 +72,7 @@ def percentile_interval(estimates: np.ndarray, confidence: float = CONFIDENCE) -
 
 def stratified_bootstrap(
     strata: Sequence[ArrayLike],
-    statistic: Callable[[list[np.ndarray]], np.ndarray],
+    statistic: Callable[[list[np.ndarray]], ArrayLike],
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> np.ndarray:
@@ -95,9 +95,7 @@ def stratified_bootstrap(
     return np.asarray(statistic(resampled))
 
 
-def iqm_estimate(
-    per_task: Sequence[ArrayLike], resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
-) -> Estimate:
+def iqm_estimate(per_task: Sequence[ArrayLike], resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:
     """IQM over all seeds of all tasks, with its stratified-bootstrap percentile interval.
 
     ``per_task[t]`` holds one score per seed of task ``t`` (seed counts may differ by task).
@@ -122,7 +120,7 @@ def probability_of_improvement(x_per_task: Sequence[ArrayLike], y_per_task: Sequ
     """
     if len(x_per_task) != len(y_per_task) or not x_per_task:
         raise RunDataError("probability of improvement needs both algorithms' scores on the same, non-empty list of tasks")
-    return float(np.mean([_pairwise_improvement(np.asarray(x, float), np.asarray(y, float)) for x, y in zip(x_per_task, y_per_task)]))
+    return float(np.mean([_pairwise_improvement(np.asarray(x, float), np.asarray(y, float)) for x, y in zip(x_per_task, y_per_task, strict=True)]))
 
 
 def improvement_estimate(

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hcmarl.errors import MissingDependencyError
+from hcmarl.wandb_credentials import wandb_offline_by_default
 
 
 def log_report(files: Sequence[Path], project: str, name: str | None = None) -> Path:
     """One W&B run (``job_type="report"``) holding every PNG of ``files`` as an image under ``report/<stem>`` and the
-    Markdown page as a file. Offline when no API key is set (``hcmarl.modules.loggers.wandb_credentials_available``)
+    Markdown page as a file. Offline when no API key is set (``hcmarl.wandb_credentials``)
     or ``WANDB_MODE=offline``; returns the run's local folder."""
     try:
         import wandb
     except ImportError as err:
         raise MissingDependencyError("wandb", "wandb", "hcmarl report --wandb") from err
-    from hcmarl.modules.loggers import wandb_credentials_available
-
-    offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not wandb_credentials_available()
+    offline = wandb_offline_by_default()
     pages = [Path(f) for f in files if Path(f).suffix == ".md"]
     run = wandb.init(
-        project=project, name=name, job_type="report", mode="offline" if offline else "online",
+        project=project,
+        name=name,
+        job_type="report",
+        mode="offline" if offline else "online",
         dir=str(pages[0].parent if pages else Path(files[0]).parent),
     )
     run.log({f"report/{Path(f).stem}": wandb.Image(str(f)) for f in files if Path(f).suffix == ".png"})

@@ -6,7 +6,7 @@ being trained (DESIGN.md, "One iteration", step 3).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
@@ -20,7 +20,10 @@ class ActingPolicy(TensorDictModuleBase):
     """
 
     def __init__(
-        self, act: Callable[[TensorDictBase], TensorDictBase], in_keys: Sequence, out_keys: Sequence,
+        self,
+        act: Callable[[TensorDictBase], TensorDictBase],
+        in_keys: Sequence,
+        out_keys: Sequence,
         begin_rollout: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()

@@ -13,10 +13,10 @@ from hcmarl.constraints import Constraint
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.guided import GuidedImitation
-from hcmarl.keys import ACTION, ADVANTAGE, FACTOR, KL_WEIGHT, LOG_PROB, VALUE
+from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE
 from hcmarl.nn.actors import Actor
 from hcmarl.optim import AgentAdam, GradientStep
-from hcmarl.schedules import Schedule
+from hcmarl.schedules import NO_UPSTREAM, Schedule, Upstream
 
 
 class Learner(nn.Module):
@@ -75,15 +75,13 @@ class Learner(nn.Module):
         td.set(LOG_PROB, dist.log_prob(action))
         return td
 
-    def update(
-        self, batch: TensorDictBase, step: GradientStep, anchor: torch.distributions.Distribution | None = None
-    ) -> dict[str, torch.Tensor]:
+    def update(self, batch: TensorDictBase, step: GradientStep, upstream: Upstream = NO_UPSTREAM) -> dict[str, torch.Tensor]:
         """One policy update on a batch holding advantages; returns detached diagnostics.
 
         The batch is flat ``[B]`` for feed-forward actors and ``[envs, time]`` for recurrent ones
-        (minibatches are then drawn over envs, and each env's rollout is replayed whole). ``anchor``, a fixed
-        distribution over the same samples, is what the constraint holds the actors near (a guider, for
-        ``GuidedImitation``).
+        (minibatches are then drawn over envs, and each env's rollout is replayed whole). ``upstream``: what earlier
+        stages hand the update, over the same samples (``hcmarl.schedules.Upstream``: a guider to imitate, a
+        conductor's factor and KL weights).
         """
-        batch = batch.select(*self.actor.in_keys, ACTION, LOG_PROB, ADVANTAGE, VALUE, FACTOR, KL_WEIGHT, strict=False)  # minibatches index only these
-        return self.schedule.update(self.actor, self.constraint, batch, step, anchor)
+        batch = batch.select(*self.actor.in_keys, ACTION, LOG_PROB, ADVANTAGE, VALUE, strict=False)  # minibatches index only these
+        return self.schedule.update(self.actor, self.constraint, batch, step, upstream)

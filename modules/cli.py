@@ -1,41 +1,43 @@
 """The ``hcmarl`` command: Lightning's CLI over ``MARLModule`` and ``OnPolicyDataModule``.
 
 ``hcmarl fit|validate|bench --config recipes/<algorithm>/<family>_<task>.yaml [overrides]``.
-Recipes may use OmegaConf interpolation (``${data.env}``), resolved after command-line
-overrides. ``--render [--render_dir DIR]`` records an episode video after each evaluation; a
-W&B logger's run is grouped under the recipe. Two more subcommands have their own parsers and
-no Lightning CLI: ``hcmarl sweep`` trains a recipe over seeds x override values
+Every run starts from ``recipes/base.yaml`` (the shared trainer block) and a logger name derived
+from the recipe's path, put before the user's arguments (:mod:`hcmarl.modules.base_config`), so a
+recipe holds only what differs from the base. Recipes may use OmegaConf interpolation
+(``${data.env}``), resolved after command-line overrides. ``--render [--render_dir DIR]`` records
+an episode video after each evaluation; a W&B logger's run is grouped under the recipe. Two more
+subcommands have their own parsers and no Lightning CLI: ``hcmarl sweep`` trains a recipe over seeds x override values
 (:mod:`hcmarl.sweep`) and ``hcmarl report`` writes tables, figures and a page from finished runs
 (:mod:`hcmarl.report`). Errors a user can fix end with one message and exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.strategies import DDPStrategy
 from jsonargparse import ActionYesNo, set_parsing_settings
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
 
-from hcmarl.datamodules.onpolicy import iterations_for
+from hcmarl.datamodules.onpolicy import OnPolicyDataModule, iterations_for
 from hcmarl.errors import ConfigError, HcmarlError
+from hcmarl.modules.base_config import config_files, with_base
 
 
 def _seed(seed_everything: Any) -> int:
     return 0 if isinstance(seed_everything, bool) or seed_everything is None else int(seed_everything)
 
 
-DDP_NAMES = {"ddp": "popen", "ddp_spawn": "spawn"}
+DDP_NAMES: dict[str, Literal["popen", "spawn"]] = {"ddp": "popen", "ddp_spawn": "spawn"}
 
 
 class HcmarlTrainer(Trainer):
@@ -44,6 +46,8 @@ class HcmarlTrainer(Trainer):
     Each role's backward pass touches only that role's parameters, so ``strategy: ddp``
     (or ``ddp_spawn``) becomes DDP with ``find_unused_parameters=True``.
     """
+
+    callbacks: list[Callback]  # set by Lightning's callback connector, declared here for type checkers
 
     def __init__(self, *args: Any, strategy: Any = "auto", **kwargs: Any) -> None:
         if isinstance(strategy, str) and strategy in DDP_NAMES:
@@ -62,10 +66,10 @@ class HcmarlTrainer(Trainer):
         logger = self.loggers[0] if self.loggers else None
         if not isinstance(logger, WandbLogger):
             return super().log_dir
-        run_dir = os.path.join(logger.save_dir, str(logger.name), str(logger.version)) if self.is_global_zero else None
+        run_dir = os.path.join(str(logger.save_dir), str(logger.name), str(logger.version)) if self.is_global_zero else None
         return self.strategy.broadcast(run_dir)
 
-    def bench(self, model: LightningModule, datamodule: LightningDataModule, iterations: int = 5, warmup: int = 1) -> dict[str, float]:
+    def bench(self, model: LightningModule, datamodule: OnPolicyDataModule, iterations: int = 5, warmup: int = 1) -> dict[str, float]:
         """Run ``warmup + iterations`` iterations and print collection, update and end-to-end frames/s.
 
         ``data.total_frames`` is replaced by the frames of those iterations. Frames count over all ranks, as in
@@ -114,6 +118,9 @@ class HcmarlCLI(LightningCLI):
     """LightningCLI with frames-based run length, interpolation after overrides, a final evaluation,
     episode videos (``--render``) and W&B runs grouped by recipe."""
 
+    trainer: HcmarlTrainer  # what LightningCLI builds from trainer_class, declared here for type checkers
+    datamodule: OnPolicyDataModule
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         commands = LightningCLI.subcommands()
@@ -126,20 +133,32 @@ class HcmarlCLI(LightningCLI):
         parser.link_arguments("data.eval_every", "trainer.check_val_every_n_epoch")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed)
         parser.add_argument(
-            "--render", action=ActionYesNo, default=False,
+            "--render",
+            action=ActionYesNo,
+            default=False,
             help="After each evaluation, record one episode of the deployment policy on one env as a video (vmas, mpe envs).",
         )
         parser.add_argument("--render_dir", type=str | None, default=None, help="Folder for --render's videos (default: videos/ in the run folder).")
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        """Set up the parsers, remembering whether the words parsed start with a subcommand."""
+        self._has_subcommands = add_subcommands
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, and remember the ``--config`` files named (``recipe_files``): resolving a recipe's
-        interpolation drops them from the parsed config."""
-        super().parse_arguments(parser, args)
+        """Parse the words with the base config put before them (:func:`hcmarl.modules.base_config.with_base`), and
+        remember the user's ``--config`` files (``recipe_files``): resolving a recipe's interpolation drops them
+        from the parsed config."""
         self.recipe_files: list[str] = []
-        if args is None or isinstance(args, (list, tuple)):
-            finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-            finder.add_argument("-c", "--config", action="append", default=[])
-            self.recipe_files = finder.parse_known_args(sys.argv[1:] if args is None else list(args))[0].config
+        if args is not None and not isinstance(args, (list, tuple)):  # a dict or Namespace: a whole config, no base added
+            return super().parse_arguments(parser, args)
+        words = sys.argv[1:] if args is None else list(args)
+        self.recipe_files = config_files(words)
+        words = with_base(words, self.subcommands() if self._has_subcommands else None)
+        if args is None:  # the words are sys.argv's: Lightning's warning about args given beside sys.argv does not apply
+            self.config = parser.parse_args(words)
+        else:
+            super().parse_arguments(parser, words)
 
     def before_fit(self) -> None:
         # total_frames counts all ranks: refuse a budget under one iteration before any rank starts

@@ -6,14 +6,12 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 
-from hcmarl.advantages import ValueLoss, ValueNorm, value_loss
+from hcmarl.advantages import ValueLoss, ValueNorm
 from hcmarl.envs.base import EnvInfo
 from hcmarl.keys import VALUE_TARGET
-from hcmarl.errors import ConfigError
 from hcmarl.nn.critics import InstructionCritic, ValueNetwork
-from hcmarl.optim import GradientStep, minibatch_indices
-
-OLD_VALUE = ("agents", "old_value_normalized")
+from hcmarl.optim import GradientStep, run_minibatches
+from hcmarl.value_fit import ValueFit
 
 
 class Critic(nn.Module):
@@ -50,23 +48,13 @@ class Critic(nn.Module):
         self.loss = loss
         self.huber_delta = huber_delta
         self.clip_value = clip_value
-        self.value_norm = ValueNorm() if value_norm else None
+        self.value_norm: ValueNorm | None = ValueNorm() if value_norm else None
         self.max_grad_norm = max_grad_norm
 
     def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
-        """Create the network; ``n_instructions = K > 0`` when a conductor is present (HCPO's Q(s, .) has K heads)."""
-        is_instruction_critic = isinstance(self.network, InstructionCritic)
-        if n_instructions > 0 and not is_instruction_critic:
-            raise ConfigError(
-                "model.conductor is set, and HCPO's critic must be Q(s, .) with one head per instruction: set "
-                "model.critic.init_args.network.class_path=hcmarl.nn.InstructionCritic"
-            )
-        if is_instruction_critic and n_instructions == 0:
-            raise ConfigError(
-                "model.critic.init_args.network is hcmarl.nn.InstructionCritic, whose heads are a conductor's "
-                "instructions, but the recipe has no model.conductor; add one (see recipes/hcpo/) or use hcmarl.nn.CentralValue"
-            )
-        if is_instruction_critic:
+        """Create the network; ``n_instructions = K > 0`` when a conductor is present (HCPO's Q(s, .) has K heads;
+        ``hcmarl.iteration.plan_iteration`` has checked that the network is an ``InstructionCritic`` then, and only then)."""
+        if isinstance(self.network, InstructionCritic):
             self.network.build(info, n_instructions)
         else:
             self.network.build(info)
@@ -82,28 +70,30 @@ class Critic(nn.Module):
 
     def instruction_values(self, td: TensorDictBase) -> torch.Tensor:
         """HCPO's Q(s, M) for every instruction M in return units, ``[..., K]`` (needs an ``InstructionCritic``)."""
+        if not isinstance(self.network, InstructionCritic):
+            raise TypeError(f"instruction_values needs an InstructionCritic network, not {type(self.network).__name__}")
         q = self.network.heads(td)
         return q if self.value_norm is None else self.value_norm.denormalize(q)
 
+    @property
+    def value_fit(self) -> ValueFit:
+        """The regression this critic fits its network by (shared with the guider's value head)."""
+        return ValueFit(self.loss, self.huber_delta, self.clip_value, self.value_norm)
+
     def update(self, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
-        """Fit the flat batch's value targets; returns the mean loss and explained variance."""
-        target = batch.get(VALUE_TARGET)
+        """Fit the flat batch's value targets over ``epochs`` x ``minibatches``; returns the mean loss and explained variance."""
+        returns = batch.get(VALUE_TARGET)
         batch = batch.select(*self.network.in_keys, strict=False)  # minibatches index only what the network reads
-        if self.value_norm is not None:
-            self.value_norm.update(target)
-            target = self.value_norm.normalize(target)
-        if self.clip_value is not None:
-            with torch.no_grad():
-                batch.set(OLD_VALUE, self.network(batch))
-        total = torch.zeros((), device=target.device)
-        for _ in range(self.epochs):
-            for idx in minibatch_indices(target.shape[0], self.minibatches, target.device):
-                minibatch = batch[idx]
-                old = None if self.clip_value is None else minibatch.get(OLD_VALUE)
-                loss = value_loss(self.network(minibatch), target[idx], self.loss, self.huber_delta, old, self.clip_value).mean()
-                step(loss, self.max_grad_norm)
-                total += loss.detach()
+        fit = self.value_fit
+        targets = fit.targets(returns, lambda: self.network(batch))
+
+        def minibatch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            loss = fit.minibatch_loss(self.network(batch[idx]), targets, idx)
+            step(loss, self.max_grad_norm)
+            return {"value_loss": loss.detach()}
+
+        metrics = run_minibatches(batch.shape[0], self.epochs, self.minibatches, targets.target.device, minibatch_step)
         with torch.no_grad():
-            residual = target - self.network(batch)
-            explained_variance = 1.0 - residual.var() / target.var().clamp_min(1e-8)
-        return {"value_loss": total / (self.epochs * self.minibatches), "explained_variance": explained_variance}
+            residual = targets.target - self.network(batch)
+            explained_variance = 1.0 - residual.var() / targets.target.var().clamp_min(1e-8)
+        return metrics | {"explained_variance": explained_variance}

@@ -10,24 +10,30 @@ each agent's instruction comes from.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from tensordict import TensorDictBase
 from torch import nn
 from torch.distributions import Categorical
 
-from hcmarl.constraints import Constraint, Distill, Evaluation
+from hcmarl.constraints import Constraint, Distill, Evaluation, SurrogateBatch
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import (
-    AGENT_INSTRUCTION, CONDUCTOR_ADVANTAGE, CONDUCTOR_LOG_PROB, CONDUCTOR_PROBS, INSTRUCTION, OBSERVATION, STATE,
+    AGENT_INSTRUCTION,
+    CONDUCTOR_ADVANTAGE,
+    CONDUCTOR_LOG_PROB,
+    CONDUCTOR_PROBS,
+    INSTRUCTION,
+    OBSERVATION,
+    STATE,
 )
 from hcmarl.nn.conductor import ConductorNetwork, LocalConductors
 from hcmarl.optim import GradientStep
 
 ExecutionMode = Literal["local", "local_argmax", "shared_seed", "central", "random", "none"]
-EXECUTION_MODES: tuple[str, ...] = ExecutionMode.__args__
+EXECUTION_MODES: tuple[str, ...] = get_args(ExecutionMode)
 
 
 def shared_seed_instruction(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -104,12 +110,13 @@ class Conductor(nn.Module):
         self.network.build(info, self.n_instructions)
         self.local.build(info, self.n_instructions)
 
-    def make_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Adam over the central conductor (which a trust region only reads) and Adam over the local conductors."""
-        return [
-            torch.optim.Adam(self.network.parameters(), lr=self.lr, eps=1e-5),
-            torch.optim.Adam(self.local.parameters(), lr=self.local_lr, eps=1e-5),
-        ]
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the central conductor (which a trust region only reads)."""
+        return torch.optim.Adam(self.network.parameters(), lr=self.lr, eps=1e-5)
+
+    def make_local_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the local conductors."""
+        return torch.optim.Adam(self.local.parameters(), lr=self.local_lr, eps=1e-5)
 
     # ---- acting ---------------------------------------------------------------------------
     def central(self, td: TensorDictBase) -> Categorical:
@@ -177,45 +184,54 @@ class Conductor(nn.Module):
             dist = Categorical(logits=self.network(batch[idx]).logits.unsqueeze(-2))  # batch [b, 1]
             return Evaluation(dist.log_prob(instruction[idx]), dist.entropy(), dist)
 
-        old_log_prob = batch.get(CONDUCTOR_LOG_PROB).unsqueeze(-1)
-        metrics = self.constraint.update(evaluate, old_log_prob, batch.get(CONDUCTOR_ADVANTAGE).unsqueeze(-1), None, step)
+        data = SurrogateBatch(batch.get(CONDUCTOR_LOG_PROB).unsqueeze(-1), batch.get(CONDUCTOR_ADVANTAGE).unsqueeze(-1))
+        metrics = self.constraint.update(evaluate, data, step)
         with torch.no_grad():
             metrics["entropy"] = self.network(batch).entropy().mean()
         return metrics
 
     @torch.no_grad()
-    def agent_weights(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def agent_weights(self, batch: TensorDictBase, updated: Categorical | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The agents' initial sequential factor ``[..., 1]`` and KL weights ``[..., N]`` (HCPO iteration, step 3).
 
         By default the conductor acts as agent 0: factor = w_new(M_t|s_t) / w_old(M_t|s_t), KL unweighted
         (None). With ``paper_weighting`` (Algorithm 3 literally): factor = w_new(M_t|s_t) and each
-        agent's KL samples weighted by its local conductor's w_psi_i(M_t|o_i).
+        agent's KL samples weighted by its local conductor's w_psi_i(M_t|o_i). ``updated`` is w_new(.|s_t) on
+        ``batch`` if already computed (``central`` otherwise).
         """
         instruction = batch.get(INSTRUCTION)
-        new_log_prob = self.central(batch).log_prob(instruction)
+        new_log_prob = (self.central(batch) if updated is None else updated).log_prob(instruction)
         if not self.paper_weighting:
             return (new_log_prob - batch.get(CONDUCTOR_LOG_PROB)).exp().unsqueeze(-1), None
         local_probs = self.local(batch).probs  # [..., N, K]
         index = instruction.unsqueeze(-1).unsqueeze(-1).expand(*local_probs.shape[:-1], 1)
         return new_log_prob.exp().unsqueeze(-1), local_probs.gather(-1, index).squeeze(-1)
 
-    def update_local(self, batch: TensorDictBase, step: GradientStep) -> dict[str, torch.Tensor]:
-        """Distil each w_psi_i(.|o_i) from the updated w_Psi(.|s_t) by soft-target cross-entropy (HCPO iteration, step 5)."""
+    def update_local(self, batch: TensorDictBase, step: GradientStep, central_probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Distil each w_psi_i(.|o_i) from the updated w_Psi(.|s_t) by soft-target cross-entropy (HCPO iteration, step 5).
+
+        ``central_probs`` ``[B, K]``: w_Psi(.|s_t) on the flat ``batch`` if already computed after the update.
+        """
         if not self.learns:
             return {}
         batch = batch.select(STATE, OBSERVATION)
         n_agents = batch.get(OBSERVATION).shape[-2]
-        with torch.no_grad():
-            target = self.network(batch).probs.unsqueeze(-2).expand(-1, n_agents, -1)  # [B, N, K]
+        if central_probs is None:
+            with torch.no_grad():
+                central_probs = self.network(batch).probs
+        target = central_probs.unsqueeze(-2).expand(-1, n_agents, -1)  # [B, N, K]
         return self.distill.update(lambda idx: self.local(batch[idx]), target, step)
 
     @torch.no_grad()
-    def diagnostics(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
-        """Instruction usage (fraction of steps with M_t = k) and the local-central argmax agreement on ``batch``."""
+    def diagnostics(self, batch: TensorDictBase, central_probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Instruction usage (fraction of steps with M_t = k) and the local-central argmax agreement on the flat ``batch``
+        (``central_probs`` ``[B, K]``: w_Psi(.|s_t) on it, if already computed)."""
         usage = torch.bincount(batch.get(INSTRUCTION).reshape(-1), minlength=self.n_instructions).float()
         metrics = {f"conductor/usage_{k}": share for k, share in enumerate(usage / usage.sum())}
         if self.learns:
-            central = self.network(batch).probs.argmax(dim=-1).unsqueeze(-1)  # [B, 1]
+            if central_probs is None:
+                central_probs = self.network(batch).probs
+            central = central_probs.argmax(dim=-1).unsqueeze(-1)  # [B, 1]
             local = self.local(batch).probs.argmax(dim=-1)  # [B, N]
             metrics["local/agreement"] = (local == central).float().mean()
         return metrics

@@ -1,0 +1,88 @@
+"""Which policy acts where: the behaviour policy that collects, the deployed one that is evaluated (DESIGN.md, "One iteration").
+
+Built from the roles, holding them (not copies): the collector acts with the parameters being trained.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from tensordict import TensorDictBase
+
+from hcmarl.keys import ACTION, LOG_PROB
+from hcmarl.roles.conductor import Conductor, ExecutionMode
+from hcmarl.roles.guider import GuiderMemory
+from hcmarl.roles.policy import ActingPolicy
+from hcmarl.roles.team import Roles
+
+EvaluationMode = ExecutionMode | Literal["guider"]
+Act = Callable[[TensorDictBase], TensorDictBase]
+OUT_KEYS = [ACTION, LOG_PROB]
+
+
+def _after_instruction(
+    conductor: Conductor, mode: ExecutionMode, actor: Act, in_keys: Sequence, begin_rollout: Callable[[], None] | None = None
+) -> ActingPolicy:
+    """``actor`` acting on the instruction ``conductor`` gives in ``mode`` (``central``: from the global state)."""
+
+    def act(td: TensorDictBase) -> TensorDictBase:
+        return actor(conductor.instruct(td, mode))
+
+    conductor_keys = list(conductor.network.in_keys) if mode == "central" else []
+    return ActingPolicy(act, [*conductor_keys, *in_keys], OUT_KEYS, begin_rollout=begin_rollout)
+
+
+def behaviour_policy(roles: Roles) -> ActingPolicy:
+    """What collects training data: the guider if there is one (MAGPO, MAT), else the learner sampling;
+    with a conductor (HCPO, or a conductor-guided guider), after the central conductor's instruction."""
+    learner, conductor, guider = roles.learner, roles.conductor, roles.guider
+    begin_rollout: Callable[[], None] | None = None
+    if guider is not None:
+        memory = guider.new_collection_memory()
+        actor: Act = functools.partial(guider.act, memory=memory)
+        in_keys, begin_rollout = guider.network.in_keys, memory.begin_rollout
+    elif learner is not None:
+        actor, in_keys = learner.act, learner.actor.in_keys
+    else:
+        raise ValueError("behaviour_policy: the roles have neither a guider nor a learner to act")
+    if conductor is None:
+        return ActingPolicy(actor, in_keys, OUT_KEYS, begin_rollout=begin_rollout)
+    return _after_instruction(conductor, "central", actor, in_keys, begin_rollout)
+
+
+def deployment_policy(roles: Roles, execution: EvaluationMode | None = None, deterministic: bool = False) -> ActingPolicy:
+    """What is evaluated and deployed: decentralised actors, reading no global state.
+
+    With a conductor, each agent's instruction comes from ``execution`` (default: the conductor's
+    ``execution`` setting, ``local``); only ``central`` reads the global state. ``guider`` (and a
+    recipe with no learner, MAT) acts with the guider, centrally (after the central conductor's
+    instruction, if there is a conductor), sampling unless ``deterministic``.
+    """
+    learner, conductor, guider = roles.learner, roles.conductor, roles.guider
+    mode: ExecutionMode | None
+    if execution == "guider" or learner is None:
+        if guider is None:
+            raise ValueError("deployment_policy: the roles have neither a learner nor a guider to act")
+        actor: Act = functools.partial(guider.act, deterministic=deterministic, memory=GuiderMemory())
+        in_keys, mode = guider.network.in_keys, "central"
+    else:
+        actor = functools.partial(learner.act, deterministic=deterministic)
+        in_keys, mode = learner.actor.in_keys, execution
+    if conductor is None:
+        return ActingPolicy(actor, in_keys, OUT_KEYS)
+    return _after_instruction(conductor, mode or conductor.execution, actor, in_keys)
+
+
+def evaluation_modes(roles: Roles) -> dict[str, EvaluationMode | None]:
+    """Metric prefix -> execution mode of each evaluation: the deployment policy as ``eval/``; for HCPO
+    also the central conductor as ``eval/central/`` (ALGORITHMS.md section 3: report both); for MAGPO
+    and CTDS also the guider, centralised, as ``eval/guider/``."""
+    learner, conductor, guider = roles.learner, roles.conductor, roles.guider
+    modes: dict[str, EvaluationMode | None] = {"eval": None}
+    if guider is not None and learner is not None:
+        modes["eval/guider"] = "guider"
+    if conductor is not None and conductor.execution != "central" and conductor.n_instructions > 1:
+        modes["eval/central"] = "central"
+    return modes

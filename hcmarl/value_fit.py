@@ -1,0 +1,49 @@
+"""Fitting a value head to lambda-returns (ALGORITHMS.md section 1, "Critic loss"): the one block the critic and the guider share.
+
+Per iteration: the running normaliser (if any) first takes the batch's returns, which are then
+normalised; with ``clip_value`` the head's predictions before the update are kept. Per minibatch:
+the Huber (or MSE) loss of the new predictions, pessimistically clipped around the old ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from hcmarl.advantages import ValueLoss, ValueNorm, value_loss
+
+
+@dataclass(frozen=True)
+class ValueTargets:
+    """One iteration's regression targets (normalised when a ``ValueNorm`` is used) and, for clipping, the old predictions."""
+
+    target: torch.Tensor
+    old_prediction: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ValueFit:
+    """How a value head is fitted: ``loss`` (``huber`` with ``huber_delta``, or ``mse``), clipping around the old
+    prediction (``clip_value``; None: none) and an optional running ``value_norm`` (HARL's ValueNorm)."""
+
+    loss: ValueLoss = "huber"
+    huber_delta: float = 10.0
+    clip_value: float | None = None
+    value_norm: ValueNorm | None = None
+
+    def targets(self, returns: torch.Tensor, predict_old: Callable[[], torch.Tensor]) -> ValueTargets:
+        """Update the normaliser with ``returns``, normalise them, and keep ``predict_old()`` if values are clipped."""
+        if self.value_norm is not None:
+            self.value_norm.update(returns)
+            returns = self.value_norm.normalize(returns)
+        if self.clip_value is None:
+            return ValueTargets(returns)
+        with torch.no_grad():
+            return ValueTargets(returns, predict_old())
+
+    def minibatch_loss(self, prediction: torch.Tensor, targets: ValueTargets, idx: torch.Tensor) -> torch.Tensor:
+        """The mean loss of ``prediction`` on the samples ``idx`` of ``targets``."""
+        old = None if targets.old_prediction is None else targets.old_prediction[idx]
+        return value_loss(prediction, targets.target[idx], self.loss, self.huber_delta, old, self.clip_value).mean()
