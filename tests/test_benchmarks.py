@@ -89,3 +89,11 @@ def test_cost_writes_the_table_with_ratios_and_hours_and_resumes(tmp_path: Path,
     assert all(float(row[9]) > 0 and float(row[5].replace(",", "")) > 0 for row in rows.values())
     _load("cost").main(args)
     assert "cost: " not in capsys.readouterr().out
+
+
+def test_update_time_times_one_recipes_update(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling costing.py, as when run from benchmarks/
+    tiny = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--data.env", "coordsum/8x15"]
+    seconds = _load("update_time").main(["hatrpo/coordsum_3x10", *tiny, "--updates", "1"])
+    assert seconds > 0
+    assert "hatrpo/coordsum_3x10 --data.num_envs 4 --data.rollout_steps 8 --data.env coordsum/8x15: median update" in capsys.readouterr().out
