@@ -134,11 +134,13 @@ def test_one_agents_step_leaves_the_others_untouched() -> None:
 
 
 def test_kl_weights_bound_the_weighted_kl_and_only_their_ratios_matter() -> None:
-    """Per-sample KL weights (HCPO's paper_weighting): the accepted step bounds sum(w KL)/sum(w); scaling w changes nothing."""
-    torch.manual_seed(3)
+    """Per-sample KL weights (HCPO's paper_weighting): the accepted step bounds sum(w KL)/sum(w); scaling w changes nothing;
+    weights of one are no weights, and other weights give another step than none (so they are not ignored)."""
     max_kl = 0.01
-    results = []
-    for scale in (1.0, 3.0):
+
+    def step(weights: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The parameters after one step, the per-sample KL it took, and the weights used (``mask``, ``mask x3``, ``ones``, ``none``)."""
+        torch.manual_seed(3)
         weight, obs, action, evaluate_for = _toy()
         evaluate = evaluate_for(slice(None))
         everything = torch.arange(obs.shape[0])
@@ -147,17 +149,25 @@ def test_kl_weights_bound_the_weighted_kl_and_only_their_ratios_matter() -> None
         old_log_prob, old_dist = first.log_prob.clone(), Categorical(logits=first.distribution.logits.clone())
         generator = torch.Generator().manual_seed(7)
         advantage = torch.randn(old_log_prob.shape, generator=generator, dtype=old_log_prob.dtype)
-        kl_weight = (torch.rand(old_log_prob.shape, generator=generator) < 0.3).to(old_log_prob.dtype) * scale
-        data = SurrogateBatch(old_log_prob, advantage, kl_weight=kl_weight)
-        metrics = TrustRegion(max_kl=max_kl).update(evaluate, data, GradientStep(AgentAdam([weight])))
+        mask = (torch.rand(old_log_prob.shape, generator=generator) < 0.3).to(old_log_prob.dtype)
+        kl_weight = {"mask": mask, "mask x3": 3.0 * mask, "ones": torch.ones_like(mask), "none": None}[weights]
+        metrics = TrustRegion(max_kl=max_kl).update(
+            evaluate, SurrogateBatch(old_log_prob, advantage, kl_weight=kl_weight), GradientStep(AgentAdam([weight]))
+        )
         assert metrics["accepted"] == 1.0
         with torch.no_grad():
             kl = kl_divergence(old_dist, evaluate(everything).distribution)
-        weighted = (kl_weight * kl).sum() / kl_weight.sum()
-        assert weighted <= max_kl + 1e-12 and weighted > 0.1 * max_kl
-        assert kl.mean() > weighted  # the unweighted samples moved further than the bound allows on average
-        results.append(weight.detach().clone())
-    torch.testing.assert_close(results[0], results[1])
+        return weight.detach().clone(), kl, kl_weight
+
+    masked, kl, kl_weight = step("mask")
+    weighted = (kl_weight * kl).sum() / kl_weight.sum()
+    assert weighted <= max_kl + 1e-12 and weighted > 0.1 * max_kl
+    assert kl.mean() > weighted  # the unweighted samples moved further than the bound allows on average
+    torch.testing.assert_close(step("mask x3")[0], masked)
+    unweighted, unweighted_kl, _ = step("none")
+    assert unweighted_kl.mean() <= max_kl + 1e-12
+    torch.testing.assert_close(step("ones")[0], unweighted)
+    assert (masked - unweighted).abs().max() > 1e-3, "the KL weights changed nothing: they are ignored"
 
 
 def test_surrogate_is_the_factor_times_the_ratio_times_the_advantage_sample_by_sample() -> None:
