@@ -202,6 +202,8 @@ class LocalConductorStage:
     conductor: Conductor
 
     def run(self, context: IterationContext) -> Metrics:
-        central_probs = _flatten(context.central_probs)
+        if context.central_probs is None:
+            raise RuntimeError("LocalConductorStage distils the updated central conductor: a ConductorStage must run before it")
+        central_probs = context.central_probs.reshape(-1, context.central_probs.shape[-1])
         metrics = prefixed("local", self.conductor.update_local(context.flat, context.steps["local"], central_probs))
         return metrics | self.conductor.diagnostics(context.flat, central_probs)

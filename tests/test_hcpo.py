@@ -111,7 +111,7 @@ def test_paper_weighting_uses_new_conductor_probability_and_local_kl_weights() -
     conductor.build(INFO)
     td = _toy_td(64)
     conductor.behave(td)
-    factor, kl_weight = conductor.agent_weights(td)
+    factor, kl_weight = conductor.agent_weights(td, conductor.central(td))
     with torch.no_grad():
         torch.testing.assert_close(factor.squeeze(-1), conductor.network(td).probs.gather(-1, td[INSTRUCTION][:, None]).squeeze(-1))
         local = conductor.local(td).probs

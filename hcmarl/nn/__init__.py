@@ -3,9 +3,10 @@
 from hcmarl.nn.actors import Actor, MLPActor
 from hcmarl.nn.conductor import ConductorNetwork, LocalConductors
 from hcmarl.nn.critics import AgentValue, CentralValue, InstructionCritic, ValueNetwork
-from hcmarl.nn.guider import GuiderNetwork, MATGuider, SableGuider
+from hcmarl.nn.guider import GuiderNetwork, MATGuider
 from hcmarl.nn.layers import AgentLinear, AgentMLP
 from hcmarl.nn.recurrent import GRUActor
+from hcmarl.nn.sable import SableGuider
 
 __all__ = [
     "Actor",

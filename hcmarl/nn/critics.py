@@ -7,6 +7,7 @@ the sampled instruction the same way, and all K heads through ``heads``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -19,7 +20,7 @@ from hcmarl.nn.actors import agent_id_features
 from hcmarl.nn.layers import AgentMLP
 
 
-class ValueNetwork(nn.Module):
+class ValueNetwork(nn.Module, ABC):
     """Base of value blocks: ``build(info)`` then ``forward(td) -> [..., N]``, reading ``in_keys``."""
 
     in_keys: list = []
@@ -31,9 +32,9 @@ class ValueNetwork(nn.Module):
         self.net: AgentMLP | None = None
         self.n_agents = 0
 
+    @abstractmethod
     def build(self, info: EnvInfo) -> None:
         """Create the layers for the env described by ``info``."""
-        raise NotImplementedError(f"{type(self).__name__} must define build(info)")
 
     def _check_built(self) -> AgentMLP:
         if self.net is None:

@@ -191,46 +191,41 @@ class Conductor(nn.Module):
         return metrics
 
     @torch.no_grad()
-    def agent_weights(self, batch: TensorDictBase, updated: Categorical | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def agent_weights(self, batch: TensorDictBase, updated: Categorical) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The agents' initial sequential factor ``[..., 1]`` and KL weights ``[..., N]`` (HCPO iteration, step 3).
 
         By default the conductor acts as agent 0: factor = w_new(M_t|s_t) / w_old(M_t|s_t), KL unweighted
         (None). With ``paper_weighting`` (Algorithm 3 literally): factor = w_new(M_t|s_t) and each
         agent's KL samples weighted by its local conductor's w_psi_i(M_t|o_i). ``updated`` is w_new(.|s_t) on
-        ``batch`` if already computed (``central`` otherwise).
+        ``batch``, ``central(batch)`` after the conductor's update.
         """
         instruction = batch.get(INSTRUCTION)
-        new_log_prob = (self.central(batch) if updated is None else updated).log_prob(instruction)
+        new_log_prob = updated.log_prob(instruction)
         if not self.paper_weighting:
             return (new_log_prob - batch.get(CONDUCTOR_LOG_PROB)).exp().unsqueeze(-1), None
         local_probs = self.local(batch).probs  # [..., N, K]
         index = instruction.unsqueeze(-1).unsqueeze(-1).expand(*local_probs.shape[:-1], 1)
         return new_log_prob.exp().unsqueeze(-1), local_probs.gather(-1, index).squeeze(-1)
 
-    def update_local(self, batch: TensorDictBase, step: GradientStep, central_probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def update_local(self, batch: TensorDictBase, step: GradientStep, central_probs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Distil each w_psi_i(.|o_i) from the updated w_Psi(.|s_t) by soft-target cross-entropy (HCPO iteration, step 5).
 
-        ``central_probs`` ``[B, K]``: w_Psi(.|s_t) on the flat ``batch`` if already computed after the update.
+        ``central_probs`` ``[B, K]``: the updated w_Psi(.|s_t) on the flat ``batch`` (the target).
         """
         if not self.learns:
             return {}
         batch = batch.select(STATE, OBSERVATION)
         n_agents = batch.get(OBSERVATION).shape[-2]
-        if central_probs is None:
-            with torch.no_grad():
-                central_probs = self.network(batch).probs
         target = central_probs.unsqueeze(-2).expand(-1, n_agents, -1)  # [B, N, K]
         return self.distill.update(lambda idx: self.local(batch[idx]), target, step)
 
     @torch.no_grad()
-    def diagnostics(self, batch: TensorDictBase, central_probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def diagnostics(self, batch: TensorDictBase, central_probs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Instruction usage (fraction of steps with M_t = k) and the local-central argmax agreement on the flat ``batch``
-        (``central_probs`` ``[B, K]``: w_Psi(.|s_t) on it, if already computed)."""
+        (``central_probs`` ``[B, K]``: the updated w_Psi(.|s_t) on it)."""
         usage = torch.bincount(batch.get(INSTRUCTION).reshape(-1), minlength=self.n_instructions).float()
         metrics = {f"conductor/usage_{k}": share for k, share in enumerate(usage / usage.sum())}
         if self.learns:
-            if central_probs is None:
-                central_probs = self.network(batch).probs
             central = central_probs.argmax(dim=-1).unsqueeze(-1)  # [B, 1]
             local = self.local(batch).probs.argmax(dim=-1)  # [B, N]
             metrics["local/agreement"] = (local == central).float().mean()
