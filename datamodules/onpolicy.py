@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,10 @@ from torchrl.envs import Compose, EnvBase, TransformedEnv
 from torchrl.envs.utils import step_mdp
 
 from hcmarl.datamodules.protocols import BehaviourPolicy, Policy, PolicySource, require_policy_source
-from hcmarl.envs import check_env_name, make_env
+from hcmarl.envs import check_env_kwargs, make_env
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
+from hcmarl.evaluation import protocol_for
 from hcmarl.keys import EPISODE_RETURN, REWARD
 
 RANK_SEED_STRIDE = 100_003
@@ -107,9 +109,12 @@ class OnPolicyDataModule(L.LightningDataModule):
         total_frames: training length in env frames, counted over all ranks (as ``frames`` is logged); the run
             takes ``ceil(total_frames / (world_size * num_envs * rollout_steps))`` iterations.
         seed: base seed; rank r uses ``seed + r * 100003``, evaluation a seed of its own.
-        eval_episodes: episodes per evaluation (one env each).
-        eval_every: iterations between evaluations.
+        eval_episodes: episodes per evaluation (one env each), under ``protocol: hcmarl``.
+        eval_every: iterations between evaluations, under ``protocol: hcmarl``.
         env_kwargs: extra arguments for the env (e.g. ``{n_agents: 4}`` for VMAS).
+        protocol: the evaluation protocol (``hcmarl.evaluation``): ``hcmarl`` (``eval_every``, ``eval_episodes``, the
+            final parameters scored), ``magpo`` (122 evaluations, sampled, the absolute metric) or ``hcpo`` (every
+            iteration, deterministic, the median of the last ten); the presets fix cadence, episodes and actions.
     """
 
     def __init__(
@@ -122,9 +127,10 @@ class OnPolicyDataModule(L.LightningDataModule):
         eval_episodes: int = 32,
         eval_every: int = 10,
         env_kwargs: dict[str, Any] | None = None,
+        protocol: str = "hcmarl",
     ) -> None:
         super().__init__()
-        check_env_name(env)
+        check_env_kwargs(env, env_kwargs or {})  # before the trainer starts: a wrong recipe leaves no run folder behind
         for key, value in (("num_envs", num_envs), ("rollout_steps", rollout_steps), ("eval_episodes", eval_episodes), ("eval_every", eval_every)):
             if value < 1:
                 raise ConfigError(f"data.{key} must be at least 1, got {value}")
@@ -136,6 +142,8 @@ class OnPolicyDataModule(L.LightningDataModule):
         self.eval_episodes = eval_episodes
         self.eval_every = eval_every
         self.env_kwargs = dict(env_kwargs or {})
+        self.protocol = protocol_for(protocol, env, eval_every, eval_episodes)
+        self.evaluation_rounds = 1  # batches of protocol.episodes per evaluation (the final one may run more)
         self.check_budget(world_size=1)
         self.frames = 0  # over all ranks
         self.iterations_done = 0
@@ -192,8 +200,11 @@ class OnPolicyDataModule(L.LightningDataModule):
 
     def _plan_iterations(self) -> None:
         """Set the trainer's ``max_epochs`` (one epoch is one iteration) to end the run at ``total_frames`` frames
-        over all ranks: the iterations done plus those left at this world size."""
-        self._running_trainer().fit_loop.max_epochs = self.iterations_done + self.iterations_left
+        over all ranks (the iterations done plus those left at this world size), and its evaluation interval to the
+        protocol's for a run of that length."""
+        trainer = self._running_trainer()
+        trainer.fit_loop.max_epochs = self.iterations_done + self.iterations_left
+        trainer.check_val_every_n_epoch = self.protocol.evaluation_interval(trainer.fit_loop.max_epochs)
 
     def _running_trainer(self) -> L.Trainer:
         """The trainer running this datamodule (a ``RuntimeError`` when there is none)."""
@@ -230,7 +241,7 @@ class OnPolicyDataModule(L.LightningDataModule):
             self.check_budget(self.world_size)
             self._plan_iterations()
         if self.eval_env is None:
-            base = make_env(self.env_name, self.eval_episodes, self._eval_seed(), device, **self.env_kwargs)
+            base = make_env(self.env_name, self.protocol.episodes, self._eval_seed(), device, **self.env_kwargs)
             self.env_info = base.info
             self.eval_env = base
         if stage == "fit" and self.train_env is None:
@@ -278,19 +289,33 @@ class OnPolicyDataModule(L.LightningDataModule):
     # ---- evaluation -----------------------------------------------------------------------
     def val_dataloader(self) -> _OnDemand:
         """One batch of episodes per evaluation mode of the module (HCPO: ``local`` and ``central``)."""
-        module = self._policy_source()
-        return _OnDemand(*(lambda mode=mode: self.evaluate(module.deployment_policy(mode)) for mode in module.evaluation_modes().values()))
+        module, deterministic = self._policy_source(), self.protocol.deterministic
+        modes = module.evaluation_modes().values()
+        return _OnDemand(*(lambda mode=mode: self.evaluate(module.deployment_policy(mode, deterministic), self.evaluation_rounds) for mode in modes))
+
+    @contextmanager
+    def evaluation_batches(self, rounds: int) -> Iterator[None]:
+        """Evaluations inside this block run ``rounds`` batches of episodes each (the absolute metric's 10 x 32)."""
+        self.evaluation_rounds = rounds
+        try:
+            yield
+        finally:
+            self.evaluation_rounds = 1
 
     @torch.no_grad()
-    def evaluate(self, policy: Policy) -> TensorDict:
-        """``eval_episodes`` episodes, one per env, with ``policy``: returns, lengths (and wins)."""
+    def evaluate(self, policy: Policy, rounds: int = 1) -> TensorDict:
+        """``rounds`` batches of ``protocol.episodes`` episodes, one per env, with ``policy``: returns, lengths (and
+        wins). Each batch continues the evaluation envs' random stream, so the batches are different episodes."""
         info = self._env_info()
-        rollout = self._policy_env(self.eval_env).rollout(info.max_steps, policy, break_when_any_done=False)
-        returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
-        out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
-        if info.has_win:
-            out.set("win", rollout.get(("next", "win")).squeeze(-1).any(dim=1))
-        return out
+        batches = []
+        for _ in range(rounds):
+            rollout = self._policy_env(self.eval_env).rollout(info.max_steps, policy, break_when_any_done=False)
+            returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
+            out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
+            if info.has_win:
+                out.set("win", rollout.get(("next", "win")).squeeze(-1).any(dim=1))
+            batches.append(out)
+        return torch.cat(batches) if rounds > 1 else batches[0]
 
     @torch.no_grad()
     def record_episode(self, policy: Policy) -> RecordedEpisode:

@@ -49,8 +49,9 @@ class PolicySource(Protocol):
         """TorchRL transforms the envs need for this module's policies (empty: the envs are stepped as they are)."""
         ...
 
-    def deployment_policy(self, execution: Any = None) -> Policy:
-        """The policy evaluated for the evaluation mode ``execution`` (None: the deployed one)."""
+    def deployment_policy(self, execution: Any = None, deterministic: bool | None = None) -> Policy:
+        """The policy evaluated for the evaluation mode ``execution`` (None: the deployed one), acting with its mode
+        (``deterministic``), sampling, or as the module is configured (None)."""
         ...
 
     def evaluation_modes(self) -> Mapping[str, Any]:

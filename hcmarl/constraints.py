@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from hcmarl.errors import check_init_args
 from hcmarl.nn.distributions import detach_distribution, map_distribution, select_agents
 from hcmarl.optim import GradientStep, run_minibatches
 
@@ -151,6 +152,14 @@ class MinibatchConstraint(Constraint):
     """
 
     def __init__(self, epochs: int | None = 5, minibatches: int | None = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
+        loops = {"epochs": epochs, "minibatches": minibatches}  # None: another role's loop applies the loss (GuidedImitation)
+        check_init_args(type(self), {k: v for k, v in loops.items() if v is not None}, {k: ">= 1" for k, v in loops.items() if v is not None})
+        check_init_args(
+            type(self),
+            {"ent_coef": ent_coef, "max_grad_norm": max_grad_norm},
+            {"ent_coef": ">= 0", "max_grad_norm": ">= 0"},
+            max_grad_norm={"optional": True},
+        )
         self.epochs = epochs
         self.minibatches = minibatches
         self.ent_coef = ent_coef
@@ -195,6 +204,7 @@ class ClipPPO(MinibatchConstraint):
 
     def __init__(self, eps: float = 0.2, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
         super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
+        check_init_args(type(self), {"eps": eps}, {"eps": "> 0"})
         self.eps = eps
 
     def objective(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
@@ -257,6 +267,9 @@ class A2POClip(ClipPPO):
         max_grad_norm: float | None = 10.0,
     ) -> None:
         super().__init__(eps, epochs, minibatches, ent_coef, max_grad_norm)
+        check_init_args(
+            type(self), {"eps_others": eps_others, "position_weight": position_weight}, {"eps_others": "> 0", "position_weight": "in [0, 1]"}
+        )
         self.eps_last = eps
         self.eps_others = eps_others
         self.position_weight = position_weight
@@ -303,6 +316,12 @@ class Distill:
     """
 
     def __init__(self, epochs: int = 5, minibatches: int = 1, max_grad_norm: float | None = 10.0) -> None:
+        check_init_args(
+            type(self),
+            {"epochs": epochs, "minibatches": minibatches, "max_grad_norm": max_grad_norm},
+            {"epochs": ">= 1", "minibatches": ">= 1", "max_grad_norm": ">= 0"},
+            max_grad_norm={"optional": True},
+        )
         self.epochs = epochs
         self.minibatches = minibatches
         self.max_grad_norm = max_grad_norm

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from hcmarl.constraints import Evaluation, MinibatchConstraint, SurrogateBatch, clip_fraction, clip_ppo_objective
-from hcmarl.errors import ConfigError
+from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.nn.distributions import detach_distribution, kl_divergence
 from hcmarl.trust_region import TrustRegion
 
@@ -92,6 +92,12 @@ class GuidedClip:
         ent_coef: float = 0.01,
         max_grad_norm: float | None = 0.5,
     ) -> None:
+        check_init_args(
+            type(self),
+            {"eps": eps, "epochs": epochs, "minibatches": minibatches, "ent_coef": ent_coef, "max_grad_norm": max_grad_norm},
+            {"eps": "> 0", "epochs": ">= 1", "minibatches": ">= 1", "ent_coef": ">= 0", "max_grad_norm": ">= 0"},
+            max_grad_norm={"optional": True},
+        )
         self.eps = eps
         self.delta = _check_delta(delta)
         self.epochs = epochs
@@ -147,7 +153,7 @@ class GuidedImitation(MinibatchConstraint):
       ``minibatches``, imitating the updated guider.
 
     Args:
-        lam: weight of the PPO term, >= 0 (lambda; 0: CTDS's pure imitation; checked when the guider is built).
+        lam: weight of the PPO term, >= 0 (lambda; 0: CTDS's pure imitation).
         eps: PPO clip range of r.
         kl_direction: ``guider_learner`` = KL(mu || pi) (the official code, default) or
             ``learner_guider`` = KL(pi || mu) (as the paper writes it).
@@ -168,6 +174,7 @@ class GuidedImitation(MinibatchConstraint):
         minibatches: int | None = None,
     ) -> None:
         super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
+        check_init_args(type(self), {"lam": lam, "eps": eps}, {"lam": ">= 0", "eps": "> 0"})
         self.lam = lam
         self.eps = eps
         self.kl_direction = kl_direction

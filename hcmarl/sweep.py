@@ -9,8 +9,9 @@ the last part of the dotted name unless two keys share it), which ``hcmarl repor
 back. Each run is ``python -m hcmarl.modules.cli fit ...`` in its own process with one torch thread
 (``OMP_NUM_THREADS=1``), ``--parallel`` at a time, its output appended to ``fit.log`` beside its
 versions. The sweep is resumable: a run whose ``final_eval.json`` (in any version) reports at least
-the requested frames is skipped, a run with a ``last.ckpt`` continues from it into a new version,
-and the others start afresh. The run folders need the CSV logger of recipes/base.yaml.
+the requested frames is skipped, a run with a ``last.ckpt`` continues from it in the same version
+(its ``metrics.csv`` continued after the checkpoint's iteration), and the others start afresh in a
+new version. The run folders need the CSV logger of recipes/base.yaml.
 """
 
 from __future__ import annotations
@@ -138,10 +139,14 @@ class SweepRun:
         return found[-1] if found else None
 
     def command(self, extra: Sequence[str]) -> list[str]:
-        """The ``hcmarl fit`` command: a new version, resuming from the last checkpoint if there is one."""
+        """The ``hcmarl fit`` command: resuming from the last checkpoint in that checkpoint's version if there is one,
+        else a new version."""
         versions = version_dirs(self.folder)
-        version = int(versions[-1].name.split("_")[1]) + 1 if versions else 0
         checkpoint = self.last_checkpoint()
+        if checkpoint is not None:
+            version = int(checkpoint.parent.parent.name.split("_")[1])
+        else:
+            version = int(versions[-1].name.split("_")[1]) + 1 if versions else 0
         return [
             sys.executable,
             "-m",

@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hcmarl.constraints import Constraint, Evaluate, Evaluation, SurrogateBatch, index_distribution
 from hcmarl.distributed import all_reduce_mean
-from hcmarl.errors import ConfigError
+from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.nn.distributions import detach_distribution, distribution_like, distribution_parameters, kl_divergence
 from hcmarl.optim import GradientStep
 
@@ -147,6 +147,18 @@ class TrustRegion(Constraint):
     ) -> None:
         if not 0.0 < fisher_fraction <= 1.0:
             raise ConfigError(f"TrustRegion.fisher_fraction must be in (0, 1], got {fisher_fraction}")
+        check_init_args(
+            type(self),
+            {
+                "max_kl": max_kl,
+                "cg_iters": cg_iters,
+                "damping": damping,
+                "backtrack": backtrack,
+                "max_backtracks": max_backtracks,
+                "accept_ratio": accept_ratio,
+            },
+            {"max_kl": "> 0", "cg_iters": ">= 1", "damping": ">= 0", "backtrack": "in (0, 1)", "max_backtracks": ">= 1", "accept_ratio": ">= 0"},
+        )
         self.max_kl = max_kl
         self.cg_iters = cg_iters
         self.damping = damping

@@ -13,10 +13,16 @@ subcommands have their own parsers and no Lightning CLI: ``hcmarl sweep`` trains
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import math
 import os
+import re
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +136,7 @@ class HcmarlCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # the iterations of one process; once the world size is known, the datamodule's setup sets max_epochs for it
         parser.link_arguments(("data.total_frames", "data.num_envs", "data.rollout_steps"), "trainer.max_epochs", compute_fn=iterations_for)
+        # the datamodule sets the interval from its evaluation protocol at setup; linked so that it is not set here too
         parser.link_arguments("data.eval_every", "trainer.check_val_every_n_epoch")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed)
         parser.add_argument(
@@ -160,9 +167,20 @@ class HcmarlCLI(LightningCLI):
         else:
             super().parse_arguments(parser, words)
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` (:func:`check_checkpoint`) before Lightning loads it, here, for its hyperparameters."""
+        if self.config.get("subcommand"):
+            check_checkpoint(self.config[self.config.subcommand].get("ckpt_path"), self.config.subcommand)
+        super()._parse_ckpt_path()
+
     def before_fit(self) -> None:
         # total_frames counts all ranks: refuse a budget under one iteration before any rank starts
-        self.datamodule.check_budget(self.trainer.num_nodes * self.trainer.num_devices)
+        ranks = self.trainer.num_nodes * self.trainer.num_devices
+        self.datamodule.check_budget(ranks)
+        dm = self.datamodule
+        if self.trainer.is_global_zero:
+            print(dm.protocol.describe(iterations_for(dm.total_frames, dm.num_envs, dm.rollout_steps, ranks)))
+        self._continue_run_folder()
         self._prepare_run()
 
     def before_validate(self) -> None:
@@ -171,20 +189,37 @@ class HcmarlCLI(LightningCLI):
     def before_bench(self) -> None:
         self._prepare_run()
 
+    def _continue_run_folder(self) -> None:
+        """A fit resumed from ``<run folder>/checkpoints/<name>.ckpt`` continues that run folder, or says why not and
+        starts a new one (:func:`hcmarl.modules.loggers.continue_run`)."""
+        from hcmarl.modules.loggers import continue_run
+
+        checkpoint = self.config[self.subcommand].get("ckpt_path")
+        if not isinstance(checkpoint, (str, os.PathLike)) or not os.path.isfile(checkpoint):
+            return  # no checkpoint, or one of Lightning's names ("last", "best"...)
+        self.trainer.loggers, message = continue_run(self.trainer.loggers, checkpoint)
+        if message and self.trainer.is_global_zero:
+            print(message)
+
     def _refuse_used_run_folder(self) -> None:
         """Stop before Lightning's CSV logger deletes the ``metrics.csv`` of a run already in its folder.
 
-        It happens when a run's saved ``config.yaml`` is used again, since a sweep pins the logger's ``version``.
+        It happens when a run's saved ``config.yaml`` is used again, since a sweep pins the logger's ``version``. A
+        fit resumed into its own run folder passes: its logger continues the file (:meth:`_continue_run_folder`).
         """
         from lightning.pytorch.loggers import CSVLogger
 
+        from hcmarl.modules.loggers import CSVLogger as ContinuingCSVLogger
+
         for logger in self.trainer.loggers if self.trainer.is_global_zero else ():
-            metrics = os.path.join(logger.log_dir, "metrics.csv") if isinstance(logger, CSVLogger) else None
-            if metrics and os.path.exists(metrics):
+            if not isinstance(logger, CSVLogger) or (isinstance(logger, ContinuingCSVLogger) and logger.continues):
+                continue
+            if os.path.exists(os.path.join(logger.log_dir, "metrics.csv")):
                 raise ConfigError(
                     f"the run folder {logger.log_dir} already holds a run's metrics.csv, which Lightning's CSV logger "
-                    "would delete; pass --trainer.logger.init_args.version null for a new version "
-                    "(to resume, add --ckpt_path), or move that folder away"
+                    "would delete; pass --trainer.logger.init_args.version null for a new version, "
+                    f"resume that run with --ckpt_path {os.path.join(logger.log_dir, 'checkpoints', 'last.ckpt')}, "
+                    "or move that folder away"
                 )
 
     def _prepare_run(self) -> None:
@@ -226,17 +261,35 @@ class HcmarlCLI(LightningCLI):
                 logger.finish()
 
     def _final_evaluation(self) -> None:
-        results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        """Score the run by its evaluation protocol (``EvaluationRecorder.final_evaluation``), print the score and
+        write it into ``final_eval.json`` in the run folder, with the scored evaluation's means and episodes."""
+        from hcmarl.modules.evaluation import EvaluationRecorder, evaluation_metrics
+
+        recorder = next(c for c in self.trainer.callbacks if isinstance(c, EvaluationRecorder))
+        scored = recorder.final_evaluation(self.trainer, self.model, self.datamodule)
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: every rank asks
-        if not self.trainer.is_global_zero or not results:
+        if not self.trainer.is_global_zero or scored is None:
             return
-        metrics = {k: float(v) for k, v in results[0].items()}
+        score, evaluation = scored
+        for logger in self.trainer.loggers:
+            logger.log_metrics({"final/score": score.value}, step=self.datamodule.iterations_done)
+            logger.save()
+        metrics: dict[str, Any] = evaluation_metrics(evaluation)
         metrics["frames"] = self.datamodule.frames  # over all ranks
+        metrics |= {
+            "protocol": self.datamodule.protocol.name,
+            "score": score.value,
+            "score_metric": score.metric,
+            "score_rule": score.rule,
+            "score_frames": score.frames,
+            "episodes": evaluation.episodes,
+        }
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "final_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
         shown = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items() if k.startswith("eval/"))
         ranks = f" (over {self.trainer.world_size} ranks)" if self.trainer.world_size > 1 else ""
-        print(f"\nFinal evaluation of the deployment policy after {metrics['frames']:,} frames{ranks}: {shown}")
+        print(f"\nFinal evaluation after {metrics['frames']:,} frames{ranks}: {shown}")
+        print(f"Score: {score.metric} = {score.value:.4g}, {score.rule}")
         metrics_file = run_dir / "metrics.csv"
         logged = f"; metrics in {metrics_file}" if metrics_file.exists() else ""
         print(f"Results written to {run_dir / 'final_eval.json'}{logged}")
@@ -247,6 +300,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
     from hcmarl.datamodules import OnPolicyDataModule
     from hcmarl.modules import MARLModule
     from hcmarl.modules.callbacks import FramesProgressBar
+    from hcmarl.modules.evaluation import EvaluationRecorder
 
     # recipes write ${data.env}, not ${fit.data.env}: interpolation is relative to the subcommand
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
@@ -260,7 +314,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
             "log_every_n_steps": 1,
             "num_sanity_val_steps": 0,
             "enable_model_summary": False,
-            "callbacks": [FramesProgressBar(), ModelCheckpoint(save_on_train_epoch_end=True, save_last=True)],
+            "callbacks": [FramesProgressBar(), ModelCheckpoint(save_on_train_epoch_end=True, save_last=True), EvaluationRecorder()],
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hcmarl"}},
         },
         save_config_kwargs={"overwrite": True},
@@ -268,6 +322,51 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
         args=args,
         run=run,
     )
+
+
+LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
+"""``--ckpt_path`` values Lightning resolves to a file itself (besides ``registry...`` and URLs)."""
+
+RESUME_KEYS = ("state_dict", "optimizer_states", "lr_schedulers")
+"""What Lightning reads of a checkpoint to resume a fit (``validate`` reads only ``state_dict``)."""
+
+
+def check_checkpoint(ckpt_path: Any, subcommand: str) -> None:
+    """Refuse a ``--ckpt_path`` Lightning could not restore, with a ``ConfigError`` naming the file, before it tries.
+
+    The file must exist and load as a torch checkpoint (a zip archive that ``torch.load`` reads with
+    ``weights_only=True``, as Lightning's CLI first loads it) with the keys Lightning needs (``RESUME_KEYS`` for
+    ``fit``; the ``hcmarl`` entry is checked by ``MARLModule.on_load_checkpoint``). It is loaded with ``mmap=True``,
+    so tensors are not read: milliseconds even for a checkpoint of 500 MB (2.7 s without). Lightning's names
+    (``last``, ``best``, ...) and URLs are left to Lightning.
+    """
+    if ckpt_path is None:
+        return
+    path = str(ckpt_path)
+    if path in LIGHTNING_CHECKPOINT_NAMES or path.startswith("registry") or "://" in path:
+        return
+    fix = "pass a checkpoint an hcmarl run saved (<run folder>/checkpoints/last.ckpt)"
+    fix += ", or leave --ckpt_path out to start a new run" if subcommand == "fit" else ", or leave --ckpt_path out"
+    if not os.path.exists(path):
+        raise ConfigError(f"--ckpt_path {path}: no such file; {fix}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--ckpt_path {path} is a folder, not a checkpoint file; {fix}")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"--ckpt_path {path} is not a checkpoint (not a file torch.save writes); {fix}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}: {reason}); {fix}") from err
+    needed = RESUME_KEYS if subcommand == "fit" else RESUME_KEYS[:1]
+    missing = [key for key in needed if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing == ["optimizer_states", "lr_schedulers"] or missing == ["optimizer_states"]:
+        raise ConfigError(
+            f"--ckpt_path {path} holds the model's weights only (no optimizer_states), so fit cannot resume from it; "
+            "validate it with hcmarl validate --ckpt_path, or resume from a full checkpoint (<run folder>/checkpoints/last.ckpt)"
+        )
+    if missing:
+        raise ConfigError(f"--ckpt_path {path} is not a Lightning checkpoint: it has no {', '.join(missing)}; {fix}")
 
 
 def user_error(err: BaseException) -> HcmarlError | None:
@@ -282,15 +381,75 @@ def user_error(err: BaseException) -> HcmarlError | None:
     return None
 
 
+def _not_litlogger_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
+def quiet_third_party() -> None:
+    """Silence what libraries print on every run that tells an hcmarl user nothing about their run, each message by
+    its text (all other warnings and log lines still show). The env packages' notices are dropped where those packages
+    are used, in env worker processes too (:data:`hcmarl.envs.base.ENV_PACKAGE_NOISE`)."""
+    # Lightning advertises its litlogger package whenever a Trainer gets a logger that is not a LitLogger
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_litlogger_tip)
+    # Lightning's own pytree helper asks isinstance(spec, LeafSpec), which torch >= 2.10 deprecates: Lightning's code
+    # to change, not the user's (printed twice a run, at the first training and the first evaluation step)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+
+
+OWN_SUBCOMMANDS = {
+    "sweep": "Train a recipe over seeds x override values.",
+    "report": "Write tables, figures and a page from finished runs.",
+}
+"""The subcommands with parsers of their own (not the Lightning CLI's), as ``hcmarl --help`` lists them."""
+
+
+def _top_level_help(argv: list[str]) -> bool:
+    """Whether ``argv`` asks for ``hcmarl --help`` (a help flag before any subcommand)."""
+    subcommands = set(HcmarlCLI.subcommands()) | set(OWN_SUBCOMMANDS)
+    before = argv[: next((i for i, word in enumerate(argv) if word in subcommands), len(argv))]
+    return "-h" in before or "--help" in before
+
+
+def print_help(args: list[str] | None) -> None:
+    """``hcmarl --help``: the Lightning CLI's help with ``OWN_SUBCOMMANDS`` added to its usage line and subcommand list
+    (``args`` as ``build_cli``'s: None reads ``sys.argv``)."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
+        build_cli(args)
+    lines = text.getvalue().splitlines()
+    names = ",".join(OWN_SUBCOMMANDS)
+    lines = [re.sub(r"\{(fit,[^}]*)\}", rf"{{\1,{names}}}", line, count=1) if line.startswith("usage:") else line for line in lines]
+    last = max((i for i, line in enumerate(lines) if re.match(r"^ {2,}\w+ {2,}\S", line)), default=None)
+    entry = re.match(r"^( +\w+ +)", lines[last]) if last is not None else None
+    width = len(entry.group(1)) if entry else 24
+    own = [f"    {name:<{width - 4}}{description}" for name, description in OWN_SUBCOMMANDS.items()]
+    if last is None:
+        lines += ["", "Subcommands with their own options (add --help after one):", *own]
+    else:
+        end = last + 1
+        while end < len(lines) and lines[end].startswith(" " * width) and lines[end].strip():  # the entry's wrapped lines
+            end += 1
+        lines[end:end] = own
+    sys.stdout.write("\n".join(lines) + "\n")  # one write, as argparse's help: a reader that stops early (| head) gets no broken pipe
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: ``report`` and ``sweep`` go to their own parsers, the rest to the Lightning CLI.
 
     Errors a user can fix print one line and exit with code 2.
     """
     torch.set_float32_matmul_precision("high")
+    quiet_third_party()
     argv = sys.argv[1:] if args is None else args
     try:
-        if argv[:1] == ["report"]:
+        if _top_level_help(argv):
+            print_help(args)
+        elif argv[:1] == ["report"]:
             from hcmarl.report.cli import main as report_main
 
             report_main(argv[1:])

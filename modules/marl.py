@@ -48,7 +48,8 @@ class MARLModule(L.LightningModule):
         gamma: discount.
         gae_lambda: GAE's lambda.
         advantage_norm: normalise advantages over the ``batch``, per ``agent``, or ``none``.
-        deterministic_eval: evaluate with the policy's mode instead of sampled actions.
+        deterministic_eval: evaluate with the policy's mode instead of sampled actions (under ``data.protocol: hcmarl``;
+            the ``magpo`` and ``hcpo`` protocols fix it).
         compile: ``torch.compile`` the roles' networks (``hcmarl.compilation.compile_roles``), except those moved
             by a trust region (it differentiates twice); a part that fails to compile runs eagerly, with one log line.
             Off by default: measured on CPU it does not pay (docs/benchmarks.md, "Compilation").
@@ -124,9 +125,10 @@ class MARLModule(L.LightningModule):
         """What collects training data (``hcmarl.acting.behaviour_policy``)."""
         return behaviour_policy(self.roles)
 
-    def deployment_policy(self, execution: EvaluationMode | None = None) -> ActingPolicy:
-        """What is evaluated and deployed (``hcmarl.acting.deployment_policy``), sampling unless ``deterministic_eval``."""
-        return deployment_policy(self.roles, execution, self.deterministic_eval)
+    def deployment_policy(self, execution: EvaluationMode | None = None, deterministic: bool | None = None) -> ActingPolicy:
+        """What is evaluated and deployed (``hcmarl.acting.deployment_policy``): with the policy's mode if ``deterministic``,
+        sampling if not; None: as ``deterministic_eval`` says (an evaluation protocol other than ``hcmarl`` decides)."""
+        return deployment_policy(self.roles, execution, self.deterministic_eval if deterministic is None else deterministic)
 
     def evaluation_modes(self) -> dict[str, EvaluationMode | None]:
         """Metric prefix -> execution mode of each evaluation (``hcmarl.acting.evaluation_modes``)."""

@@ -171,10 +171,10 @@ def test_resume_continues_frames_and_weights(run_cli, tmp_path: Path) -> None:
     saved = torch.load(ckpt, weights_only=False)
     assert saved["OnPolicyDataModule"]["frames"] == 2 * FRAMES_PER_ITERATION
     run_cli("fit", "mappo/coordsum_3x10", "--data.total_frames", str(4 * FRAMES_PER_ITERATION), "--ckpt_path", str(ckpt))
-    first, second = run_dirs(tmp_path)
-    assert logged(read_metrics(second), "frames") == [3 * FRAMES_PER_ITERATION, 4 * FRAMES_PER_ITERATION]
-    assert final_eval(second)["frames"] == 4 * FRAMES_PER_ITERATION
-    resumed = torch.load(_last_checkpoint(second), weights_only=False)
+    (run_dir,) = run_dirs(tmp_path)  # the resumed run continues its folder
+    assert logged(read_metrics(run_dir), "frames") == [k * FRAMES_PER_ITERATION for k in (1, 2, 3, 4)]
+    assert final_eval(run_dir)["frames"] == 4 * FRAMES_PER_ITERATION
+    resumed = torch.load(_last_checkpoint(run_dir), weights_only=False)
     assert resumed["epoch"] == 3 and resumed["OnPolicyDataModule"]["frames"] == 4 * FRAMES_PER_ITERATION
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 from pathlib import Path
@@ -110,7 +111,8 @@ def test_finished_runs_are_skipped_and_cut_runs_resume(tmp_path: Path, fake_fit:
     by_seed = {cmd[cmd.index("--seed_everything") + 1]: cmd for cmd in fake_fit}
     assert sorted(by_seed) == ["1", "2", "3"]
     assert by_seed["2"][by_seed["2"].index("--ckpt_path") + 1] == str(ckpt)
-    assert by_seed["2"][by_seed["2"].index("--trainer.logger.init_args.version") + 1] == "1"
+    version = {seed: cmd[cmd.index("--trainer.logger.init_args.version") + 1] for seed, cmd in by_seed.items()}
+    assert version == {"1": "0", "2": "0", "3": "0"}  # a resumed run continues in its checkpoint's version
     assert "--ckpt_path" in by_seed["1"] and "--ckpt_path" not in by_seed["3"]
     assert by_seed["3"][-2:] == ["--data.num_envs", "4"]
 
@@ -166,3 +168,12 @@ def test_a_real_sweep_trains_then_skips(tmp_path: Path, monkeypatch: pytest.Monk
     main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--resamples", "20"])
     page = (tmp_path / "report" / "report.md").read_text()
     assert "| coordsum/3x10 | mappo | 0 | 64 | 1 |" in page  # one evaluation: the final one
+
+    # more frames: the run continues from its last checkpoint in the same version, its metrics.csv continued
+    monkeypatch.undo()
+    main([*argv[:6], "96", *argv[7:]])
+    assert "(resuming from" in capsys.readouterr().out
+    assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == ["version_0"]
+    assert json.loads((folder / "final_eval.json").read_text())["frames"] == 96
+    with open(folder / "metrics.csv") as f:
+        assert [float(r["frames"]) for r in csv.DictReader(f) if r["frames"]] == [32, 64, 96]

@@ -8,7 +8,11 @@ sweeps and DDP workers find it too.
 
 Each family module (``hcmarl.envs.<family>``) provides ``tasks() -> list[str]`` (raising
 ``MissingDependencyError`` when its package is absent, except where the task list is static)
-and ``make(task, num_envs, seed, device, **kwargs) -> EnvBase`` whose result has ``.info``.
+and ``make(task, num_envs, seed, device, **kwargs) -> EnvBase`` whose result has ``.info``. A family may also
+provide ``env_kwargs(task) -> set[str] | None``, the keyword arguments ``make`` takes for the task (None: only
+building the env can tell); ``make_env`` then refuses any others with a ``ConfigError`` naming them, before the
+env's own package sees them. Packages a family needs are imported when the family is used, not by listing names
+(an unknown name lists every family's tasks).
 The envs of the families in ``RENDERING_FAMILIES`` also draw themselves:
 ``render_frame(index=0) -> np.ndarray``, an RGB image ``[H, W, 3]`` of sub-env ``index``.
 """
@@ -20,7 +24,7 @@ import importlib
 import torch
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, REWARD, STATE, EnvInfo
+from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, REWARD, STATE, EnvInfo, env_kwargs_error
 from hcmarl.errors import ConfigError, MissingDependencyError, UnknownEnvError
 
 FAMILY_MODULES: dict[str, str] = {
@@ -104,14 +108,29 @@ def make_env(
     **kwargs,
 ) -> EnvBase:
     """Build a batched TorchRL env in the hcmarl layout; ``env.info`` is its ``EnvInfo``."""
-    family, task = check_env_name(name)
+    family, task = check_env_kwargs(name, kwargs)
     return _family(family).make(task, num_envs=num_envs, seed=seed, device=torch.device(device), **kwargs)
+
+
+def check_env_kwargs(name: str, kwargs: dict) -> tuple[str, str]:
+    """Check env ``name`` (``check_env_name``) and that it takes every key of ``kwargs`` (a recipe's
+    ``data.env_kwargs``), where its family can tell (``env_kwargs(task)``); ``ConfigError`` naming the others.
+
+    Returns ``(family, task)``.
+    """
+    family, task = check_env_name(name)
+    takes = getattr(_family(family), "env_kwargs", None)
+    accepted = takes(task) if callable(takes) else None
+    if accepted is not None and (unknown := set(kwargs) - set(accepted)):
+        raise env_kwargs_error(name, unknown, accepted)
+    return family, task
 
 
 __all__ = [
     "make_env",
     "known_env_names",
     "check_env_name",
+    "check_env_kwargs",
     "check_renderable",
     "RENDERING_FAMILIES",
     "EnvInfo",

@@ -23,7 +23,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, OBSERVATION, REWARD, STATE, EnvInfo
+from hcmarl.envs.base import ACTION, OBSERVATION, REWARD, STATE, EnvInfo, named_parameters
 
 TASKS: dict[str, tuple[int, int, int]] = {
     "3x10": (3, 10, 30),
@@ -199,6 +199,11 @@ class CoordSumEnv(EnvBase):
 def tasks() -> list[str]:
     """The CoordSum tasks ``make_env`` knows (``coordsum/<task>``)."""
     return list(TASKS)
+
+
+def env_kwargs(task: str) -> set[str]:
+    """The ``data.env_kwargs`` a CoordSum task takes: :class:`CoordSumEnv`'s own."""
+    return named_parameters(CoordSumEnv.__init__, skip=("task", "num_envs", "seed", "device"))
 
 
 def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs) -> CoordSumEnv:

@@ -38,7 +38,7 @@ from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from hcmarl.envs import coupled_half_cheetah
-from hcmarl.envs.base import ACTION, EnvInfo
+from hcmarl.envs.base import ACTION, EnvInfo, is_noise, keyword_names, named_parameters, quiet_import
 from hcmarl.envs.mamujoco_workers import WorkerPool
 from hcmarl.errors import ConfigError, MissingDependencyError, UnknownEnvError
 
@@ -66,18 +66,23 @@ MANY_SEGMENT_BASE = {"ManySegmentAnt": "Ant", "ManySegmentSwimmer": "Swimmer"}
 """Many-segment robots -> the Gymnasium robot whose env loads their generated model."""
 
 
-def _import_mamujoco():
-    """gymnasium-robotics' MaMuJoCo module, or ``MissingDependencyError`` naming the extra."""
+def _check_installed() -> None:
+    """``MissingDependencyError`` naming the extra unless gymnasium-robotics is installed (without importing it)."""
     if importlib.util.find_spec("gymnasium_robotics") is None:
         raise MissingDependencyError("gymnasium_robotics", "mamujoco", "The 'mamujoco/...' environments")
-    from gymnasium_robotics.envs.multiagent_mujoco import mujoco_multi
 
+
+def _import_mamujoco():
+    """gymnasium-robotics' MaMuJoCo module, imported without its notice about other envs
+    (:func:`hcmarl.envs.base.quiet_import`), or ``MissingDependencyError`` naming the extra."""
+    _check_installed()
+    (mujoco_multi,) = quiet_import("gymnasium_robotics.envs.multiagent_mujoco.mujoco_multi")
     return mujoco_multi
 
 
 def tasks() -> list[str]:
-    """The ``mamujoco/<robot>-<partition>`` tasks ``make_env`` knows."""
-    _import_mamujoco()
+    """The ``mamujoco/<robot>-<partition>`` tasks ``make_env`` knows (a static list: gymnasium-robotics is not imported)."""
+    _check_installed()
     return [f"{robot}-{partition}" for robot, partitions in PARTITIONS.items() for partition in partitions]
 
 
@@ -94,8 +99,8 @@ _LOGGED_WARNINGS: set[str] = set()
 
 
 def _log_mujoco_warning(message: str) -> None:
-    """Send a MuJoCo warning to Python's logging, once per distinct message."""
-    if message not in _LOGGED_WARNINGS:
+    """Send a MuJoCo warning to Python's logging, once per distinct message (not those in ``ENV_PACKAGE_NOISE``)."""
+    if message not in _LOGGED_WARNINGS and not is_noise("mujoco", message):
         _LOGGED_WARNINGS.add(message)
         LOGGER.warning("MuJoCo: %s", message)
 
@@ -382,6 +387,27 @@ class MaMuJoCoEnv(EnvBase):
         """Close the sub-envs and end any worker processes."""
         self._batch.close()
         super().close(raise_if_closed=raise_if_closed)
+
+
+def env_kwargs(task: str) -> set[str] | None:
+    """The ``data.env_kwargs`` a MaMuJoCo task takes: :class:`MaMuJoCoEnv`'s own and the arguments of the robot's
+    Gymnasium env (none for ``CoupledHalfCheetah``), less those hcmarl sets (a many-segment robot's ``xml_file``)."""
+    robot, _ = _split_task(task)
+    own = named_parameters(MaMuJoCoEnv.__init__, skip=("task", "num_envs", "seed", "device"))
+    if robot == "CoupledHalfCheetah":
+        return own
+    import gymnasium
+    from gymnasium.envs.registration import load_env_creator
+
+    entry_point = gymnasium.spec(f"{MANY_SEGMENT_BASE.get(robot, robot)}-v5").entry_point
+    if not isinstance(entry_point, str):
+        return None
+    creator = load_env_creator(entry_point)
+    if not isinstance(creator, type):
+        return None
+    skip = ("model_path", "observation_space", *(("xml_file",) if robot in MANY_SEGMENT_BASE else ()))
+    gym = keyword_names(creator, skip=skip)
+    return None if gym is None else own | gym
 
 
 def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs: Any) -> MaMuJoCoEnv:

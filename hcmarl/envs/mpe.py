@@ -25,7 +25,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, EnvInfo, team_reward_from_agents
+from hcmarl.envs.base import ACTION, EnvInfo, keyword_names, named_parameters, team_reward_from_agents
 from hcmarl.errors import ConfigError, MissingDependencyError, UnknownEnvError
 
 COOPERATIVE_SCENARIOS: tuple[str, ...] = (
@@ -39,10 +39,15 @@ COOPERATIVE_SCENARIOS: tuple[str, ...] = (
 """The mpe2 scenarios whose agents share one goal (the competitive ones are left out)."""
 
 
-def _import_mpe2() -> ModuleType:
-    """``mpe2``, or ``MissingDependencyError`` naming the extra ``mpe``."""
+def _check_installed() -> None:
+    """``MissingDependencyError`` naming the extra ``mpe`` unless ``mpe2`` is installed (without importing it)."""
     if importlib.util.find_spec("mpe2") is None:
         raise MissingDependencyError("mpe2", "mpe", "The 'mpe/...' environments")
+
+
+def _import_mpe2() -> ModuleType:
+    """``mpe2``, or ``MissingDependencyError`` naming the extra ``mpe``."""
+    _check_installed()
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # mpe2 imports pygame for rendering
     import mpe2
 
@@ -219,9 +224,16 @@ class MpeMultiAgentEnv(EnvBase):
 
 
 def tasks() -> list[str]:
-    """The MPE scenarios ``make_env`` knows (``mpe/<scenario>``)."""
-    _import_mpe2()
+    """The MPE scenarios ``make_env`` knows (``mpe/<scenario>``; a static list: ``mpe2`` is not imported)."""
+    _check_installed()
     return list(COOPERATIVE_SCENARIOS)
+
+
+def env_kwargs(task: str) -> set[str] | None:
+    """The ``data.env_kwargs`` an MPE scenario takes: the wrapper's and its ``raw_env``'s (``render_mode`` is the wrapper's)."""
+    scenario = keyword_names(_scenario_module(task).raw_env, skip=("render_mode",))
+    own = named_parameters(MpeMultiAgentEnv.__init__, skip=("scenario", "num_envs", "seed", "device"))
+    return None if scenario is None else own | scenario
 
 
 def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs) -> MpeMultiAgentEnv:

@@ -22,10 +22,7 @@ call. Resetting an env that was not done runs a jitted partial reset.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,27 +30,27 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, STATE, EnvInfo, masked_categorical_info, set_masked_categorical_specs
+from hcmarl.envs.base import (
+    ACTION,
+    ACTION_MASK,
+    OBSERVATION,
+    STATE,
+    EnvInfo,
+    masked_categorical_info,
+    named_parameters,
+    quiet_import,
+    set_masked_categorical_specs,
+)
 from hcmarl.envs.smax_batched import Batched, build_batched
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
 
 
 def _import_jaxmarl():
-    """JaxMARL and its SMAX module, imported quietly.
-
-    Importing JaxMARL prints lines about its optional environments and resets ``sys.stdout`` and
-    ``sys.stderr`` to the interpreter's originals (which undoes any redirection, pytest's capture
-    included); both streams are kept as they were.
-    """
+    """JaxMARL and its SMAX module, imported without the lines JaxMARL prints about its optional environments
+    (:func:`hcmarl.envs.base.quiet_import`)."""
     if importlib.util.find_spec("jaxmarl") is None:
         raise MissingDependencyError("jaxmarl", "smax", "The 'smax/...' environments")
-    stdout, stderr = sys.stdout, sys.stderr
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            import jaxmarl
-            from jaxmarl.environments.smax import smax_env
-    finally:
-        sys.stdout, sys.stderr = stdout, stderr
+    jaxmarl, smax_env = quiet_import("jaxmarl", "jaxmarl.environments.smax.smax_env")
     return jaxmarl, smax_env
 
 
@@ -284,6 +281,15 @@ class SmaxEnv(EnvBase):
 def tasks() -> list[str]:
     """The SMAX maps ``make_env`` knows (``smax/<map>``)."""
     return smax_maps()
+
+
+def env_kwargs(task: str) -> set[str]:
+    """The ``data.env_kwargs`` an SMAX map takes: those of JaxMARL's ``HeuristicEnemySMAX`` and of the ``SMAX`` it
+    wraps (which it builds from its ``**env_kwargs``), less ``scenario`` (the map's)."""
+    from jaxmarl.environments.smax.heuristic_enemy_smax_env import HeuristicEnemySMAX
+
+    _, smax_env = _import_jaxmarl()
+    return named_parameters(HeuristicEnemySMAX.__init__) | named_parameters(smax_env.SMAX.__init__, skip=("scenario",))
 
 
 def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs: Any) -> SmaxEnv:

@@ -9,6 +9,7 @@ group ``agents``. The team reward is the mean of the agents' rewards.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from hcmarl.envs.base import ACTION, EnvInfo, team_reward_from_agents
+from hcmarl.envs.base import ACTION, EnvInfo, env_kwargs_error, team_reward_from_agents
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
 
 
@@ -24,6 +25,10 @@ def vmas_scenarios() -> list[str]:
     """Every scenario VMAS ships (its own, MPE ports and debug scenarios)."""
     vmas = _import_vmas()
     return sorted(set(vmas.scenarios) | set(vmas.mpe_scenarios) | set(vmas.debug_scenarios))
+
+
+UNUSED_SCENARIO_KWARGS = r"Scenario kwargs: .* passed but not used by the scenario"
+"""The start of VMAS's warning about scenario arguments a scenario did not read."""
 
 
 def _import_vmas():
@@ -54,17 +59,23 @@ class VmasMultiAgentEnv(EnvBase):
         self.scenario = scenario
         self.max_steps = max_steps
         self.continuous_actions = continuous_actions
-        self._env = vmas.make_env(
-            scenario,
-            num_envs=num_envs,
-            device=device,
-            continuous_actions=continuous_actions,
-            max_steps=max_steps,
-            seed=seed,
-            terminated_truncated=True,
-            clamp_actions=True,
-            **scenario_kwargs,
-        )
+        with warnings.catch_warnings():
+            # a scenario reads its arguments in make_world, and only warns about those it did not use: refuse them
+            warnings.filterwarnings("error", message=UNUSED_SCENARIO_KWARGS, category=UserWarning)
+            try:
+                self._env = vmas.make_env(
+                    scenario,
+                    num_envs=num_envs,
+                    device=device,
+                    continuous_actions=continuous_actions,
+                    max_steps=max_steps,
+                    seed=seed,
+                    terminated_truncated=True,
+                    clamp_actions=True,
+                    **scenario_kwargs,
+                )
+            except UserWarning as unused:
+                raise env_kwargs_error(f"vmas/{scenario}", [k for k in scenario_kwargs if f"{k!r}:" in str(unused)]) from None
         agents = self._env.agents
         self.n_agents = len(agents)
         self._obs_sizes = [space.shape[0] for space in self._env.observation_space.spaces]
@@ -193,6 +204,12 @@ class VmasMultiAgentEnv(EnvBase):
 def tasks() -> list[str]:
     """The VMAS scenarios ``make_env`` knows (``vmas/<scenario>``)."""
     return vmas_scenarios()
+
+
+def env_kwargs(task: str) -> None:
+    """None: a VMAS scenario reads its arguments while building its world, so only building it tells which it takes
+    (:class:`VmasMultiAgentEnv` refuses those it did not read)."""
+    return None
 
 
 def make(task: str, num_envs: int, seed: int | None, device: torch.device, **kwargs) -> VmasMultiAgentEnv:

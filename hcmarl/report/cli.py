@@ -7,7 +7,7 @@ import argparse
 from hcmarl.errors import ConfigError
 from hcmarl.report.build import report
 from hcmarl.report.stats import CONFIDENCE, RESAMPLES
-from hcmarl.report.tables import LAST_EVALUATIONS
+from hcmarl.report.tables import LAST_EVALUATIONS, SCORES
 
 
 def parse_bounds(items: list[str]) -> dict[str, tuple[float, float]]:
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tables (HCPO: median of the last evaluations; MAGPO: normalised IQM with bootstrap intervals and "
         "probability of improvement), learning curves and a Markdown page from finished runs.",
     )
-    parser.add_argument("paths", nargs="+", help="run folders (searched for metrics.csv) or exported .csv files")
+    parser.add_argument("paths", nargs="+", help="run folders (searched for metrics.csv), exported .csv files or marl-eval .json files")
     parser.add_argument("--out", default="report", help="folder for report.md and the figures (default: report)")
     parser.add_argument(
         "--metric", default="auto", help="auto (win rate where logged, else return), return, win_rate, or a column such as eval/guider/return"
@@ -57,6 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--export", default=None, metavar="CSV", help="also write every run's evaluations into this compact CSV, readable back by hcmarl report"
     )
     parser.add_argument(
+        "--score",
+        choices=SCORES,
+        default="auto",
+        help="the MAGPO aggregate's per-seed score: auto (the absolute metric on tasks where every run has one, "
+        "else the final evaluation), final, or absolute (default: auto)",
+    )
+    parser.add_argument(
+        "--marl-eval",
+        default=None,
+        metavar="JSON",
+        help="also write the runs of the hcmarl run folders among PATH into this file in marl-eval's JSON layout",
+    )
+    parser.add_argument(
+        "--published",
+        default=None,
+        metavar="CSV",
+        help="a CSV of published values (task, algorithm, mean, std, seeds, frames, source) to set beside the runs' scores",
+    )
+    parser.add_argument(
         "--wandb", default=None, metavar="PROJECT", help="also log the figures and the page to this W&B project (offline without an API key)"
     )
     return parser
@@ -79,6 +98,9 @@ def main(argv: list[str]) -> None:
         seed=args.seed,
         title=args.title,
         export=args.export,
+        score=args.score,
+        published=args.published,
+        marl_eval=args.marl_eval,
     )
     print("hcmarl report wrote:")
     for path in written:

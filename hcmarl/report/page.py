@@ -23,6 +23,18 @@ def _seeds_summary(runs: Sequence[Run]) -> list[str]:
     return rows
 
 
+def _score_sentence(rules: Mapping[str, str]) -> str:
+    """What each task's per-seed score in the aggregate is (rules from :func:`hcmarl.report.tables.score_rules`)."""
+    absolute = [t for t, rule in rules.items() if rule == "absolute"]
+    if not absolute:
+        return "Each seed's final evaluation"
+    described = "Each seed's absolute metric (its best parameters re-evaluated over ten times the evaluation episodes, Mava's protocol)"
+    final = [t for t, rule in rules.items() if rule == "final"]
+    if final:
+        described += f" on {', '.join(absolute)}, and its final evaluation on {', '.join(final)}"
+    return described
+
+
 def _image(path: Path, alt: str) -> str:
     svg = path.with_name(path.stem + ".svg").name
     return f"![{alt}]({path.name})\n\n[SVG]({svg})"
@@ -38,8 +50,15 @@ def report_page(
     agg: Aggregate,
     curve_images: Mapping[str, Path],
     iqm_image: Path | None,
+    score_rules: Mapping[str, str],
+    marl_eval: tuple[Path, Sequence[str]] | None = None,
+    published: tuple[str, Sequence[str]] | None = None,
 ) -> str:
-    """The page's Markdown; images are given as paths in the page's folder and linked by file name."""
+    """The page's Markdown; images are given as paths in the page's folder and linked by file name.
+
+    ``score_rules``: per task, ``absolute`` or ``final`` (the aggregate's per-seed score); ``marl_eval``: the
+    marl-eval file written and the export's notes; ``published``: the table of published values beside the runs'
+    scores (:func:`hcmarl.report.published.published_table`) and the published tasks no run has."""
     lines = [
         f"# {title}",
         "",
@@ -52,6 +71,10 @@ def report_page(
     ]
     if notes:
         lines += ["Left out:", "", *[f"- {n}" for n in notes], ""]
+    if marl_eval is not None:
+        file, export_notes = marl_eval
+        lines += [f"Raw results in marl-eval's JSON layout: `{file}`.", ""]
+        lines += [*[f"- {n}" for n in export_notes], ""] if export_notes else []
     lines += [
         "## Final performance (HCPO protocol)",
         "",
@@ -60,7 +83,7 @@ def report_page(
         hcpo_table,
         "## Aggregate over tasks (MAGPO protocol)",
         "",
-        "Each seed's final evaluation, min-max normalised per task (bounds below); interquartile mean (IQM, rliable's "
+        f"{_score_sentence(score_rules)}, min-max normalised per task (bounds below); interquartile mean (IQM, rliable's "
         "25% trimmed mean) over all seeds of all tasks with a stratified bootstrap percentile interval; probability of "
         "improvement P(X > Y) over seed pairs per task, averaged over tasks (Agarwal et al. 2021).",
         "",
@@ -68,6 +91,18 @@ def report_page(
     ]
     if iqm_image is not None:
         lines += [_image(iqm_image, "IQM of normalised final scores"), ""]
+    if published is not None:
+        table, missing = published
+        lines += [
+            "## Beside published results",
+            "",
+            f"{_score_sentence(score_rules)}, not normalised: mean (sample std) over seeds, the seeds and the frames reached, beside "
+            "the published value with the seeds and frames its source states. Budgets and protocols may differ: compare with care.",
+            "",
+            table,
+            *[f"- {m}" for m in missing],
+            "",
+        ]
     lines += ["## Learning curves", ""]
     for task, image in curve_images.items():
         lines += [f"### {task}", "", _image(image, f"{task} learning curves"), ""]

@@ -3,8 +3,9 @@
 A *run* here is one seed of one algorithm on one task, with its evaluation curves: for every
 ``eval/...`` metric, ``(frames, value)`` points in frame order. Run folders (``metrics.csv`` beside
 ``config.yaml``) and export rows that share algorithm, task and seed are one run, merged in
-version order: a run resumed from a checkpoint continues in a new ``version_K+1`` folder, and its
-curve is the union over its versions (a later version's point replaces an earlier one at equal frames).
+version order: a run resumed by an older hcmarl (or from a copied checkpoint) continued in a new
+``version_K+1`` folder, and its curve is the union over its versions (a later version's point replaces an
+earlier one at equal frames).
 
 Identity of a run folder:
 
@@ -28,24 +29,33 @@ A W&B export is one CSV file in long format, one row per logged step of a run (w
 
 :func:`write_export` writes runs in this format (one row per evaluation), which is how a compact
 copy of finished runs is kept next to a report.
+
+A marl-eval JSON file (``.json``: Mava's, the MAGPO authors' released data, BenchMARL's, or one that
+``hcmarl report --marl-eval`` wrote) is read by :func:`hcmarl.report.marl_eval.read_marl_eval`; its runs keep
+their absolute metric in :attr:`Run.absolute`, as do run folders whose ``final_eval.json`` was made by the
+``magpo`` evaluation protocol.
 """
 
 from __future__ import annotations
 
 import bisect
 import csv
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from hcmarl.errors import RunDataError
 
-METRIC_ALIASES = {"return": "eval/return", "win_rate": "eval/win_rate"}
+RETURN, WIN_RATE = "eval/return", "eval/win_rate"
+METRIC_ALIASES = {"return": RETURN, "win_rate": WIN_RATE}
+FINAL_EVAL = "final_eval.json"
 EXPORT_ID_COLUMNS = ("run", "algorithm", "task", "seed", "frames")
 _SEED_PART = re.compile(r"seed[_=-]?(\d+)")
 _VERSION = re.compile(r"version_(\d+)")
@@ -63,6 +73,9 @@ class Run:
     seed: int
     curves: dict[str, list[tuple[float, float]]]
     sources: list[str] = field(default_factory=list)
+    absolute: dict[str, float] = field(default_factory=dict)
+    """metric -> the run's absolute metric (Mava's: the best parameters re-evaluated over ten times the
+    evaluation episodes), the mean over those episodes; empty when the run has none."""
 
     @property
     def label(self) -> str:
@@ -175,6 +188,8 @@ class _Part:
     order: tuple
     points: Points
     source: str
+    absolute: dict[str, float] = field(default_factory=dict)
+    imported: bool = False  # read from a marl-eval file
 
 
 def _relative_name(folder: Path, root: Path) -> str:
@@ -186,12 +201,15 @@ def _relative_name(folder: Path, root: Path) -> str:
     return folder.name if name == "." else name
 
 
-def _read_folder(folder: Path, root: Path) -> _Part:
-    with open(folder / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    config_path = folder / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-    config = config if isinstance(config, dict) else {}
+def read_config(folder: Path) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` as a dict (empty when there is none)."""
+    path = folder / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.exists() else {}
+    return config if isinstance(config, dict) else {}
+
+
+def folder_identity(folder: Path, root: Path, config: Mapping[str, Any]) -> tuple[tuple[str, str, int], tuple[str, int]]:
+    """``((algorithm, task, seed), (run folder, version))`` of a run folder found below ``root`` (rules in the module docstring)."""
     logger = (config.get("trainer") or {}).get("logger") or {}
     logger_args = (logger.get("init_args") or {}) if isinstance(logger, dict) else {}
     has_version = _VERSION.fullmatch(folder.name) is not None
@@ -202,7 +220,45 @@ def _read_folder(folder: Path, root: Path) -> _Part:
     seed = name_seed if seed is None or isinstance(seed, bool) else seed
     key = _identity(str(folder), algorithm, (config.get("data") or {}).get("env") or name_task, seed)
     version = int(folder.name.split("_")[1]) if has_version else 0
-    return _Part(key, (str(named_folder), version), curves_from_rows(rows, str(folder / "metrics.csv")), str(folder))
+    return key, (str(named_folder), version)
+
+
+def run_folders(path: Path) -> list[tuple[Path, Path]]:
+    """``(run folder, searched root)`` of every ``metrics.csv`` at or below ``path`` (a folder, or a ``metrics.csv``)."""
+    if path.is_file():
+        return [(path.parent, path.parent.parent)]
+    return [(m.parent, path) for m in sorted(path.rglob("metrics.csv"))]
+
+
+def _episode_means(episodes: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """``eval/return`` and (where the env has wins) ``eval/win_rate`` as fractions: the means of one evaluation's
+    per-episode ``return`` and ``win`` values."""
+    means = {RETURN: float(np.mean(episodes["return"]))}
+    if "win" in episodes:
+        means[WIN_RATE] = float(np.mean([float(w) for w in episodes["win"]]))
+    return means
+
+
+def _folder_absolute(folder: Path) -> dict[str, float]:
+    """The absolute metric of a run folder whose ``final_eval.json`` was made by the ``magpo`` protocol (the
+    means of its per-episode values); empty for other protocols and for older files without episodes."""
+    path = folder / FINAL_EVAL
+    if not path.exists():
+        return {}
+    try:
+        final = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDataError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(final, dict) or final.get("protocol") != "magpo" or not (final.get("episodes") or {}).get("eval"):
+        return {}
+    return _episode_means(final["episodes"]["eval"])
+
+
+def _read_folder(folder: Path, root: Path) -> _Part:
+    with open(folder / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    key, order = folder_identity(folder, root, read_config(folder))
+    return _Part(key, order, curves_from_rows(rows, str(folder / "metrics.csv")), str(folder), _folder_absolute(folder))
 
 
 def read_export(path: Path) -> list[_Part]:
@@ -248,11 +304,40 @@ def _merge(parts: Iterable[_Part]) -> list[Run]:
             points.setdefault(metric, {}).update(new)
         run.curves = {m: sorted(p.items()) for m, p in points.items()}
         run.sources.append(part.source)
+        run.absolute = part.absolute or run.absolute
     return sorted(merged.values(), key=lambda r: (r.task, r.algorithm, r.seed))
 
 
+def _imported_parts(path: Path) -> list[_Part]:
+    """The runs of a marl-eval JSON file as unmerged parts."""
+    from hcmarl.report.marl_eval import read_marl_eval  # marl_eval builds on this module
+
+    return [
+        _Part((r.algorithm, r.task, r.seed), (str(path), i), {m: dict(c) for m, c in r.curves.items()}, r.sources[0], r.absolute, True)
+        for i, r in enumerate(read_marl_eval(path))
+    ]
+
+
+def _place_imported(parts: list[_Part]) -> None:
+    """Give imported runs (whose names marl-eval lower-cases) the spelling of an hcmarl run's task that equals
+    theirs but for case; refuse an imported run that is also read from elsewhere (a second file or a run folder)."""
+    spelling = {p.key[1].lower(): p.key[1] for p in parts if not p.imported}
+    for part in parts:
+        if part.imported:
+            part.key = (part.key[0], spelling.get(part.key[1].lower(), part.key[1]), part.key[2])
+    sources: dict[tuple[str, str, int], list[_Part]] = {}
+    for part in parts:
+        sources.setdefault(part.key, []).append(part)
+    for (algorithm, task, seed), same in sources.items():
+        if len(same) > 1 and any(p.imported for p in same):
+            raise RunDataError(
+                f"{algorithm} on {task}, seed {seed} is read twice: from {same[0].source} and from {same[1].source}; "
+                "give only one of them (a marl-eval file written by hcmarl report --marl-eval repeats its run folders)"
+            )
+
+
 def discover(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
-    """Every run under ``paths`` (folders searched for ``metrics.csv``, or export ``.csv`` files).
+    """Every run under ``paths``: folders searched for ``metrics.csv``, export ``.csv`` files, marl-eval ``.json`` files.
 
     Returns the runs (sorted by task, algorithm, seed) and notes on what was left out:
     folders whose logs hold no evaluation.
@@ -261,18 +346,19 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
     for given in paths:
         path = Path(given)
         if not path.exists():
-            raise RunDataError(f"{path} does not exist; give run folders (written by hcmarl fit) or an exported .csv")
-        if path.is_file() and path.name == "metrics.csv":
-            parts.append(_read_folder(path.parent, path.parent.parent))
-        elif path.is_file():
+            raise RunDataError(f"{path} does not exist; give run folders (written by hcmarl fit), an exported .csv or a marl-eval .json")
+        if path.is_file() and path.suffix.lower() == ".json":
+            parts.extend(_imported_parts(path))
+        elif path.is_file() and path.name != "metrics.csv":
             parts.extend(read_export(path))
         else:
-            parts.extend(_read_folder(m.parent, path) for m in sorted(path.rglob("metrics.csv")))
+            parts.extend(_read_folder(folder, root) for folder, root in run_folders(path))
     if not parts:
         raise RunDataError(
             f"no runs found in {', '.join(str(p) for p in paths)}: expected folders holding metrics.csv "
-            "(as hcmarl fit writes them) or an exported .csv of runs"
+            "(as hcmarl fit writes them), an exported .csv of runs or a marl-eval .json"
         )
+    _place_imported(parts)
     notes = [f"{p.source}: no evaluation logged, left out" for p in parts if not p.points]
     runs = _merge(p for p in parts if p.points)
     if not runs:

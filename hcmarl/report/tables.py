@@ -2,9 +2,9 @@
 
 - HCPO: per seed, the median of the last ten evaluations; mean (std) over seeds; one row per
   task, one column per algorithm.
-- MAGPO: each seed's final evaluation, min-max normalised per task; IQM with a stratified
-  bootstrap 95% interval per algorithm; probability of improvement for each pair of algorithms
-  (Agarwal et al. 2021).
+- MAGPO: each seed's final score (its final evaluation, or its absolute metric: :func:`magpo_scores`),
+  min-max normalised per task; IQM with a stratified bootstrap 95% interval per algorithm; probability of
+  improvement for each pair of algorithms (Agarwal et al. 2021).
 """
 
 from __future__ import annotations
@@ -15,31 +15,66 @@ from itertools import combinations
 
 import numpy as np
 
-from hcmarl.errors import ConfigError
+from hcmarl.errors import ConfigError, RunDataError
 from hcmarl.report.runs import Run
 from hcmarl.report.stats import CONFIDENCE, RESAMPLES, Estimate, improvement_estimate, iqm_estimate, minmax_normalise
 
 LAST_EVALUATIONS = 10
+SCORES = ("auto", "final", "absolute")
 
 Scores = dict[str, dict[str, np.ndarray]]
 """task -> algorithm -> one score per seed, in seed order"""
 
 
-def _per_seed(runs: Sequence[Run], metrics: Mapping[str, str], score: Callable[[np.ndarray], float]) -> Scores:
+def _per_seed(runs: Sequence[Run], score: Callable[[Run], float]) -> Scores:
     scores: dict[str, dict[str, list[float]]] = {}
     for run in sorted(runs, key=lambda r: r.seed):
-        scores.setdefault(run.task, {}).setdefault(run.algorithm, []).append(score(run.curve(metrics[run.task])[1]))
+        scores.setdefault(run.task, {}).setdefault(run.algorithm, []).append(score(run))
     return {task: {alg: np.asarray(v) for alg, v in per_alg.items()} for task, per_alg in scores.items()}
 
 
 def hcpo_scores(runs: Sequence[Run], metrics: Mapping[str, str], last: int = LAST_EVALUATIONS) -> Scores:
     """HCPO's per-seed score: the median of the seed's last ``last`` evaluations of ``metrics[task]``."""
-    return _per_seed(runs, metrics, lambda values: float(np.median(values[-last:])))
+    return _per_seed(runs, lambda run: float(np.median(run.curve(metrics[run.task])[1][-last:])))
 
 
 def final_scores(runs: Sequence[Run], metrics: Mapping[str, str]) -> Scores:
     """MAGPO's per-seed score: the seed's final (last) evaluation of ``metrics[task]``."""
-    return _per_seed(runs, metrics, lambda values: float(values[-1]))
+    return _per_seed(runs, lambda run: float(run.curve(metrics[run.task])[1][-1]))
+
+
+def absolute_scores(runs: Sequence[Run], metrics: Mapping[str, str]) -> Scores:
+    """Mava's per-seed score: the seed's absolute metric of ``metrics[task]`` (:attr:`Run.absolute`)."""
+    missing = [f"{r.label} ({', '.join(r.sources)})" for r in runs if metrics[r.task] not in r.absolute]
+    if missing:
+        raise RunDataError(
+            f"--score absolute needs every run's absolute metric, and these have none of {', '.join(sorted({metrics[r.task] for r in runs}))}: "
+            f"{'; '.join(missing)}. Their runs were not made by the magpo evaluation protocol; use --score auto or final"
+        )
+    return _per_seed(runs, lambda run: run.absolute[metrics[run.task]])
+
+
+def score_rules(runs: Sequence[Run], metrics: Mapping[str, str], score: str = "auto") -> dict[str, str]:
+    """Per task, the MAGPO aggregate's per-seed score: ``absolute`` (the absolute metric) or ``final`` (the last evaluation).
+
+    ``auto``: ``absolute`` on a task where every run has an absolute metric of the task's metric (runs of the
+    magpo protocol and imported marl-eval runs), else ``final``; ``final`` and ``absolute`` choose it for every task.
+    """
+    if score not in SCORES:
+        raise ConfigError(f"score={score!r} is not one of: {', '.join(SCORES)}")
+    tasks = sorted({r.task for r in runs})
+    if score != "auto":
+        return dict.fromkeys(tasks, score)
+    return {t: "absolute" if all(metrics[t] in r.absolute for r in runs if r.task == t) else "final" for t in tasks}
+
+
+def magpo_scores(runs: Sequence[Run], metrics: Mapping[str, str], rules: Mapping[str, str]) -> Scores:
+    """Per-seed scores of the MAGPO aggregate, by ``rules[task]`` (:func:`score_rules`)."""
+    by_rule = {rule: [r for r in runs if rules[r.task] == rule] for rule in set(rules.values())}
+    scores: Scores = {}
+    for rule, chosen in by_rule.items():
+        scores |= absolute_scores(chosen, metrics) if rule == "absolute" else final_scores(chosen, metrics)
+    return scores
 
 
 def _number(value: float, metric: str) -> str:

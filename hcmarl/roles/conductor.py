@@ -19,7 +19,7 @@ from torch.distributions import Categorical
 
 from hcmarl.constraints import Constraint, Distill, Evaluation, SurrogateBatch
 from hcmarl.envs.base import EnvInfo
-from hcmarl.errors import ConfigError
+from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.keys import (
     AGENT_INSTRUCTION,
     CONDUCTOR_ADVANTAGE,
@@ -81,6 +81,7 @@ class Conductor(nn.Module):
         local_lr: float = 5e-4,
     ) -> None:
         super().__init__()
+        check_init_args(Conductor, {"lr": lr, "local_lr": local_lr}, {"lr": "> 0", "local_lr": "> 0"}, key="model.conductor.init_args")
         if n_instructions < 1:
             raise ConfigError(f"model.conductor.n_instructions must be at least 1, got {n_instructions}")
         if execution == "none" and n_instructions != 1:

@@ -8,6 +8,7 @@ from torch import nn
 
 from hcmarl.advantages import ValueLoss, ValueNorm
 from hcmarl.envs.base import EnvInfo
+from hcmarl.errors import check_init_args
 from hcmarl.keys import VALUE_TARGET
 from hcmarl.nn.critics import InstructionCritic, ValueNetwork
 from hcmarl.optim import GradientStep, run_minibatches
@@ -41,6 +42,21 @@ class Critic(nn.Module):
         max_grad_norm: float | None = 10.0,
     ) -> None:
         super().__init__()
+        check_init_args(
+            Critic,
+            {
+                "lr": lr,
+                "epochs": epochs,
+                "minibatches": minibatches,
+                "huber_delta": huber_delta,
+                "clip_value": clip_value,
+                "max_grad_norm": max_grad_norm,
+            },
+            {"lr": "> 0", "epochs": ">= 1", "minibatches": ">= 1", "huber_delta": "> 0", "clip_value": "> 0", "max_grad_norm": ">= 0"},
+            key="model.critic.init_args",
+            clip_value={"optional": True},
+            max_grad_norm={"optional": True},
+        )
         self.network = network
         self.lr = lr
         self.epochs = epochs

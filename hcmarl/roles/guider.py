@@ -25,7 +25,7 @@ from torchrl.envs import InitTracker, Transform
 from hcmarl.advantages import ValueLoss, ValueNorm
 from hcmarl.constraints import Constraint, Evaluation, SurrogateBatch, evaluate_actions, index_distribution
 from hcmarl.envs.base import EnvInfo
-from hcmarl.errors import ConfigError
+from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.guided import GuidedClip, GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
 from hcmarl.nn.distributions import map_distribution
@@ -80,6 +80,13 @@ class Guider(nn.Module):
         value_norm: bool = True,
     ) -> None:
         super().__init__()
+        check_init_args(
+            Guider,
+            {"lr": lr, "vf_coef": vf_coef, "huber_delta": huber_delta, "clip_value": clip_value},
+            {"lr": "> 0", "vf_coef": ">= 0", "huber_delta": "> 0", "clip_value": "> 0"},
+            key="model.guider.init_args",
+            clip_value={"optional": True},
+        )
         self.network = network
         self.constraint = constraint
         self.lr = lr

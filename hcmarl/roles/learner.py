@@ -11,7 +11,7 @@ from torch import nn
 
 from hcmarl.constraints import Constraint
 from hcmarl.envs.base import EnvInfo
-from hcmarl.errors import ConfigError
+from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.guided import GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE
 from hcmarl.nn.actors import Actor
@@ -32,6 +32,7 @@ class Learner(nn.Module):
 
     def __init__(self, actor: Actor, constraint: Constraint | GuidedImitation, schedule: Schedule, lr: float = 5e-4) -> None:
         super().__init__()
+        check_init_args(Learner, {"lr": lr}, {"lr": "> 0"}, key="model.learner.init_args")
         self.actor = actor
         self.constraint = constraint
         self.schedule = schedule

@@ -1,0 +1,488 @@
+"""marl-eval's JSON layout: hcmarl runs written into it, published results read from it.
+
+marl-eval (instadeepai/marl-eval, Gorsane et al. 2022) is the file format in which Mava, the MAGPO authors
+and BenchMARL release raw results. One file holds::
+
+    {environment: {task: {algorithm: {run: {
+        "step_<k>": {"step_count": <environment steps>, <metric>: [<values>], ...},   # k = 0, 1, ...
+        "absolute_metrics": {<metric>: [<values>], ...}}}}}}
+
+- ``step_count`` is a number; every other metric is a list: one value per evaluation episode (BenchMARL's
+  ``return``, what hcmarl writes) or one value for the whole evaluation (Mava's ``mean_episode_return``,
+  ``win_rate``, ``steps_per_second``). Mava and marl-eval's own ``JsonLogger`` write ``elapsed_time`` (seconds
+  since the first evaluation) as a plain number, so it may be either.
+- ``absolute_metrics`` is Mava's absolute metric: the best parameters of the run re-evaluated over ten times
+  the evaluation episodes (marl-eval needs it to draw its aggregate plots).
+- ``win_rate`` is a percentage, 0 to 100: Mava's logger multiplies the fraction of won episodes by 100
+  (``calc_winrate`` in Mava's ``mava/utils/logger.py``; ``winrate_custom_metric`` in the MAGPO code), and
+  marl-eval's JSON tooling guide logs a win rate of 85.3. hcmarl's ``eval/win_rate`` is a fraction, so the
+  export multiplies by 100 and the import divides by 100.
+- marl-eval lower-cases every key before it reads a file (``lower_case_dictionary_keys`` in
+  ``data_process_pipeline`` and ``DiagnoseData``) and the names given to its functions, so names are
+  case-insensitive and two keys of one object that differ only in case collide. hcmarl writes every key in
+  lower case (as BenchMARL does), so a file reads the same before and after that step, and reads files the
+  same way marl-eval does: keys lower-cased, collisions refused.
+- marl-eval compares runs as arrays, so within one environment every task must have the same algorithms,
+  every algorithm on every task the same number of runs, every run the same number of steps, and every
+  step the same metrics; algorithm names must not contain commas.
+
+Names (:func:`marl_eval_names`, :func:`hcmarl_task`) follow Mava's ``env_name`` and ``task_name`` (its
+``mava/configs/env`` files, which the MAGPO code keeps) where the task is the same; other families keep their
+hcmarl name, which for VMAS is also BenchMARL's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hcmarl.errors import RunDataError
+from hcmarl.report.runs import FINAL_EVAL, RETURN, WIN_RATE, Run, folder_identity, read_config, run_folders
+
+EVALUATIONS = "evaluations.jsonl"
+DEPLOYED = "eval"
+"""The evaluation prefix of the deployed policy: the one exported (``eval/guider``, ``eval/central``... are not)."""
+STEP_COUNT = "step_count"
+ABSOLUTE = "absolute_metrics"
+ELAPSED = "elapsed_time"
+PERCENT = 100.0
+
+COORDSUM_TASKS = {"3x10": "3x10-30-v0", "3x30": "3x30-50-v0", "5x20": "5x20-80-v0", "8x15": "8x15-100-v0"}
+"""hcmarl's CoordSum tasks -> the MAGPO code's ``task_name`` of the same task (agents x actions - target)."""
+FAMILY_ENVS = {"coordsum": "CoordSum", "smax": "Smax", "mpe": "MPE", "rware": "RobotWarehouse", "lbf": "LevelBasedForaging", "connector": "Connector"}
+"""hcmarl env families -> Mava's ``env_name`` of the same environment."""
+ENV_FAMILIES = {env.lower(): family for family, env in FAMILY_ENVS.items()} | {"maconnector": "connector"}
+"""marl-eval environment (lower case) -> hcmarl family; Mava's current configs call Connector ``MaConnector``."""
+MPE_SPREAD = "simple_spread_v3"
+MPE_DEFAULT_AGENTS = 3  # mpe2's simple_spread_v3 default N
+_MPE_TASK = re.compile(r"simple_spread_(\d+)ag")
+_STEP = re.compile(r"step_(\d+)")
+_RUN = re.compile(r"(?:seed|run)?[_-]?(\d+)")
+
+IMPORTED_METRICS = (("return", RETURN, 1.0), ("mean_episode_return", RETURN, 1.0), ("win_rate", WIN_RATE, 1 / PERCENT))
+"""(marl-eval metric, hcmarl metric, factor) in order of preference: ``return`` (per-episode lists of BenchMARL
+and hcmarl) before Mava's ``mean_episode_return``; ``win_rate`` from percent to a fraction."""
+
+
+# ---------------------------------------------------------------- names
+
+
+def marl_eval_names(task: str, env_kwargs: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """``(environment, task)`` of an hcmarl task in marl-eval, lower case.
+
+    ``coordsum/3x10`` -> ``("coordsum", "3x10-30-v0")`` (also 3x30-50-v0, 5x20-80-v0, 8x15-100-v0);
+    ``smax/3s5z`` -> ``("smax", "3s5z")``; ``mpe/simple_spread_v3`` with ``env_kwargs`` ``N`` agents (mpe2's
+    default 3) -> ``("mpe", "simple_spread_<N>ag")``; ``rware/``, ``lbf/``, ``connector/<task>`` ->
+    ``robotwarehouse``, ``levelbasedforaging``, ``connector`` with the same task; any other ``family/task``
+    -> ``(family, task)``.
+    """
+    family, sep, name = task.partition("/")
+    if not sep or not name:
+        raise RunDataError(f"the task '{task}' is not family/task (such as coordsum/3x10), so its marl-eval environment is unknown")
+    if family == "coordsum":
+        name = COORDSUM_TASKS.get(name, name)
+    elif family == "mpe" and name == MPE_SPREAD:
+        name = f"simple_spread_{int((env_kwargs or {}).get('N', MPE_DEFAULT_AGENTS))}ag"
+    return FAMILY_ENVS.get(family, family).lower(), name.lower()
+
+
+def hcmarl_task(environment: str, task: str) -> str:
+    """The hcmarl task of a marl-eval ``(environment, task)``, the inverse of :func:`marl_eval_names`.
+
+    Case-insensitive: ``("CoordSum", "3x10-30-v0")`` -> ``coordsum/3x10``. Mava's simple spread with N agents is
+    ``mpe/simple_spread_v3`` for N = 3 and ``mpe/simple_spread_v3 (N=<N>)`` otherwise; an environment the map does
+    not know gives ``<environment>/<task>`` in lower case.
+    """
+    family = ENV_FAMILIES.get(environment.lower(), environment.lower())
+    name = task.lower()
+    if family == "coordsum":
+        name = {v: k for k, v in COORDSUM_TASKS.items()}.get(name, name)
+    elif family == "mpe" and (match := _MPE_TASK.fullmatch(name)):
+        agents = int(match.group(1))
+        name = MPE_SPREAD if agents == MPE_DEFAULT_AGENTS else f"{MPE_SPREAD} (N={agents})"
+    return f"{family}/{name}"
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _lower_keys(value: Any, path: str) -> Any:
+    """``value`` with every object key lower-cased, as marl-eval reads it; keys that collide are refused."""
+    if not isinstance(value, dict):
+        return value
+    lowered: dict[str, Any] = {}
+    for key, item in value.items():
+        low = key.lower()
+        if low in lowered:
+            twin = next(k for k in value if k.lower() == low)
+            raise RunDataError(
+                f"{path or 'the top level'}: the keys '{twin}' and '{key}' differ only in case, and marl-eval lower-cases every key, so they collide"
+            )
+        lowered[low] = _lower_keys(item, f"{path}/{low}" if path else low)
+    return lowered
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _metric_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one metric's value, or None."""
+    if name == ELAPSED and _is_number(value):
+        return None
+    if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+        return f"'{name}' is {json.dumps(value)[:60]}, not a non-empty list of finite numbers"
+    if name == "win_rate" and not all(0 <= v <= PERCENT for v in value):
+        return "'win_rate' has a value outside 0-100: marl-eval files (Mava's) give win rates in percent"
+    return None
+
+
+def _step_problems(path: str, step: Any) -> Iterator[str]:
+    if not isinstance(step, dict):
+        yield f"{path}: is {json.dumps(step)[:60]}, not an object of metrics"
+        return
+    count = step.get(STEP_COUNT)
+    if count is None:
+        yield f"{path}: has no step_count (the environment steps when the evaluation ran)"
+    elif not (_is_number(count) and count >= 0 and float(count).is_integer()):
+        yield f"{path}: step_count is {json.dumps(count)}, not a whole number of environment steps"
+    for name, value in step.items():
+        if name != STEP_COUNT and (problem := _metric_problem(name, value)) is not None:
+            yield f"{path}: {problem}"
+
+
+def _run_problems(path: str, run: Any) -> Iterator[str]:
+    """Problems inside one run: its entries, its steps and their order."""
+    steps = {}
+    for key, entry in run.items():
+        if "absolute" in key:  # marl-eval takes the key holding "absolute" as the absolute metrics
+            if not isinstance(entry, dict) or not entry:
+                yield f"{path}/{key}: is not an object of metrics"
+            for name, value in entry.items() if isinstance(entry, dict) else ():
+                if (problem := _metric_problem(name, value)) is not None:
+                    yield f"{path}/{key}: {problem}"
+        elif match := _STEP.fullmatch(key):
+            steps[int(match.group(1))] = entry
+            yield from _step_problems(f"{path}/{key}", entry)
+        else:
+            yield f"{path}: has the entry '{key}'; a run holds step_<k> evaluations and absolute_metrics only"
+    if not steps:
+        yield f"{path}: has no step_<k> evaluation"
+    counts = [(k, float(s[STEP_COUNT])) for k, s in sorted(steps.items()) if isinstance(s, dict) and _is_number(s.get(STEP_COUNT))]
+    for (k0, c0), (k1, c1) in zip(counts, counts[1:], strict=False):
+        if c1 <= c0:
+            yield f"{path}/step_{k1}: step_count {c1:g} is not above step_{k0}'s {c0:g}; evaluations must come in the order they ran"
+
+
+def _level(value: Any, path: str, holds: str) -> Iterator[str]:
+    """A problem when ``value`` (the object at ``path``) is not a non-empty object."""
+    if not isinstance(value, dict) or not value:
+        yield (
+            f"{path or 'the top level'}: is {json.dumps(value)[:60]}, not a non-empty object of {holds} "
+            "(marl-eval's layout is environment / task / algorithm / seed_<n> / step_<k>)"
+        )
+
+
+def _seed(run_key: str) -> int | None:
+    """The seed a run's key names (``seed_3``, ``run_3``, ``3``), or None."""
+    match = _RUN.fullmatch(run_key)
+    return int(match.group(1)) if match else None
+
+
+def _items(value: Any) -> Iterable[tuple[str, Any]]:
+    """The entries of an object; none for anything else (its problem is reported by :func:`_level`)."""
+    return value.items() if isinstance(value, dict) else ()
+
+
+def _well_shaped(value: Any, depth: int) -> bool:
+    """Whether ``value`` and the objects ``depth`` levels below it are all non-empty objects."""
+    return isinstance(value, dict) and bool(value) and (depth == 0 or all(_well_shaped(v, depth - 1) for v in value.values()))
+
+
+def _algorithm_problems(path: str, runs: Any) -> Iterator[str]:
+    """Problems of one algorithm on one task: its name, its runs' keys and each run."""
+    if "," in path.rsplit("/", 1)[1]:
+        yield f"{path}: the algorithm name has a comma, which marl-eval refuses"
+    yield from _level(runs, path, "runs (seed_<n>)")
+    seeds: dict[int, str] = {}
+    for run_key, run in _items(runs):
+        seed = _seed(run_key)
+        if seed is None:
+            yield f"{path}/{run_key}: a run's key must name its seed, as seed_<n> does"
+        elif seed in seeds:
+            yield f"{path}/{run_key}: names seed {seed}, as {seeds[seed]} does"
+        else:
+            seeds[seed] = run_key
+        yield from _level(run, f"{path}/{run_key}", "evaluations (step_<k>)")
+        if isinstance(run, dict) and run:
+            yield from _run_problems(f"{path}/{run_key}", run)
+
+
+def _structure_problems(data: Any) -> Iterator[str]:
+    """Problems of the layout, level by level down to each metric."""
+    yield from _level(data, "", "environments")
+    for env, tasks in _items(data):
+        yield from _level(tasks, env, "tasks")
+        for task, algorithms in _items(tasks):
+            yield from _level(algorithms, f"{env}/{task}", "algorithms")
+            for algorithm, runs in _items(algorithms):
+                yield from _algorithm_problems(f"{env}/{task}/{algorithm}", runs)
+
+
+def _same_count(what: str, rule: str, have: Mapping[str, list[str]]) -> Iterator[str]:
+    """One problem per entry of ``have`` (path -> names) whose count differs from the first entry's."""
+    first_path, first = next(iter(have.items()))
+    for path, names in have.items():
+        if len(names) != len(first):
+            lacks = sorted(set(first) - set(names))
+            extra = f"; it lacks {', '.join(lacks)}" if lacks else ""
+            yield f"{path}: has {len(names)} {what} where {first_path} has {len(first)}{extra} ({rule})"
+
+
+def _same_algorithms(env: str, tasks: Mapping[str, Any]) -> Iterator[str]:
+    """A problem per algorithm that one task of ``env`` has and another lacks."""
+    algorithms = {f"{env}/{t}": set(algs) for t, algs in tasks.items()}
+    first_path, first = next(iter(algorithms.items()))
+    rule = "marl-eval needs the same algorithms on every task of an environment"
+    for path, names in algorithms.items():
+        yield from (f"{path}: has no algorithm '{a}', which {first_path} has ({rule})" for a in sorted(first - names))
+        yield from (f"{first_path}: has no algorithm '{a}', which {path} has ({rule})" for a in sorted(names - first))
+
+
+def _environment_problems(env: str, tasks: Mapping[str, Any]) -> Iterator[str]:
+    """marl-eval's rules across one well-shaped environment: the same algorithms, runs, steps and metrics everywhere."""
+    yield from _same_algorithms(env, tasks)
+    runs = {f"{env}/{t}/{a}": sorted(rs) for t, algs in tasks.items() for a, rs in algs.items()}
+    yield from _same_count("runs", "marl-eval needs the same number of runs of every algorithm on every task", runs)
+    every_run = {f"{env}/{t}/{a}/{r}": run for t, algs in tasks.items() for a, rs in algs.items() for r, run in rs.items()}
+    steps = {path: sorted(k for k in run if _STEP.fullmatch(k)) for path, run in every_run.items()}
+    yield from _same_count("evaluations (step_<k>)", "marl-eval needs the same number of evaluations in every run", steps)
+    metrics = {
+        f"{path}/{k}": sorted(set(step) - {STEP_COUNT})
+        for path, run in every_run.items()
+        for k, step in run.items()
+        if _STEP.fullmatch(k) and isinstance(step, dict)
+    }
+    first_path, first = next(iter(metrics.items()), ("", []))
+    for path, names in metrics.items():
+        if names != first:
+            yield f"{path}: has the metrics {', '.join(names)} where {first_path} has {', '.join(first)} (marl-eval needs the same metrics at every evaluation)"
+
+
+def problems(data: Any) -> Iterator[str]:
+    """Every way ``data`` (keys already lower case) breaks marl-eval's layout or rules, as ``key path: rule``.
+
+    The rules across an environment are checked once every environment, task, algorithm and run is a non-empty object.
+    """
+    yield from _structure_problems(data)
+    if _well_shaped(data, 4):
+        for env, tasks in data.items():
+            yield from _environment_problems(env, tasks)
+
+
+def load_marl_eval(path: Path) -> dict[str, Any]:
+    """A marl-eval JSON file with its keys lower-cased (as marl-eval reads it), checked against :func:`problems`;
+    the first problem raises ``RunDataError`` naming the file, the key path and the rule."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDataError(f"{path} is not valid JSON ({err})") from None
+    try:
+        data = _lower_keys(data, "")
+    except RunDataError as err:
+        raise RunDataError(f"{path}: {err}") from None
+    problem = next(problems(data), None)
+    if problem is not None:
+        raise RunDataError(f"{path}: {problem}")
+    return data
+
+
+# ---------------------------------------------------------------- import
+
+
+def _metric_means(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """hcmarl metric -> value of one step or absolute_metrics: the mean of its list, scaled (win rate to a fraction)."""
+    means: dict[str, float] = {}
+    for name, metric, factor in IMPORTED_METRICS:
+        if name in metrics and metric not in means:
+            means[metric] = factor * sum(metrics[name]) / len(metrics[name])
+    return means
+
+
+def _run_curves(run: Mapping[str, Any]) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
+    """One run's curves (``(step_count, mean)`` per known metric, in step order) and absolute metric."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    absolute: dict[str, float] = {}
+    for key, entry in sorted(run.items(), key=lambda item: _step_order(item[0])):
+        if "absolute" in key:
+            absolute = _metric_means(entry)
+            continue
+        for metric, value in _metric_means(entry).items():
+            curves.setdefault(metric, []).append((float(entry[STEP_COUNT]), value))
+    return curves, absolute
+
+
+def _step_order(key: str) -> int:
+    match = _STEP.fullmatch(key)
+    return int(match.group(1)) if match else -1
+
+
+def read_marl_eval(path: Path) -> list[Run]:
+    """The runs of a marl-eval file: per run, ``eval/return`` and ``eval/win_rate`` curves of (``step_count``, mean
+    over the list) points, and the absolute metric's means in :attr:`Run.absolute`.
+
+    Tasks are named by :func:`hcmarl_task` and algorithms lower-cased, so published runs share tables with hcmarl's.
+    """
+    runs = []
+    for env, tasks in load_marl_eval(path).items():
+        for task, algorithms in tasks.items():
+            for algorithm, seeds in algorithms.items():
+                for run_key, run in seeds.items():
+                    seed = _seed(run_key)
+                    assert seed is not None  # load_marl_eval refuses a run key without a seed
+                    curves, absolute = _run_curves(run)
+                    source = f"{path} ({env}/{task}/{algorithm}/{run_key})"
+                    runs.append(Run(algorithm, hcmarl_task(env, task), seed, curves, [source], absolute))
+    return runs
+
+
+# ---------------------------------------------------------------- export
+
+
+@dataclass
+class _Record:
+    """One run's evaluations, merged over its version folders."""
+
+    env_kwargs: Mapping[str, Any]
+    evaluations: dict[int, dict[str, Any]]  # frames -> the evaluation's line of evaluations.jsonl
+    final: dict[str, Any] | None
+
+
+def _read_evaluations(path: Path) -> list[dict[str, Any]]:
+    """The lines of an ``evaluations.jsonl``, each checked for ``frames`` and the deployed policy's returns."""
+    lines = []
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RunDataError(f"{where} is not valid JSON ({err})") from None
+        frames = line.get("frames") if isinstance(line, dict) else None
+        episodes = (line.get("episodes") or {}).get(DEPLOYED) if isinstance(line, dict) else None
+        if not _is_number(frames) or not isinstance(episodes, dict) or not episodes.get("return"):
+            raise RunDataError(f"{where}: an evaluation needs 'frames' and per-episode values under episodes.{DEPLOYED}.return")
+        lines.append(line)
+    return lines
+
+
+def _read_final(folder: Path) -> dict[str, Any] | None:
+    path = folder / FINAL_EVAL
+    if not path.exists():
+        return None
+    try:
+        final = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDataError(f"{path} is not valid JSON ({err})") from None
+    return final if isinstance(final, dict) else None
+
+
+def _records(paths: Sequence[str | Path]) -> tuple[dict[tuple[str, str, int], _Record], list[str]]:
+    """Every run folder's record (versions merged: a later evaluation at equal frames replaces an earlier one; the
+    latest ``final_eval.json`` counts), and notes on folders without ``evaluations.jsonl``."""
+    found = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir() or path.name == "metrics.csv":
+            for folder, root in run_folders(path):
+                config = read_config(folder)
+                key, order = folder_identity(folder, root, config)
+                found.append((order, key, folder, config))
+    records: dict[tuple[str, str, int], _Record] = {}
+    notes = []
+    for _, key, folder, config in sorted(found, key=lambda item: item[0]):
+        if not (folder / EVALUATIONS).exists():
+            notes.append(f"{folder}: no {EVALUATIONS} (the runs of older hcmarl versions lack it), left out")
+            continue
+        record = records.setdefault(key, _Record((config.get("data") or {}).get("env_kwargs") or {}, {}, None))
+        record.evaluations |= {int(line["frames"]): line for line in _read_evaluations(folder / EVALUATIONS)}
+        record.final = _read_final(folder) or record.final
+    return records, notes
+
+
+def _episode_metrics(episodes: Mapping[str, Sequence[Any]]) -> dict[str, list[float]]:
+    """marl-eval metrics of one evaluation's episodes: ``return``, and ``win_rate`` in percent (100 per won episode)."""
+    metrics = {"return": [float(r) for r in episodes["return"]]}
+    if "win" in episodes:
+        metrics["win_rate"] = [PERCENT * float(w) for w in episodes["win"]]
+    return metrics
+
+
+def _step(line: Mapping[str, Any]) -> dict[str, Any]:
+    step: dict[str, Any] = {STEP_COUNT: int(line["frames"]), **_episode_metrics(line["episodes"][DEPLOYED])}
+    if line.get("steps_per_second") is not None:
+        step["steps_per_second"] = [float(line["steps_per_second"])]
+    if line.get(ELAPSED) is not None:
+        step[ELAPSED] = float(line[ELAPSED])
+    return step
+
+
+def _run_entry(record: _Record, label: str) -> tuple[dict[str, Any], list[str]]:
+    """One run's ``step_<k>`` entries and ``absolute_metrics``, and a note when the latter repeats the last evaluation."""
+    lines = [record.evaluations[f] for f in sorted(record.evaluations)]
+    entry: dict[str, Any] = {f"step_{k}": _step(line) for k, line in enumerate(lines)}
+    episodes = ((record.final or {}).get("episodes") or {}).get(DEPLOYED)
+    notes = []
+    if not episodes:
+        episodes = lines[-1]["episodes"][DEPLOYED]
+        notes.append(
+            f"{label}: {FINAL_EVAL} has no per-episode values (a run of an older hcmarl, or one without a final evaluation), "
+            f"so absolute_metrics repeats its last evaluation, at {int(lines[-1]['frames']):,} frames"
+        )
+    entry[ABSOLUTE] = _episode_metrics(episodes)
+    return entry, notes
+
+
+def marl_eval_export(paths: Sequence[str | Path]) -> tuple[dict[str, Any], list[str]]:
+    """The marl-eval data of the hcmarl run folders under ``paths``, and notes for the caller.
+
+    Each run is ``<environment>/<task>/<algorithm>/seed_<n>`` (names by :func:`marl_eval_names`; the algorithm as
+    :mod:`hcmarl.report.runs` names it, lower case, with ``, `` made ``; `` since marl-eval refuses commas). Each
+    line of its ``evaluations.jsonl`` in frame order is ``step_<k>``: ``step_count`` (frames), ``return`` and
+    ``win_rate`` (percent) per episode of the deployed policy, ``steps_per_second`` as a one-value list and
+    ``elapsed_time`` as a number. ``absolute_metrics`` holds the per-episode values of ``final_eval.json``: the
+    absolute metric's episodes under the ``magpo`` protocol, the final evaluation's under the others.
+
+    Notes name folders left out, runs whose ``absolute_metrics`` repeats their last evaluation, and each way the
+    data breaks marl-eval's rules (such as a seed with fewer evaluations than the others).
+    """
+    records, notes = _records(paths)
+    if not records:
+        raise RunDataError(
+            f"no hcmarl run folder with {EVALUATIONS} in {', '.join(str(p) for p in paths)}: the marl-eval export "
+            f"needs each evaluation's episodes, which hcmarl fit writes into {EVALUATIONS}"
+        )
+    data: dict[str, Any] = {}
+    for (algorithm, task, seed), record in sorted(records.items()):
+        env, env_task = marl_eval_names(task, record.env_kwargs)
+        entry, entry_notes = _run_entry(record, f"{algorithm} on {task}, seed {seed}")
+        name = algorithm.lower().replace(", ", "; ").replace(",", ";")
+        data.setdefault(env, {}).setdefault(env_task, {}).setdefault(name, {})[f"seed_{seed}"] = entry
+        notes += entry_notes
+    notes += [f"breaks marl-eval's rules: {p}" for p in problems(data)]
+    return data, notes
+
+
+def write_marl_eval(paths: Sequence[str | Path], file: str | Path) -> tuple[Path, list[str]]:
+    """Write :func:`marl_eval_export` of ``paths`` to ``file`` (JSON); returns the file and the export's notes."""
+    data, notes = marl_eval_export(paths)
+    path = Path(file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path, notes
