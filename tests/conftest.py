@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from hcmarl.modules.cli import main
 from hcmarl.recipes import RECIPES_DIR
@@ -35,3 +36,12 @@ def run_dirs(root: Path) -> list[Path]:
 
 def final_eval(run_dir: Path) -> dict:
     return json.loads((run_dir / "final_eval.json").read_text())
+
+
+@pytest.fixture
+def float64():
+    """Float64 throughout (default dtype included, for the tensors a guider creates), so agreements are tight."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

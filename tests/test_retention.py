@@ -29,8 +29,12 @@ def reference_retention(
     kappa: torch.Tensor,
     state: torch.Tensor,
     causal: bool,
+    position: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Retention token by token, straight from its definition (a loop over pairs n, m)."""
+    """Retention token by token, straight from its definition (a loop over pairs n, m); ``position``, if given, added to
+    both inputs first; the output gate reads the query or the source input as ``layer.gate_input`` says."""
+    if position is not None:
+        query, source = query + position, source + position
     b, length, _ = query.shape
     h, d = layer.n_heads, layer.head_dim
     q = layer.query(query).view(b, length, h, d)
@@ -52,7 +56,7 @@ def reference_retention(
                     acc += kappa[head] ** (tn + 1) * (q[e, n, head] @ state[e, head])
                 out[e, n, head] = acc
     y = layer.group_norm(out.reshape(b * length, h * d)).view(b, length, h * d)
-    return layer.out(torch.nn.functional.silu(layer.gate(query)) * y)
+    return layer.out(torch.nn.functional.silu(layer.gate(query if layer.gate_input == "query" else source)) * y)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -87,15 +91,6 @@ def test_chunk_state_equals_stepwise_states() -> None:
         tokens = x[:, t * n_agents : (t + 1) * n_agents]
         _, stepwise = layer(tokens, tokens, step_masks.full, step_masks, stepwise)
     assert torch.allclose(chunk_state, stepwise, atol=1e-5)
-
-
-@pytest.fixture
-def float64():
-    """Float64 throughout (default dtype included, for the tensors a guider creates), so agreements are tight."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 # 8 timesteps, episode starts inside chunks and on chunk boundaries (chunks of 2, 3 and 4 start at 0, 2, 3, 4, 6),

@@ -4,7 +4,7 @@ from hcmarl.nn.actors import Actor, MLPActor
 from hcmarl.nn.conductor import ConductorNetwork, LocalConductors
 from hcmarl.nn.critics import AgentValue, CentralValue, InstructionCritic, ValueNetwork
 from hcmarl.nn.guider import GuiderNetwork, MATGuider
-from hcmarl.nn.layers import AgentLinear, AgentMLP
+from hcmarl.nn.layers import AgentLinear, AgentMLP, RMSNorm, SwiGLU
 from hcmarl.nn.recurrent import GRUActor
 from hcmarl.nn.sable import SableGuider
 
@@ -23,4 +23,6 @@ __all__ = [
     "SableGuider",
     "AgentLinear",
     "AgentMLP",
+    "RMSNorm",
+    "SwiGLU",
 ]

@@ -70,3 +70,43 @@ class AgentMLP(nn.Sequential):
         for layer in self:
             x = layer(x, agent) if isinstance(layer, AgentLinear) else layer(x)
         return x
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation over the last dimension: ``x / sqrt(mean(x^2) + eps) * g``.
+
+    No mean is subtracted and there is no bias; the gain ``g`` starts at ones. Sable's normalisation (Mava's
+    ``SableNetwork`` uses Flax's ``nn.RMSNorm``, whose ``eps`` is 1e-6, the default here).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.rms_norm(x, (self.dim,), self.weight, self.eps)
+
+
+class SwiGLU(nn.Module):
+    """The gated feed-forward block of Shazeer 2020: ``(silu(x W_gate) * (x W_linear)) W_out``, no biases.
+
+    ``hidden_dim`` defaults to ``embed_dim``: Mava's Sable builds its SwiGLU with a hidden layer as wide as the token, not
+    the usual 8/3 expansion. ``zero_init`` starts all three matrices at zero, as Mava does; note that without biases the
+    block then outputs zeros and every gradient of its weights is zero too, so it stays zero through training (Adam
+    moves nothing whose gradient is always zero). Otherwise each matrix has ``nn.Linear``'s default initialisation.
+    """
+
+    def __init__(self, embed_dim: int, hidden_dim: int | None = None, zero_init: bool = False) -> None:
+        super().__init__()
+        hidden = embed_dim if hidden_dim is None else hidden_dim
+        self.gate = nn.Linear(embed_dim, hidden, bias=False)
+        self.linear = nn.Linear(embed_dim, hidden, bias=False)
+        self.out = nn.Linear(hidden, embed_dim, bias=False)
+        if zero_init:
+            for layer in (self.gate, self.linear, self.out):
+                nn.init.zeros_(layer.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(nn.functional.silu(self.gate(x)) * self.linear(x))

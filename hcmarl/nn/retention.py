@@ -25,21 +25,79 @@ chunks in parallel and carries S_c from chunk to chunk). Within one timestep, de
 agent, the decoder's o_n = q_n R_n with R_n = xi S_0 + sum_{m <= n} k_m^T v_m: a running sum
 (``MultiScaleRetention.step``), and the state after the timestep is R_{N-1}. All forms agree
 (tests/test_retention.py).
+
+Sable's optional parts (Mava's ``SableNetwork``, the MAGPO paper's guider; docs/algorithms/magpo.md, "The paper's Sable")
+are settings of the blocks: ``norm`` (``layer``: LayerNorm; ``rms``: RMSNorm), ``feed_forward`` (``gelu``: Linear, GELU,
+Linear; ``swiglu``: ``hcmarl.nn.layers.SwiGLU``), the retention's ``gate`` input (``query``, or ``source``: the key/value
+input, Mava's choice, which differs in the decoder's cross-retention only), and a ``position`` (``timestep_encoding`` of each
+token's timestep in its episode) that every retention adds to its query and key/value inputs before projecting them.
+A position is a function of the token alone, so every form above still agrees.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from hcmarl.nn.layers import RMSNorm, SwiGLU
 from hcmarl.nn.transformer import FeedForward
+
+Norm = Literal["layer", "rms"]
+FeedForwardKind = Literal["gelu", "swiglu"]
+GateInput = Literal["query", "source"]
+
+
+def make_norm(kind: Norm, dim: int) -> nn.Module:
+    """``nn.LayerNorm`` (``layer``) or ``RMSNorm`` (``rms``) over ``dim`` channels."""
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    if kind == "rms":
+        return RMSNorm(dim)
+    raise ValueError(f"unknown norm {kind!r}; choose layer or rms")
+
+
+def make_feed_forward(kind: FeedForwardKind, dim: int, zero_init: bool = False) -> nn.Module:
+    """A block's position-wise feed-forward: ``FeedForward`` (``gelu``) or ``SwiGLU`` with a hidden layer of ``dim``
+    (``swiglu``, Mava's width; ``zero_init`` as ``SwiGLU``'s)."""
+    if kind == "gelu":
+        if zero_init:
+            raise ValueError("zero_init applies to the swiglu feed-forward only")
+        return FeedForward(dim)
+    if kind == "swiglu":
+        return SwiGLU(dim, dim, zero_init=zero_init)
+    raise ValueError(f"unknown feed_forward {kind!r}; choose gelu or swiglu")
+
+
+def timestep_encoding(timestep: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Sable's sinusoidal timestep encoding ``[..., dim]`` of timesteps ``[...]``: channel 2i is sin(t w_i) and channel
+    2i + 1 is cos(t w_i), with w_i = 10000^(-2i / dim) (the transformer's encoding, of the episode's timestep rather than
+    of the token's index; ``dim`` even). Not learned."""
+    if dim % 2:
+        raise ValueError(f"the timestep encoding needs an even width, got {dim}")
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    rates = torch.exp(torch.arange(0, dim, 2, device=timestep.device, dtype=dtype) * (-math.log(10000.0) / dim))
+    angle = timestep.to(dtype).unsqueeze(-1) * rates  # [..., dim / 2]
+    return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2)  # interleaved: sin, cos, sin, cos, ...
+
+
+def episode_timesteps(is_init: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Each step's timestep in its episode ``[B, T]`` for steps ``[B, T]`` of which those with ``is_init`` start an episode:
+    0 at a start, one more at each step after it; before the rollout's first start, ``start`` ``[B]`` (the timestep of
+    the rollout's first step had it continued the episode) plus the step's index."""
+    t_len = is_init.shape[1]
+    index = torch.arange(t_len, device=is_init.device)
+    last_start = torch.where(is_init, index, -1).cummax(dim=1).values  # the latest start at or before each step, or -1
+    return torch.where(last_start >= 0, index - last_start, start.unsqueeze(-1).to(index.dtype) + index)
 
 
 def head_decays(n_heads: int, decay_scaling: float = 1.0) -> torch.Tensor:
     """Each head's kappa ``[H]``: ``decay_scaling * (1 - 2^-e)`` with e evenly spaced over [5, 9] (RetNet's multi-scale decays;
-    Sable's "retention heads scaling parameter" is ``decay_scaling``)."""
+    Sable's "retention heads scaling parameter" is ``decay_scaling``). Mava's ``1 - exp(linspace(log 1/32, log 1/512, H))``
+    is the same; one head has e = 5 (a linspace of one point is its start): kappa = decay_scaling * 31/32."""
     exponents = torch.linspace(5.0, 9.0, n_heads) if n_heads > 1 else torch.tensor([5.0])
     return decay_scaling * (1.0 - 2.0**-exponents)
 
@@ -140,17 +198,23 @@ def with_next_observations(masks: RetentionMasks, n_agents: int, kappa: torch.Te
 
 
 class MultiScaleRetention(nn.Module):
-    """Gated multi-scale retention (RetNet's MSR): ``(swish(query W_g) * GroupNorm(heads)) W_o``.
+    """Gated multi-scale retention (RetNet's MSR): ``(swish(g W_g) * GroupNorm(heads)) W_o``.
 
     Keys are scaled by ``d_k^-1/2``; each head has its own decay (``head_decays``), carried in
     the masks. The query and key/value inputs may differ (the decoder's cross-retention). The GroupNorm over heads is
     computed as a LayerNorm over each head's d channels followed by GroupNorm's per-channel affine (the same equation).
+    The gate's input ``g`` is the query input (``gate="query"``) or the key/value input (``gate="source"``, as Mava's
+    Sable, whose gate reads its ``key``). A ``position`` ``[B, L, E]`` (or ``[B, 1, E]`` for every token), if given, is
+    added to the query and key/value inputs before anything reads them (Mava's timestep encoding).
     """
 
-    def __init__(self, embed_dim: int, n_heads: int) -> None:
+    def __init__(self, embed_dim: int, n_heads: int, gate: GateInput = "query") -> None:
         super().__init__()
+        if gate not in ("query", "source"):
+            raise ValueError(f"unknown retention gate input {gate!r}; choose query or source")
         self.n_heads = n_heads
         self.head_dim = embed_dim // n_heads
+        self.gate_input = gate
         self.query = nn.Linear(embed_dim, embed_dim, bias=False)
         self.key = nn.Linear(embed_dim, embed_dim, bias=False)
         self.value = nn.Linear(embed_dim, embed_dim, bias=False)
@@ -161,9 +225,18 @@ class MultiScaleRetention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, L, d]
 
-    def query_projection(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(query W_q, query W_g)``, ``[B, L, E]`` each."""
-        return self.query(query), self.gate(query)
+    @staticmethod
+    def with_position(query: torch.Tensor, source: torch.Tensor, position: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``query`` and ``source`` with ``position`` added (both unchanged if it is None)."""
+        if position is None:
+            return query, source
+        shared = source is query
+        query = query + position
+        return query, query if shared else source + position
+
+    def query_projection(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(query W_q, query W_g)``, ``[B, L, E]`` each; the second is None when the gate reads the source."""
+        return self.query(query), self.gate(query) if self.gate_input == "query" else None
 
     def source_projection(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(d_k^-1/2 source W_k, source W_v)``, ``[B, L, E]`` each (the scale folded into W_k, a ``[E, E]`` product).
@@ -173,8 +246,10 @@ class MultiScaleRetention(nn.Module):
         return nn.functional.linear(source, self.key.weight * self.head_dim**-0.5), self.value(source)
 
     def projections(self, query: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v ``[B, H, L, d]`` (k scaled by d_k^-1/2) and the gate input ``query W_g`` ``[B, L, E]``."""
+        """q, k, v ``[B, H, L, d]`` (k scaled by d_k^-1/2) and the gate input's ``g W_g`` ``[B, L, E]``."""
         (q, gate), (k, v) = self.query_projection(query), self.source_projection(source)
+        if gate is None:
+            gate = self.gate(source)
         return self._heads(q), self._heads(k), self._heads(v), gate
 
     def _output(self, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -198,10 +273,11 @@ class MultiScaleRetention(nn.Module):
         masks: RetentionMasks,
         state: torch.Tensor,
         carry: bool = True,
+        position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The chunkwise form (module docstring): outputs ``[B, L, E]`` for ``query`` reading ``source`` (both ``[B, L, E]``)
         under ``decay`` (``masks.full`` or ``masks.causal``), with ``state`` ``[B, H, d, d]`` carried into the first chunk;
-        and the state after the last chunk (None if not ``carry``).
+        and the state after the last chunk (None if not ``carry``). ``position``: the class docstring's.
 
         Each chunk's own part, sum_m D[n, m] (q_n . k_m) v_m, and its tokens' part of the next state,
         U_c = sum_m token_carry_m k_m^T v_m, are computed for all chunks at once; then the carried states
@@ -210,7 +286,7 @@ class MultiScaleRetention(nn.Module):
         """
         length = query.shape[1]
         k_chunks, chunk_len = decay.shape[2], decay.shape[-1]
-        q, k, v, gate = self.projections(query, source)
+        q, k, v, gate = self.projections(*self.with_position(query, source, position))
         pad = k_chunks * chunk_len - length
         if pad:  # the last chunk's padding: zero keys and values add nothing to any output or state
             q, k, v = (nn.functional.pad(z, (0, 0, 0, pad)) for z in (q, k, v))
@@ -233,77 +309,115 @@ class MultiScaleRetention(nn.Module):
         query: torch.Tensor,
         source: torch.Tensor,
         memory: torch.Tensor,
-        query_projection: tuple[torch.Tensor, torch.Tensor] | None = None,
+        query_projection: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One more token of the current timestep, decoded after the ones before it: ``R <- R + k^T v``, ``o = q R``.
 
         ``query`` and ``source`` ``[B, 1, E]``; ``memory`` ``[B, H, d, d]`` is R before this token (xi S_0 plus the current
-        timestep's earlier tokens, module docstring); ``query_projection``: ``query``'s (``query_projection``) if already
-        computed. Returns the output ``[B, 1, E]`` and the new R.
+        timestep's earlier tokens, module docstring); ``query_projection``: ``query``'s (``query_projection``, of the query
+        with ``position`` added) if already computed; ``position`` ``[B, 1, E]``: the class docstring's. Returns the
+        output ``[B, 1, E]`` and the new R.
         """
         if query_projection is None:
-            q, k, v, gate = self.projections(query, source)
+            q, k, v, gate = self.projections(*self.with_position(query, source, position))
         else:
-            q, gate = self._heads(query_projection[0]), query_projection[1]
+            source = source if position is None else source + position
+            q, query_gate = self._heads(query_projection[0]), query_projection[1]
             k, v = (self._heads(z) for z in self.source_projection(source))
+            gate = self.gate(source) if query_gate is None else query_gate
         memory = memory + k.transpose(-1, -2) @ v
         return self._output(gate, q @ memory), memory
 
 
 class RetentionEncoderBlock(nn.Module):
-    """Sable's encoder layer: x <- LN(x + Retention(x; full)); x <- LN(x + FF(x))."""
+    """Sable's encoder layer: x <- Norm(x + Retention(x; full)); x <- Norm(x + FF(x)).
 
-    def __init__(self, embed_dim: int, n_heads: int) -> None:
+    ``norm``, ``feed_forward`` (``zero_feed_forward``: ``SwiGLU``'s ``zero_init``) and ``gate`` as the module docstring's;
+    the defaults are LayerNorm, GELU and the query."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        n_heads: int,
+        norm: Norm = "layer",
+        feed_forward: FeedForwardKind = "gelu",
+        gate: GateInput = "query",
+        zero_feed_forward: bool = False,
+    ) -> None:
         super().__init__()
-        self.retention = MultiScaleRetention(embed_dim, n_heads)
-        self.norm1 = nn.LayerNorm(embed_dim)
-        self.feed_forward = FeedForward(embed_dim)
-        self.norm2 = nn.LayerNorm(embed_dim)
+        self.retention = MultiScaleRetention(embed_dim, n_heads, gate)
+        self.norm1 = make_norm(norm, embed_dim)
+        self.feed_forward = make_feed_forward(feed_forward, embed_dim, zero_feed_forward)
+        self.norm2 = make_norm(norm, embed_dim)
 
-    def forward(self, x: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x`` ``[B, L, E]`` and this block's state ``[B, H, d, d]`` -> outputs and the next state."""
-        mixed, next_state = self.retention(x, x, masks.full, masks, state, carry)
+    def forward(
+        self, x: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool = True, position: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x`` ``[B, L, E]`` and this block's state ``[B, H, d, d]`` -> outputs and the next state; ``position`` (the
+        tokens' timestep encodings) is added to the retention's inputs, not to the residual stream."""
+        mixed, next_state = self.retention(x, x, masks.full, masks, state, carry, position)
         x = self.norm1(x + mixed)
         return self.norm2(x + self.feed_forward(x)), next_state
 
 
 class RetentionDecoderBlock(nn.Module):
-    """Sable's decoder layer (MAT's, with retention): x <- LN(x + Retention(x; causal));
-    y <- LN(enc + Retention(query=enc, key=value=x; causal)); y <- LN(y + FF(y)).
+    """Sable's decoder layer (MAT's, with retention): x <- Norm(x + Retention(x; causal));
+    y <- Norm(enc + Retention(query=enc, key=value=x; causal)); y <- Norm(y + FF(y)).
 
-    It carries two states: the self-retention's and the cross-retention's, ``[B, 2, H, d, d]``.
+    It carries two states: the self-retention's and the cross-retention's, ``[B, 2, H, d, d]``. Settings as
+    ``RetentionEncoderBlock``'s.
     """
 
-    def __init__(self, embed_dim: int, n_heads: int) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        n_heads: int,
+        norm: Norm = "layer",
+        feed_forward: FeedForwardKind = "gelu",
+        gate: GateInput = "query",
+        zero_feed_forward: bool = False,
+    ) -> None:
         super().__init__()
-        self.self_retention = MultiScaleRetention(embed_dim, n_heads)
-        self.norm1 = nn.LayerNorm(embed_dim)
-        self.cross_retention = MultiScaleRetention(embed_dim, n_heads)
-        self.norm2 = nn.LayerNorm(embed_dim)
-        self.feed_forward = FeedForward(embed_dim)
-        self.norm3 = nn.LayerNorm(embed_dim)
+        self.self_retention = MultiScaleRetention(embed_dim, n_heads, gate)
+        self.norm1 = make_norm(norm, embed_dim)
+        self.cross_retention = MultiScaleRetention(embed_dim, n_heads, gate)
+        self.norm2 = make_norm(norm, embed_dim)
+        self.feed_forward = make_feed_forward(feed_forward, embed_dim, zero_feed_forward)
+        self.norm3 = make_norm(norm, embed_dim)
 
     def forward(
-        self, x: torch.Tensor, enc: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool = True
+        self,
+        x: torch.Tensor,
+        enc: torch.Tensor,
+        masks: RetentionMasks,
+        state: torch.Tensor,
+        carry: bool = True,
+        position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Action-stream tokens ``x`` and encodings ``enc`` ``[B, L, E]``, the block's states ``[B, 2, H, d, d]`` -> outputs
-        ``[B, L, E]`` and the next states (None if not ``carry``)."""
-        mixed, self_state = self.self_retention(x, x, masks.causal, masks, state[:, 0], carry)
+        ``[B, L, E]`` and the next states (None if not ``carry``); ``position`` as ``RetentionEncoderBlock.forward``'s."""
+        mixed, self_state = self.self_retention(x, x, masks.causal, masks, state[:, 0], carry, position)
         x = self.norm1(x + mixed)
-        mixed, cross_state = self.cross_retention(enc, x, masks.causal, masks, state[:, 1], carry)
+        mixed, cross_state = self.cross_retention(enc, x, masks.causal, masks, state[:, 1], carry, position)
         y = self.norm2(enc + mixed)
         next_state = torch.stack([self_state, cross_state], dim=1) if carry else None
         return self.norm3(y + self.feed_forward(y)), next_state
 
     def step(
-        self, x: torch.Tensor, enc: torch.Tensor, enc_query: tuple[torch.Tensor, torch.Tensor], memory: tuple[torch.Tensor, torch.Tensor]
+        self,
+        x: torch.Tensor,
+        enc: torch.Tensor,
+        enc_query: tuple[torch.Tensor, torch.Tensor | None],
+        memory: tuple[torch.Tensor, torch.Tensor],
+        position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The layer on one agent's action token ``x`` and encoding ``enc`` ``[B, 1, E]`` after the earlier agents of the
-        timestep, with the cross-retention's ``query_projection`` of ``enc`` (``enc_query``) and the self- and
-        cross-retention's running sums ``memory`` (each ``[B, H, d, d]``, ``MultiScaleRetention.step``) -> the output and
-        the new sums."""
-        mixed, self_memory = self.self_retention.step(x, x, memory[0])
+        timestep, with the cross-retention's ``query_projection`` of ``enc`` (plus ``position``; ``enc_query``) and the
+        self- and cross-retention's running sums ``memory`` (each ``[B, H, d, d]``, ``MultiScaleRetention.step``) -> the
+        output and the new sums. ``position`` ``[B, 1, E]``: the timestep's encoding, or None."""
+        mixed, self_memory = self.self_retention.step(x, x, memory[0], position=position)
         x = self.norm1(x + mixed)
-        mixed, cross_memory = self.cross_retention.step(enc, x, memory[1], enc_query)
+        mixed, cross_memory = self.cross_retention.step(enc, x, memory[1], enc_query, position)
         y = self.norm2(enc + mixed)
         return self.norm3(y + self.feed_forward(y)), (self_memory, cross_memory)

@@ -1,13 +1,15 @@
 """Sable, the MAGPO paper's default guider: MAT's encoder-decoder with retention and a memory across timesteps.
 
 Mahjoub et al. 2025; ALGORITHMS.md section 4. Training passes are chunkwise (``hcmarl.nn.retention``): parallel
-inside a chunk, the retention state carried between chunks.
+inside a chunk, the retention state carried between chunks. ``SableGuider.paper`` builds the guider the MAGPO paper ran
+(Mava's ``SableNetwork``); the defaults keep hcmarl's earlier Sable (docs/algorithms/magpo.md, "The paper's Sable").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import torch
 from tensordict import TensorDictBase
@@ -16,12 +18,18 @@ from torch import nn
 from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION_MASK, IS_INIT, OBSERVATION
 from hcmarl.nn.guider import AgentTokenGuider, reshape_distribution, shifted_action_tokens
+from hcmarl.nn.layers import RMSNorm
 from hcmarl.nn.retention import (
+    FeedForwardKind,
+    GateInput,
+    Norm,
     RetentionDecoderBlock,
     RetentionEncoderBlock,
     RetentionMasks,
+    episode_timesteps,
     head_decays,
     retention_masks,
+    timestep_encoding,
     with_next_observations,
 )
 
@@ -31,6 +39,24 @@ Distribution = torch.distributions.Distribution
 # observations): about the fastest training and value passes measured at the MAGPO recipes' sizes, 3 and 8 agents
 # (docs/algorithms/magpo.md, "The retention guider").
 CHUNK_TOKENS = 48
+
+PositionalEncoding = Literal["none", "timestep"]
+FeedForwardInit = Literal["default", "zeros"]
+
+# The MAGPO paper's Sable (the official code's SableNetwork and its network config: 1 block, embed 64, 1 head, decay
+# scaling 0.8, timestep positional encoding; RMSNorm and a zero-initialised SwiGLU in its blocks; the retention's gate
+# reads its key/value input). ``SableGuider.paper`` builds it; docs/algorithms/magpo.md, "The paper's Sable".
+PAPER_SETTINGS: dict[str, Any] = {
+    "embed_dim": 64,
+    "n_blocks": 1,
+    "n_heads": 1,
+    "decay_scaling": 0.8,
+    "norm": "rms",
+    "feed_forward": "swiglu",
+    "feed_forward_init": "zeros",
+    "positional_encoding": "timestep",
+    "retention_gate": "source",
+}
 
 
 class SableGuider(AgentTokenGuider):
@@ -46,13 +72,29 @@ class SableGuider(AgentTokenGuider):
     parallel within chunks of ``chunk(N)`` timesteps, the state carried from chunk to chunk.
     Episode starts (``is_init``) cut the memory.
 
+    The defaults are hcmarl's first Sable; ``SableGuider.paper()`` is the MAGPO paper's (``PAPER_SETTINGS``).
+
     Args:
         decay_scaling: Sable's "retention heads scaling parameter": the heads' decays are
-            ``decay_scaling * (1 - 2^-e)``, e evenly spaced over [5, 9].
+            ``decay_scaling * (1 - 2^-e)``, e evenly spaced over [5, 9] (one head: e = 5).
         chunk_steps: timesteps per chunk of the training and value passes (None: the whole rollout in one chunk;
             ``auto``: chunks of about ``CHUNK_TOKENS`` tokens, i.e. ``CHUNK_TOKENS // N`` timesteps for training and half
             that for values, whose chunks also hold the next observations). Every value gives the same result; it
             trades the chunks' [C N, C N] weights against the carry between them.
+        norm: ``layer`` (LayerNorm) or ``rms`` (RMSNorm, the paper's) for every normalisation of the guider: the
+            blocks', the observation and action embeddings' and the value and action heads' (not the retention's
+            GroupNorm over heads).
+        feed_forward: the blocks' feed-forward: ``gelu`` (Linear, GELU, Linear) or ``swiglu`` (the paper's, no biases,
+            hidden width ``embed_dim``; ``hcmarl.nn.layers.SwiGLU``).
+        feed_forward_init: ``default``, or ``zeros`` (the paper's code: the SwiGLU's three matrices start at zero, and
+            so stay, its gradients being zero; swiglu only).
+        positional_encoding: ``none``, or ``timestep`` (the paper's): each token's timestep in its episode, encoded
+            by ``timestep_encoding``, is added to every retention's query and key/value inputs. The timestep is 0 at an
+            episode start (``is_init``) and counts the steps since; the network counts it itself and carries the count
+            in its state, which is then ``[M, n_blocks * 3 * H * d * d + 1]`` (``split_state``).
+        retention_gate: what the retention's output gate reads: ``query`` or ``source`` (the key/value input, the
+            paper's code); they differ in the decoder's cross-retention, whose query is the encoding and whose
+            key/value is the action stream.
         **kwargs: ``embed_dim``, ``n_blocks``, ``n_heads``, ``agent_id``, ``log_std_init`` of ``AgentTokenGuider``.
     """
 
@@ -61,20 +103,71 @@ class SableGuider(AgentTokenGuider):
 
     kappa: torch.Tensor  # each head's decay [H], a buffer (build_blocks)
 
-    def __init__(self, decay_scaling: float = 1.0, chunk_steps: int | Literal["auto"] | None = "auto", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        decay_scaling: float = 1.0,
+        chunk_steps: int | Literal["auto"] | None = "auto",
+        norm: Norm = "layer",
+        feed_forward: FeedForwardKind = "gelu",
+        feed_forward_init: FeedForwardInit = "default",
+        positional_encoding: PositionalEncoding = "none",
+        retention_gate: GateInput = "query",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not 0.0 < decay_scaling <= 1.0:
             raise ConfigError(f"model.guider.network.decay_scaling must be in (0, 1], got {decay_scaling}")
         if chunk_steps != "auto" and chunk_steps is not None and not (isinstance(chunk_steps, int) and chunk_steps >= 1):
             raise ConfigError(f"model.guider.network.chunk_steps must be a positive number of timesteps, auto or null, got {chunk_steps}")
+        for name, value, choices in (
+            ("norm", norm, Norm),
+            ("feed_forward", feed_forward, FeedForwardKind),
+            ("feed_forward_init", feed_forward_init, FeedForwardInit),
+            ("positional_encoding", positional_encoding, PositionalEncoding),
+            ("retention_gate", retention_gate, GateInput),
+        ):
+            if value not in get_args(choices):
+                raise ConfigError(f"model.guider.network.{name} must be one of {', '.join(get_args(choices))}; got {value!r}")
+        if feed_forward_init == "zeros" and feed_forward != "swiglu":
+            raise ConfigError("model.guider.network.feed_forward_init: zeros applies to feed_forward: swiglu only")
+        if positional_encoding == "timestep" and self.embed_dim % 2:
+            raise ConfigError(f"model.guider.network.positional_encoding: timestep needs an even embed_dim, got {self.embed_dim}")
         self.decay_scaling = decay_scaling
         self.chunk_steps = chunk_steps
+        self.norm = norm
+        self.feed_forward = feed_forward
+        self.feed_forward_init = feed_forward_init
+        self.positional_encoding = positional_encoding
+        self.retention_gate = retention_gate
         self.head_dim = self.embed_dim // self.n_heads
 
+    @classmethod
+    def paper(cls, **overrides: Any) -> SableGuider:
+        """The MAGPO paper's Sable: ``PAPER_SETTINGS`` (1 block, embed 64, 1 head, decay_scaling 0.8, RMSNorm, a
+        zero-initialised SwiGLU, the timestep encoding, the gate on the key/value input), with ``overrides`` (any
+        argument of ``SableGuider``, e.g. ``feed_forward_init="default"`` for a SwiGLU that trains). ``chunk_steps``
+        stays ``auto``: the paper's one chunk per rollout (``chunk_steps=None``) gives the same outputs, slower."""
+        return cls(**{**PAPER_SETTINGS, **overrides})
+
     def build_blocks(self) -> None:
-        self.encoder = nn.ModuleList(RetentionEncoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
-        self.decoder = nn.ModuleList(RetentionDecoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
+        settings: dict[str, Any] = {
+            "norm": self.norm,
+            "feed_forward": self.feed_forward,
+            "gate": self.retention_gate,
+            "zero_feed_forward": self.feed_forward_init == "zeros",
+        }
+        self.encoder = nn.ModuleList(RetentionEncoderBlock(self.embed_dim, self.n_heads, **settings) for _ in range(self.n_blocks))
+        self.decoder = nn.ModuleList(RetentionDecoderBlock(self.embed_dim, self.n_heads, **settings) for _ in range(self.n_blocks))
         self.register_buffer("kappa", head_decays(self.n_heads, self.decay_scaling))
+        if self.norm == "rms":  # the embeddings' and heads' norms too (AgentTokenGuider.build made them LayerNorms)
+            e = self.embed_dim
+            first = self.observation_embedding[0]
+            assert isinstance(first, nn.LayerNorm)
+            self.observation_embedding[0] = RMSNorm(first.normalized_shape[0])
+            self.value_head[2] = RMSNorm(e)
+            self.action_head[2] = RMSNorm(e)
+            self.add_module("encoder_norm", RMSNorm(e))
+            self.add_module("decoder_norm", RMSNorm(e))
 
     @property
     def decoder_blocks(self) -> Sequence[RetentionDecoderBlock]:
@@ -86,42 +179,82 @@ class SableGuider(AgentTokenGuider):
         return max(1, CHUNK_TOKENS // tokens_per_step) if self.chunk_steps == "auto" else self.chunk_steps
 
     def initial_state(self, batch_size: int, device: torch.device) -> torch.Tensor:
-        return torch.zeros(batch_size, self.n_blocks, 3, self.n_heads, self.head_dim, self.head_dim, device=device)
+        shape = (self.n_blocks, 3, self.n_heads, self.head_dim, self.head_dim)
+        if self.positional_encoding == "none":
+            return torch.zeros(batch_size, *shape, device=device)
+        return torch.zeros(batch_size, math.prod(shape) + 1, device=device)
 
-    def encode(self, x: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encoder blocks on observation tokens ``[M, L, E]`` with their states ``[M, n_blocks, H, d, d]``."""
+    def split_state(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The retention states ``[M, n_blocks, 3, H, d, d]`` (encoder, decoder self-retention, decoder cross-retention)
+        and, with the timestep encoding, the timestep ``[M]`` the next step has if it continues its episode (else None).
+        With the encoding the state is flat, ``[M, n_blocks * 3 * H * d * d + 1]``: the retention states, then the
+        timestep."""
+        if self.positional_encoding == "none":
+            return state, None
+        retention = state[:, :-1].view(state.shape[0], self.n_blocks, 3, self.n_heads, self.head_dim, self.head_dim)
+        return retention, state[:, -1]
+
+    def join_state(self, retention: torch.Tensor, timestep: torch.Tensor | None) -> torch.Tensor:
+        """``split_state``'s inverse."""
+        if timestep is None:
+            return retention
+        return torch.cat([retention.flatten(1), timestep.to(retention.dtype).unsqueeze(-1)], dim=1)
+
+    def encode(
+        self, x: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool, position: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder blocks on observation tokens ``[M, L, E]`` with their states ``[M, n_blocks, H, d, d]`` and the tokens'
+        timestep encodings ``position`` (None without the encoding)."""
         states = []
         for j, block in enumerate(self.encoder):
-            x, next_state = block(x, masks, state[:, j], carry)
+            x, next_state = block(x, masks, state[:, j], carry, position)
             states.append(next_state)
         return x, torch.stack(states, dim=1) if carry else None
 
     def decode(
-        self, tokens: torch.Tensor, encodings: torch.Tensor, masks: RetentionMasks, state: torch.Tensor, carry: bool
+        self,
+        tokens: torch.Tensor,
+        encodings: torch.Tensor,
+        masks: RetentionMasks,
+        state: torch.Tensor,
+        carry: bool,
+        position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Decoder blocks on the action stream ``[M, L, A + 1]`` with states ``[M, n_blocks, 2, H, d, d]``; outputs ``[M, L, E]``."""
-        x = self.embed_actions(tokens)
+        """Decoder blocks on the action stream ``[M, L, A + 1]`` with states ``[M, n_blocks, 2, H, d, d]`` (``position``
+        as ``encode``'s); outputs ``[M, L, E]``."""
+        x = self.embed_actions(tokens.to(encodings.dtype))  # one-hot action tokens are float32; exact in any dtype
         states = []
         for j, block in enumerate(self.decoder):
-            x, next_state = block(x, encodings, masks, state[:, j], carry)
+            x, next_state = block(x, encodings, masks, state[:, j], carry, position)
             states.append(next_state)
         return x, torch.stack(states, dim=1) if carry else None
 
-    def _rollout_state(self, td: TensorDictBase, state: torch.Tensor | None) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    def _rollout_state(self, td: TensorDictBase, state: torch.Tensor | None) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``[B, T]``, the episode starts ``[B, T]``, the retention states before the rollout and, with the timestep
+        encoding, each step's timestep in its episode ``[B, T]`` (else None)."""
         if td.batch_dims != 2:
             raise ValueError(f"SableGuider reads rollouts [envs, time]; got a TensorDict of batch size {tuple(td.batch_size)}")
         b, t = td.batch_size
         is_init = td.get(IS_INIT).reshape(b, t)
-        return b, t, is_init, self.initial_state(b, is_init.device) if state is None else state
+        retention, start = self.split_state(self.initial_state(b, is_init.device) if state is None else state)
+        return b, t, is_init, retention, None if start is None else episode_timesteps(is_init, start)
+
+    def token_positions(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The timestep encodings ``[B, T N, E]`` of the tokens of steps whose timesteps are ``[B, T]``."""
+        b, t = timesteps.shape
+        encoding = timestep_encoding(timesteps, self.embed_dim, dtype)  # [B, T, E]
+        return encoding.unsqueeze(2).expand(b, t, self.n_agents, self.embed_dim).reshape(b, t * self.n_agents, self.embed_dim)
 
     def forward(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[Distribution, torch.Tensor]:
         """Chunkwise form over rollouts ``[B, T]``: every step's conditionals ``[B, T, N]`` and values."""
-        b, t, is_init, state = self._rollout_state(td, state)
+        b, t, is_init, state, timesteps = self._rollout_state(td, state)
         n = self.n_agents
         masks = retention_masks(is_init, n, self.kappa, self.chunk(n))
-        encodings, _ = self.encode(self.embed_observations(td).reshape(b, t * n, -1), masks, state[:, :, 0], carry=False)
+        x = self.embed_observations(td).reshape(b, t * n, -1)
+        position = None if timesteps is None else self.token_positions(timesteps, x.dtype)
+        encodings, _ = self.encode(x, masks, state[:, :, 0], carry=False, position=position)
         tokens = shifted_action_tokens(self.flat_actions(td), self.action_dim, self.categorical).reshape(b, t * n, -1)
-        out, _ = self.decode(tokens, encodings, masks, state[:, :, 1:], carry=False)
+        out, _ = self.decode(tokens, encodings, masks, state[:, :, 1:], carry=False, position=position)
         mask = self.flat_mask(td)
         dist = self.distribution(out.reshape(b * t, n, -1), mask)
         return reshape_distribution(dist, td.batch_size), self.value_head(encodings).reshape(b, t, n)
@@ -138,9 +271,14 @@ class SableGuider(AgentTokenGuider):
         batch_shape = td.batch_size
         x = self.embed_observations(td)
         m = x.shape[0]
-        state = self.initial_state(m, x.device) if state is None else state
-        masks = retention_masks(td.get(IS_INIT).reshape(m, 1), self.n_agents, self.kappa)
-        encodings, encoder_state = self.encode(x, masks, state[:, :, 0], carry=True)
+        is_init = td.get(IS_INIT).reshape(m, 1)
+        state, next_timestep = self.split_state(self.initial_state(m, x.device) if state is None else state)
+        timestep, position = None, None
+        if next_timestep is not None:
+            timestep = torch.where(is_init[:, 0], 0.0, next_timestep)  # this step's timestep in its episode, [M]
+            position = timestep_encoding(timestep, self.embed_dim, x.dtype).unsqueeze(1)  # [M, 1, E], every agent's
+        masks = retention_masks(is_init, self.n_agents, self.kappa)
+        encodings, encoder_state = self.encode(x, masks, state[:, :, 0], carry=True, position=position)
         assert encoder_state is not None  # encode returns its state when it carries it
         xi_state = masks.state_carry[:, None, None, :, :, None] * state[:, :, 1:]  # xi S_0, [M, n_blocks, 2, H, d, d]
         memory = [(xi_state[:, j, 0], xi_state[:, j, 1]) for j in range(self.n_blocks)]
@@ -148,14 +286,15 @@ class SableGuider(AgentTokenGuider):
         tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=x.device)
         tokens[:, 0, 0] = 1.0
         # every agent's encoding is known before decoding: each cross-retention's q and gate input for all agents at once
-        enc_queries = [block.cross_retention.query_projection(encodings) for block in self.decoder_blocks]
+        queries = encodings if position is None else encodings + position
+        enc_queries = [block.cross_retention.query_projection(queries) for block in self.decoder_blocks]
         actions, log_probs = [], []
         for i in range(self.n_agents):
             out = self.embed_actions(tokens[:, i : i + 1])
             for j, block in enumerate(self.decoder_blocks):
                 query, gate = enc_queries[j]
-                enc_query = (query[:, i : i + 1], gate[:, i : i + 1])
-                out, memory[j] = block.step(out, encodings[:, i : i + 1], enc_query, memory[j])
+                enc_query = (query[:, i : i + 1], None if gate is None else gate[:, i : i + 1])
+                out, memory[j] = block.step(out, encodings[:, i : i + 1], enc_query, memory[j], position)
             agent = self.distribution(out, None if mask is None else mask[:, i : i + 1])
             action = agent.mode if deterministic else agent.sample()
             actions.append(action)
@@ -164,6 +303,7 @@ class SableGuider(AgentTokenGuider):
                 self.write_token(tokens, i + 1, action[:, 0])
         action = torch.cat(actions, dim=1)
         next_state = torch.stack([torch.stack([encoder_state[:, j], *memory[j]], dim=1) for j in range(self.n_blocks)], dim=1)
+        next_state = self.join_state(next_state, None if timestep is None else timestep + 1)
         return action.reshape(*batch_shape, *action.shape[1:]), torch.cat(log_probs, dim=1).reshape(*batch_shape, self.n_agents), next_state
 
     @torch.no_grad()
@@ -173,13 +313,24 @@ class SableGuider(AgentTokenGuider):
         ``chunk(2 N)`` timesteps is followed by its steps' next observations (``with_next_observations``), the chunks
         run in parallel from the states carried into them, as the training pass does. Equal to replaying the rollout
         one step at a time (tests/test_guider_cache.py)."""
-        b, t, is_init, state = self._rollout_state(td, state)
+        b, t, is_init, state, timesteps = self._rollout_state(td, state)
         n = self.n_agents
         masks = retention_masks(is_init, n, self.kappa, self.chunk(2 * n))
         k, c = masks.full.shape[2], masks.full.shape[-1] // n
+
+        def chunk_layout(pairs: torch.Tensor) -> torch.Tensor:
+            """``[B, T, 2, N, E]`` (each step's own token, then its next observation's) -> ``[B, K 2 C N, E]``, per chunk its
+            C steps' own tokens, then their next observations' (the last chunk padded)."""
+            pairs = nn.functional.pad(pairs, (0, 0, 0, 0, 0, 0, 0, k * c - t))  # [B, K C, 2, N, E]
+            return pairs.view(b, k, c, 2, n, -1).transpose(2, 3).reshape(b, k * 2 * c * n, -1)
+
         tokens = torch.stack([self.embed_observations(td), self.embed_observations(td.get("next"))], dim=1)  # [B T, 2, N, E]
-        tokens = nn.functional.pad(tokens.reshape(b, t, 2, n, -1), (0, 0, 0, 0, 0, 0, 0, k * c - t))  # [B, K C, 2, N, E]
-        tokens = tokens.view(b, k, c, 2, n, -1).transpose(2, 3).reshape(b, k * 2 * c * n, -1)  # per chunk: own, then next
-        encodings, _ = self.encode(tokens, with_next_observations(masks, n, self.kappa), state[:, :, 0], carry=False)
+        tokens = chunk_layout(tokens.reshape(b, t, 2, n, -1))
+        position = None
+        if timesteps is not None:  # a next observation is read as the episode's next step
+            encoding = timestep_encoding(torch.stack([timesteps, timesteps + 1], dim=2), self.embed_dim, tokens.dtype)  # [B, T, 2, E]
+            position = chunk_layout(encoding.unsqueeze(3).expand(b, t, 2, n, self.embed_dim))
+        masks = with_next_observations(masks, n, self.kappa)
+        encodings, _ = self.encode(tokens, masks, state[:, :, 0], carry=False, position=position)
         values = self.value_head(encodings).view(b, k, 2, c * n).transpose(1, 2).reshape(b, 2, k * c, n)[:, :, :t]
         return values[:, 0], values[:, 1]

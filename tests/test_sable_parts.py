@@ -1,0 +1,249 @@
+"""The MAGPO paper's Sable (Mava's SableNetwork) as settings of SableGuider: each part against a hand-computed reference,
+and the paper's guider's training (chunkwise) form against its acting (recurrent, agent by agent) form."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+from test_retention import CHUNKED_STARTS, act_rollout, reference_retention
+from torch import nn
+
+from hcmarl.envs.base import EnvInfo
+from hcmarl.keys import ACTION, ACTION_MASK, IS_INIT, LOG_PROB, OBSERVATION
+from hcmarl.nn import SableGuider
+from hcmarl.nn.layers import RMSNorm, SwiGLU
+from hcmarl.nn.retention import MultiScaleRetention, episode_timesteps, head_decays, retention_masks, timestep_encoding
+from hcmarl.nn.transformer import FeedForward
+
+DISCRETE = EnvInfo(name="toy", n_agents=3, obs_dim=5, state_dim=15, action_kind="categorical", action_dim=4, max_steps=10, has_action_mask=True)
+CONTINUOUS = EnvInfo(name="toy", n_agents=3, obs_dim=5, state_dim=15, action_kind="continuous", action_dim=2, max_steps=10)
+
+
+def test_rms_norm_is_x_over_its_root_mean_square_times_the_gain() -> None:
+    torch.manual_seed(0)
+    norm = RMSNorm(10)
+    assert [name for name, _ in norm.named_parameters()] == ["weight"] and torch.equal(norm.weight, torch.ones(10))
+    assert norm.eps == 1e-6  # Flax's nn.RMSNorm default, which Mava's Sable uses
+    nn.init.normal_(norm.weight)
+    x = torch.randn(4, 7, 10) * 3.0 + 1.0
+    expected = x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + 1e-6) * norm.weight
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+
+
+def test_swiglu_is_the_gated_product_without_biases() -> None:
+    torch.manual_seed(1)
+    ff = SwiGLU(6)
+    assert {name: tuple(p.shape) for name, p in ff.named_parameters()} == {
+        "gate.weight": (6, 6),  # hidden width = embed width (Mava: SwiGLU(embed_dim, embed_dim))
+        "linear.weight": (6, 6),
+        "out.weight": (6, 6),
+    }
+    wide = SwiGLU(6, hidden_dim=9)
+    x = torch.randn(5, 2, 6)
+    w_gate, w_linear, w_out = wide.gate.weight.T, wide.linear.weight.T, wide.out.weight.T  # [6, 9], [6, 9], [9, 6]
+    z = x @ w_gate
+    expected = ((z * torch.sigmoid(z)) * (x @ w_linear)) @ w_out
+    assert torch.allclose(wide(x), expected, atol=1e-6)
+
+
+def test_zero_initialised_swiglu_outputs_zero_and_never_moves() -> None:
+    """Mava's initialisation: every matrix zero, hence every gradient zero too (why the paper's code's SwiGLU stays 0)."""
+    ff = SwiGLU(6, zero_init=True)
+    x = torch.randn(5, 6, requires_grad=True)
+    out = ff(x)
+    assert torch.equal(out, torch.zeros_like(out))
+    (out.sum() + (out * x).sum()).backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in ff.parameters())
+
+
+def test_timestep_encoding_values() -> None:
+    """Channel 2i is sin(t / 10000^(2i/E)), channel 2i + 1 is cos(t / 10000^(2i/E)), written out for E = 6."""
+    timesteps = torch.tensor([0, 1, 7, 100])
+    encoding = timestep_encoding(timesteps, 6, torch.float64)
+    assert encoding.shape == (4, 6)
+    assert torch.equal(encoding[0], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64))  # t = 0
+    for row, t in enumerate([0, 1, 7, 100]):
+        expected = []
+        for i in range(3):
+            rate = 10000.0 ** (-2 * i / 6)
+            expected += [math.sin(t * rate), math.cos(t * rate)]
+        assert torch.allclose(encoding[row], torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def test_episode_timesteps_count_from_each_episode_start() -> None:
+    """0 at an episode start, one more per step after it; before the rollout's first start, the carried count goes on."""
+    start = torch.tensor([4, 0, 9, 2])
+    expected = torch.tensor(
+        [
+            [4, 5, 0, 1, 2, 0, 1, 2],  # starts at 2 and 5
+            [0, 0, 1, 2, 0, 1, 2, 0],  # starts at 1, 4 and 7
+            [9, 10, 11, 12, 13, 14, 15, 16],  # no start: the episode goes on from 9
+            [0, 1, 2, 0, 1, 2, 0, 1],  # starts at 0, 3 and 6: the carried 2 is never read
+        ]
+    )
+    assert torch.equal(episode_timesteps(CHUNKED_STARTS, start), expected)
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 3, 5])
+@pytest.mark.parametrize("decay_scaling", [1.0, 0.8])
+def test_head_decays_are_mavas(n_heads: int, decay_scaling: float) -> None:
+    """Mava: kappa = decay_scaling * (1 - exp(linspace(log 1/32, log 1/512, H))); one head is kappa = decay_scaling * 31/32."""
+    if n_heads == 1:
+        exponents = [5.0]
+    else:
+        exponents = [5.0 + 4.0 * h / (n_heads - 1) for h in range(n_heads)]
+    expected = torch.tensor([decay_scaling * (1.0 - 2.0**-e) for e in exponents], dtype=torch.float64)
+    assert torch.allclose(head_decays(n_heads, decay_scaling).double(), expected, atol=1e-7)
+    mava = decay_scaling * (1 - torch.exp(torch.linspace(math.log(1 / 32), math.log(1 / 512), n_heads, dtype=torch.float64)))
+    assert torch.allclose(head_decays(n_heads, decay_scaling).double(), mava, atol=1e-7)
+
+
+def test_the_paper_guider_has_the_papers_parts() -> None:
+    guider = SableGuider.paper()
+    guider.build(DISCRETE)
+    assert (guider.embed_dim, guider.n_blocks, guider.n_heads, guider.decay_scaling) == (64, 1, 1, 0.8)
+    assert torch.allclose(guider.kappa, torch.tensor([0.8 * 31 / 32]))  # 0.775
+    modules = list(guider.modules())
+    assert not any(isinstance(m, nn.LayerNorm) for m in modules)
+    assert sum(isinstance(m, RMSNorm) for m in modules) == 5 + 2 + 3  # embeddings and heads, encoder block, decoder block
+    assert not any(isinstance(m, FeedForward) for m in modules) and sum(isinstance(m, SwiGLU) for m in modules) == 2
+    assert all(torch.equal(p, torch.zeros_like(p)) for m in modules if isinstance(m, SwiGLU) for p in m.parameters())
+    assert all(m.gate_input == "source" for m in modules if isinstance(m, MultiScaleRetention))
+    assert guider.positional_encoding == "timestep"
+    assert guider.initial_state(2, torch.device("cpu")).shape == (2, 1 * 3 * 1 * 64 * 64 + 1)  # retention states, then the timestep
+    assert SableGuider.paper(n_heads=2).n_heads == 2  # any setting can be overridden
+
+
+def test_defaults_keep_the_first_sable() -> None:
+    guider = SableGuider()
+    guider.build(DISCRETE)
+    modules = list(guider.modules())
+    assert not any(isinstance(m, (RMSNorm, SwiGLU)) for m in modules)
+    assert all(m.gate_input == "query" for m in modules if isinstance(m, MultiScaleRetention))
+    assert guider.initial_state(2, torch.device("cpu")).shape == (2, 1, 3, 1, 64, 64)
+
+
+def test_settings_are_checked() -> None:
+    for key, value in [("norm", "batch"), ("feed_forward", "relu"), ("positional_encoding", "rope"), ("retention_gate", "key")]:
+        with pytest.raises(Exception, match=f"model.guider.network.{key}"):
+            SableGuider(**{key: value})
+    with pytest.raises(Exception, match="feed_forward_init"):
+        SableGuider(feed_forward_init="zeros")  # a GELU feed-forward: zeros are the SwiGLU's (Mava's) only
+    with pytest.raises(Exception, match="even embed_dim"):
+        SableGuider(embed_dim=5, n_heads=1, positional_encoding="timestep")
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_source_gated_retention_with_positions_equals_its_definition(float64, causal: bool) -> None:
+    """Cross-retention (query and source differ) with the gate on the source and a position added to both inputs, against
+    the token-pair loop; and the position and the gate's input each change the output."""
+    torch.manual_seed(2)
+    n_agents, steps, heads, embed = 2, 4, 2, 8
+    layer = MultiScaleRetention(embed, heads, gate="source")
+    kappa = head_decays(heads, 0.8)
+    is_init = torch.tensor([[False, False, True, False], [True, False, False, False]])
+    query, source = torch.randn(2, steps * n_agents, embed), torch.randn(2, steps * n_agents, embed)
+    position = timestep_encoding(episode_timesteps(is_init, torch.tensor([3, 0])), embed).repeat_interleave(n_agents, dim=1)
+    state = torch.randn(2, heads, embed // heads, embed // heads)
+    masks = retention_masks(is_init, n_agents, kappa)
+    decay = masks.causal if causal else masks.full
+    out, _ = layer(query, source, decay, masks, state, position=position)
+    expected = reference_retention(layer, query, source, is_init, n_agents, kappa, state, causal, position)
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert not torch.allclose(out, layer(query, source, decay, masks, state)[0], atol=1e-3)
+    layer.gate_input = "query"
+    assert not torch.allclose(out, layer(query, source, decay, masks, state, position=position)[0], atol=1e-3)
+
+
+def paper_guider(info: EnvInfo, small: bool, **overrides) -> SableGuider:
+    """The paper's guider (at its size, or 2 blocks x 2 heads x 16), every parameter perturbed so that every part shows:
+    the SwiGLU trains (``feed_forward_init="default"``), the norms' gains are not ones, the action head's gain not 0.01."""
+    sizes = {"embed_dim": 16, "n_blocks": 2, "n_heads": 2} if small else {}
+    guider = SableGuider.paper(feed_forward_init="default", **sizes, **overrides)
+    guider.build(info)
+    with torch.no_grad():
+        for p in guider.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return guider
+
+
+def start_state(guider: SableGuider, envs: int) -> torch.Tensor:
+    """A random retention state and a carried timestep per env."""
+    state = torch.randn_like(guider.initial_state(envs, torch.device("cpu")))
+    state[:, -1] = torch.arange(envs) * 5.0 + 3.0
+    return state
+
+
+@pytest.mark.parametrize("info", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+@pytest.mark.parametrize("chunk_steps", [None, 3], ids=["one-chunk", "chunks-of-3"])
+@pytest.mark.parametrize("small", [False, True], ids=["paper-size", "2-blocks-2-heads"])
+def test_paper_guider_training_form_equals_its_acting_form(float64, info: EnvInfo, chunk_steps: int | None, small: bool) -> None:
+    """All paper parts on: acting one timestep at a time, agent by agent with the running sums, from a random state with a
+    carried timestep, across episode starts inside the rollout, gives the log-probabilities the chunkwise training pass
+    gives; the replayed values equal the training pass's; a next observation that continues the episode has the next
+    step's value; the state after acting counts the episode's timestep. Float64, to 1e-10."""
+    torch.manual_seed(3)
+    guider = paper_guider(info, small, chunk_steps=chunk_steps)
+    envs, steps = CHUNKED_STARTS.shape
+    start = start_state(guider, envs)
+    rollout, final = act_rollout(guider, info, CHUNKED_STARTS, start)
+    dist, values = guider(rollout, start)
+    assert torch.allclose(dist.log_prob(rollout.get(ACTION)), rollout.get(LOG_PROB), atol=1e-10, rtol=0)
+    following = torch.randn(envs, 1, info.n_agents, info.obs_dim)
+    rollout.set(("next", OBSERVATION), torch.cat([rollout.get(OBSERVATION)[:, 1:], following], dim=1))
+    replayed, next_values = guider.rollout_values(rollout, start)
+    assert torch.allclose(values, replayed, atol=1e-10, rtol=0)
+    continues = ~CHUNKED_STARTS[:, 1:]
+    assert torch.allclose(next_values[:, :-1][continues], values[:, 1:][continues], atol=1e-10, rtol=0)
+    expected_timestep = episode_timesteps(CHUNKED_STARTS, start[:, -1].long())[:, -1] + 1
+    assert torch.equal(guider.split_state(final)[1], expected_timestep.to(final.dtype))
+
+
+def test_positional_encoding_restarts_at_each_episode_start() -> None:
+    """The carried timestep changes every output before an env's first episode start and none after it; and without an
+    episode start it does change them (the encoding is read)."""
+    torch.manual_seed(4)
+    guider = paper_guider(DISCRETE, small=True)
+    is_init = torch.tensor([[False, False, True, False, False], [False, False, False, False, False]])
+    rollout, _ = act_rollout(guider, DISCRETE, is_init, None)
+    state = start_state(guider, 2)
+    moved = state.clone()
+    moved[:, -1] += 11.0  # the same retention state, another timestep
+    dist, values = guider(rollout, state)
+    moved_dist, moved_values = guider(rollout, moved)
+    assert torch.allclose(moved_dist.logits[0, 2:], dist.logits[0, 2:], atol=1e-6)
+    assert torch.allclose(moved_values[0, 2:], values[0, 2:], atol=1e-6)
+    assert not torch.allclose(moved_values[0, :2], values[0, :2], atol=1e-4)
+    assert not torch.allclose(moved_values[1], values[1], atol=1e-4)
+    # acting from either state: the step at the start reads timestep 0 (the same action distribution), the one before it does not
+    observation, starts = rollout.get(OBSERVATION)[:, 2], torch.ones(2, 1, dtype=torch.bool)
+    td = TensorDict({OBSERVATION: observation, ACTION_MASK: torch.ones(2, 3, 4, dtype=torch.bool), IS_INIT: starts}, batch_size=[2])
+    torch.manual_seed(5)
+    _, log_prob, next_state = guider.sample(td, state=state)
+    torch.manual_seed(5)
+    _, moved_log_prob, moved_next_state = guider.sample(td, state=moved)
+    assert torch.allclose(log_prob, moved_log_prob, atol=1e-6)
+    assert torch.equal(guider.split_state(next_state)[1], torch.ones(2))
+    assert torch.allclose(next_state, moved_next_state, atol=1e-6)
+
+
+def test_the_counted_timestep_is_the_envs_step_count() -> None:
+    """What Mava encodes is the env's step count (CoordSum's ``step_count``: 0 at reset, one more per step); the guider's
+    own count, carried in its state, is the same through episode ends and auto-resets."""
+    from torchrl.envs import InitTracker, TransformedEnv
+
+    from hcmarl.envs import make_env
+
+    env = TransformedEnv(make_env("coordsum/3x10", num_envs=2, seed=0, episode_length=4), InitTracker())
+    guider = SableGuider.paper(embed_dim=8)
+    guider.build(env.info)
+    td, state = env.reset(), None
+    for _ in range(10):
+        action, _, state = guider.sample(td, state=state)
+        read = guider.split_state(state)[1] - 1  # the timestep this step was encoded with
+        assert torch.equal(read, td.get("step_count").flatten().to(read.dtype))
+        td.set(ACTION, action)
+        _, td = env.step_and_maybe_reset(td)
