@@ -9,11 +9,13 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import torch
 from tensordict import TensorDictBase
 
 from hcmarl.keys import ACTION, LOG_PROB
 from hcmarl.roles.conductor import Conductor, ExecutionMode
 from hcmarl.roles.guider import GuiderMemory
+from hcmarl.roles.learner import Learner
 from hcmarl.roles.policy import ActingPolicy
 from hcmarl.roles.team import Roles
 
@@ -34,15 +36,33 @@ def _after_instruction(
     return ActingPolicy(act, [*conductor_keys, *in_keys], OUT_KEYS, begin_rollout=begin_rollout)
 
 
+def advancing_learner(actor: Act, learner: Learner) -> Act:
+    """``actor`` (the guider) acting, then the recurrent learner's hidden state advanced on the same step: it writes the
+    next ``RNN_STATE`` (its action is not used), so every stored learner state of a guider's rollout is the one the
+    learner would have had acting itself (ALGORITHMS.md section 4; the official code's fix of 2026-07-27)."""
+
+    def act(td: TensorDictBase) -> TensorDictBase:
+        td = actor(td)
+        with torch.no_grad():
+            learner.actor.step(td)
+        return td
+
+    return act
+
+
 def behaviour_policy(roles: Roles) -> ActingPolicy:
     """What collects training data: the guider if there is one (MAGPO, MAT), else the learner sampling;
-    with a conductor (HCPO, or a conductor-guided guider), after the central conductor's instruction."""
+    with a conductor (HCPO, or a conductor-guided guider), after the central conductor's instruction.
+    Under a guider, a recurrent learner's hidden state is advanced at every step (``advancing_learner``)."""
     learner, conductor, guider = roles.learner, roles.conductor, roles.guider
     begin_rollout: Callable[[], None] | None = None
     if guider is not None:
         memory = guider.new_collection_memory()
         actor: Act = functools.partial(guider.act, memory=memory)
         in_keys, begin_rollout = guider.network.in_keys, memory.begin_rollout
+        if learner is not None and learner.actor.recurrent:
+            actor = advancing_learner(actor, learner)
+            in_keys = [*in_keys, *(key for key in learner.actor.in_keys if key not in in_keys)]
     elif learner is not None:
         actor, in_keys = learner.act, learner.actor.in_keys
     else:

@@ -82,8 +82,9 @@ class SurrogateBatch:
 
     ``old_log_prob`` and ``advantage`` are ``[B, n]`` (n: the agents being updated); ``factor`` ``[B, 1]``
     weights each sample's surrogate (a sequential schedule's product of the preceding agents' ratios,
-    or a conductor's w_new/w_old), ``kl_weight`` ``[B, n]`` weights the samples of a constraint's KL
-    (HCPO's ``paper_weighting``); None where there is none. Constraints without a KL term ignore it.
+    or a conductor's w_new/w_old), ``kl_weight`` ``[B, n]`` weights the samples of a constraint's KL, whose mean
+    over the B samples is then (1/B) sum w KL (HCPO's ``paper_weighting``); None where there is none. Constraints
+    without a KL term ignore it.
     """
 
     old_log_prob: torch.Tensor

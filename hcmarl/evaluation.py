@@ -78,7 +78,7 @@ class EvaluationProtocol:
     def describe(self, iterations: int) -> str:
         """One line saying what this protocol does in a run of ``iterations`` iterations."""
         interval = self.evaluation_interval(iterations)
-        actions = {True: "deterministic", False: "sampled", None: "the module's deterministic_eval"}[self.deterministic]
+        actions = {True: "deterministic actions", False: "sampled actions", None: "actions as model.deterministic_eval sets them"}[self.deterministic]
         cadence = "after every iteration" if interval == 1 else f"every {interval} iterations"
         final = {
             "last": f"the final parameters evaluated over {self.episodes * self.rounds} episodes",
@@ -87,7 +87,7 @@ class EvaluationProtocol:
         }[self.final]
         return (
             f"Evaluation protocol {self.name}: {iterations // interval} evaluations ({cadence}) of {self.episodes} episodes, "
-            f"{actions} actions; final score: {final}"
+            f"{actions}; final score: {final}"
         )
 
 

@@ -32,6 +32,18 @@ from hcmarl.trust_region import TrustRegion
 
 Distribution = torch.distributions.Distribution
 KLDirection = Literal["guider_learner", "learner_guider"]
+AgentOrder = Literal["fixed", "random"]
+MinibatchAdvantageNorm = Literal["batch", "minibatch"]
+
+
+def normalize_minibatch_advantage(advantage: torch.Tensor, lanes: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """(A - mean) / (std + eps) over each lane's part of a minibatch (all its samples, steps and agents; std with
+    divisor n), as the official MAGPO code normalises its advantages in every minibatch. The minibatch ``[b, ...]``
+    holds ``lanes`` equal parts one after another (``hcmarl.optim.minibatch_indices``)."""
+    parts = advantage.reshape(lanes, -1)
+    mean = parts.mean(dim=1, keepdim=True)
+    std = parts.std(dim=1, correction=0, keepdim=True)
+    return ((parts - mean) / (std + eps)).reshape(advantage.shape)
 
 
 def guided_clip_objective(
@@ -80,7 +92,14 @@ class GuidedClip:
         epochs: passes over the batch (the learner steps on the same minibatches).
         minibatches: minibatches per pass.
         ent_coef: weight of the guider's entropy bonus.
-        max_grad_norm: gradient-norm clip of the guider (None or 0: no clip).
+        max_grad_norm: gradient-norm clip of the guider (None or 0: no clip), one clip over the whole guider.
+        agent_order: the order of the agents in the guider's teacher-forced pass: ``fixed`` (0..N-1, as it acts) or
+            ``random`` (a new permutation every epoch, the official code's ``agent_perm``); acting is always 0..N-1.
+        advantage_norm: ``batch`` (the advantages as the iteration normalised them) or ``minibatch`` (normalised again
+            in every minibatch, per lane, as the official code does; ``normalize_minibatch_advantage``).
+        lanes: the official code's ``update_batch_size``: the batch's envs are split into this many equal lanes
+            (``data.num_envs`` = lanes x the envs of one lane), every minibatch takes the same share of each lane, and
+            its loss is the mean of the lanes' losses (so its gradient is the lanes' gradients averaged).
     """
 
     def __init__(
@@ -91,19 +110,29 @@ class GuidedClip:
         minibatches: int = 2,
         ent_coef: float = 0.01,
         max_grad_norm: float | None = 0.5,
+        agent_order: AgentOrder = "fixed",
+        advantage_norm: MinibatchAdvantageNorm = "batch",
+        lanes: int = 1,
     ) -> None:
         check_init_args(
             type(self),
-            {"eps": eps, "epochs": epochs, "minibatches": minibatches, "ent_coef": ent_coef, "max_grad_norm": max_grad_norm},
-            {"eps": "> 0", "epochs": ">= 1", "minibatches": ">= 1", "ent_coef": ">= 0", "max_grad_norm": ">= 0"},
+            {"eps": eps, "epochs": epochs, "minibatches": minibatches, "ent_coef": ent_coef, "max_grad_norm": max_grad_norm, "lanes": lanes},
+            {"eps": "> 0", "epochs": ">= 1", "minibatches": ">= 1", "ent_coef": ">= 0", "max_grad_norm": ">= 0", "lanes": ">= 1"},
             max_grad_norm={"optional": True},
         )
+        if agent_order not in ("fixed", "random"):
+            raise ConfigError(f"model.guider.constraint.agent_order must be fixed or random, got {agent_order!r}")
+        if advantage_norm not in ("batch", "minibatch"):
+            raise ConfigError(f"model.guider.constraint.advantage_norm must be batch or minibatch, got {advantage_norm!r}")
         self.eps = eps
         self.delta = _check_delta(delta)
         self.epochs = epochs
         self.minibatches = minibatches
         self.ent_coef = ent_coef
         self.max_grad_norm = max_grad_norm
+        self.agent_order = agent_order
+        self.advantage_norm = advantage_norm
+        self.lanes = lanes
 
     def loss(self, evaluation: Evaluation, data: SurrogateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The guider's policy loss on a minibatch, mean over samples and agents ``[b, N]``, and detached diagnostics.

@@ -19,7 +19,7 @@ from tensordict import TensorDictBase
 from hcmarl.errors import ConfigError
 from hcmarl.extra_role import ExtraRole
 from hcmarl.guided import GuidedImitation
-from hcmarl.nn.critics import InstructionCritic
+from hcmarl.nn.critics import CentralValue, InstructionCritic
 from hcmarl.optim import GradientStep
 from hcmarl.roles.conductor import Conductor
 from hcmarl.roles.critic import Critic
@@ -98,7 +98,8 @@ def plan_iteration(roles: Roles, gamma: float = 0.99, gae_lambda: float = 0.95, 
         stages.append(LocalConductorStage(conductor))
     stages += roles.extra
     optimizers = _optimizer_factories(learner, critic, conductor, guider) | {role.name: role.make_optimizer for role in roles.extra}
-    advantages = Advantages(value_source(critic, conductor, guider), gamma, gae_lambda, advantage_norm, critic if conductor is not None else None)
+    instruction_critic = critic if conductor is not None and critic is not None and isinstance(critic.network, InstructionCritic) else None
+    advantages = Advantages(value_source(critic, conductor, guider), gamma, gae_lambda, advantage_norm, instruction_critic, conductor is not None)
     return IterationPlan(advantages, stages, optimizers)
 
 
@@ -137,13 +138,15 @@ def _role_problem(learner: Learner | None, critic: Critic | None, conductor: Con
         return "model.critic is missing: only a model.guider's value head can stand in for it; add a critic (see recipes/mappo/)"
     if conductor is not None and critic is None:
         return (
-            "model.conductor needs a model.critic with hcmarl.nn.InstructionCritic: its advantages come from Q(s, .) "
-            "(ALGORITHMS.md section 3); add one (see recipes/hcpo/)"
+            "model.conductor needs a model.critic with hcmarl.nn.InstructionCritic (Q(s, .), one head per instruction) "
+            "or hcmarl.nn.CentralValue (the paper's global V(s)): its advantages come from it (ALGORITHMS.md section 3); "
+            "add one (see recipes/hcpo/)"
         )
-    if conductor is not None and critic is not None and not isinstance(critic.network, InstructionCritic):
+    if conductor is not None and critic is not None and not isinstance(critic.network, (InstructionCritic, CentralValue)):
         return (
-            "model.conductor is set, and HCPO's critic must be Q(s, .) with one head per instruction: set "
-            "model.critic.init_args.network.class_path=hcmarl.nn.InstructionCritic"
+            f"model.conductor is set, and HCPO's critic reads the global state: model.critic.init_args.network is "
+            f"{type(critic.network).__name__}; set its class_path to hcmarl.nn.CentralValue (the paper's V(s)) or "
+            "hcmarl.nn.InstructionCritic (Q(s, .), one head per instruction)"
         )
     if conductor is None and critic is not None and isinstance(critic.network, InstructionCritic):
         return (

@@ -49,21 +49,41 @@ class GradientStep:
             step_one_agent(agent=self.agent)
 
 
-def minibatch_indices(batch_size: int, minibatches: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """A random permutation of ``range(batch_size)`` cut into ``minibatches`` near-equal pieces."""
+def minibatch_indices(batch_size: int, minibatches: int, device: torch.device, lanes: int = 1) -> Iterator[torch.Tensor]:
+    """A random permutation of ``range(batch_size)`` cut into ``minibatches`` near-equal pieces.
+
+    With ``lanes > 1`` the batch is ``lanes`` equal blocks one after another (the official MAGPO code's
+    ``update_batch_size``): one permutation of a block's ``batch_size // lanes`` units is cut into pieces, and minibatch k
+    holds piece k of every block, block by block (equal parts, as the code's lanes share their shuffling key).
+    """
+    if lanes > 1:
+        if batch_size % lanes != 0:
+            raise ValueError(f"a batch of {batch_size} does not split into {lanes} equal lanes")
+        lane_size = batch_size // lanes
+        if not 1 <= minibatches <= lane_size:
+            raise ValueError(f"minibatches must be in [1, {lane_size}] for lanes of {lane_size}, got {minibatches}")
+        offsets = torch.arange(lanes, device=device).unsqueeze(1) * lane_size
+        for piece in torch.randperm(lane_size, device=device).tensor_split(minibatches):
+            yield (piece.unsqueeze(0) + offsets).reshape(-1)
+        return
     if not 1 <= minibatches <= batch_size:
         raise ValueError(f"minibatches must be in [1, {batch_size}] for a batch of {batch_size}, got {minibatches}")
     yield from torch.randperm(batch_size, device=device).tensor_split(minibatches)
 
 
 def run_minibatches(
-    batch_size: int, epochs: int, minibatches: int, device: torch.device, minibatch_step: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    batch_size: int,
+    epochs: int,
+    minibatches: int,
+    device: torch.device,
+    minibatch_step: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    lanes: int = 1,
 ) -> dict[str, torch.Tensor]:
     """The one epoch x minibatch loop: ``minibatch_step(indices)`` on each of ``epochs`` random splits of the batch into
-    ``minibatches`` (``minibatch_indices``); returns the mean of each detached metric the steps return."""
+    ``minibatches`` (``minibatch_indices``, with ``lanes``); returns the mean of each detached metric the steps return."""
     sums: dict[str, torch.Tensor] = {}
     for _ in range(epochs):
-        for idx in minibatch_indices(batch_size, minibatches, device):
+        for idx in minibatch_indices(batch_size, minibatches, device, lanes):
             for key, value in minibatch_step(idx).items():
                 sums[key] = sums.get(key, 0.0) + value
     return {key: value / (epochs * minibatches) for key, value in sums.items()}

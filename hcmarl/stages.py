@@ -16,9 +16,10 @@ import torch
 from tensordict import TensorDictBase
 
 from hcmarl.constraints import Evaluation, SurrogateBatch
-from hcmarl.guided import GuidedClip, GuidedImitation
+from hcmarl.guided import GuidedClip, GuidedImitation, normalize_minibatch_advantage
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE_TARGET
-from hcmarl.nn.distributions import detach_distribution
+from hcmarl.nn.distributions import detach_distribution, map_distribution
+from hcmarl.nn.guider import permuted_forward
 from hcmarl.optim import GradientStep, run_minibatches
 from hcmarl.roles.conductor import Conductor
 from hcmarl.roles.critic import Critic
@@ -120,10 +121,15 @@ class GuiderStage:
 
     def run(self, context: IterationContext) -> Metrics:
         start_state = self.guider.rollout_start_state()
-        batch = context.batch if self.guider.recurrent else context.flat
+        sequences = self.guider.recurrent or (self.learner is not None and self.learner.actor.recurrent)
+        batch = context.batch if sequences else context.flat
         metrics = prefixed("guider", self.guider.update(batch, context.steps["guider"], self.learner, start_state))
         if self.learner is not None:
-            context.guider_distribution = self.guider.distribution(context.batch, start_state)
+            distribution = self.guider.distribution(context.batch, start_state)
+            if self.learner.actor.recurrent:  # the learner trains on rollouts [envs, time]: its anchor too
+                envs, time = context.batch.shape
+                distribution = map_distribution(distribution, lambda t: t.reshape(envs, time, *t.shape[1:]))
+            context.guider_distribution = distribution
         return metrics
 
 
@@ -135,7 +141,13 @@ class JointGuidedStage:
     ``GuidedClip`` with the learner as a constant anchor, plus ``vf_coef`` times its value loss (``Guider.value_fit``)
     when ``train_value`` (no critic role); the learner's is ``GuidedImitation`` with the guider as a constant
     anchor; then both step. Without a learner (MAT) it is PPO on the guider. Minibatches are frames, or, for a
-    recurrent guider, whole env rollouts replayed from the state at their first step.
+    recurrent guider or learner, whole env rollouts replayed from the states at their first step (the guider's
+    ``rollout_start_state``, the learner's stored ``RNN_STATE``).
+
+    ``GuidedClip``'s settings shape the loop as the official code's: ``lanes`` (each minibatch an equal share of every
+    lane, ``hcmarl.optim.minibatch_indices``; its loss, a mean, is the lanes' losses averaged), ``advantage_norm:
+    minibatch`` (``hcmarl.guided.normalize_minibatch_advantage``, per lane) and ``agent_order: random`` (a new
+    permutation every epoch for the guider's teacher-forced pass, ``hcmarl.nn.guider.permuted_forward``).
     """
 
     guider: Guider
@@ -148,17 +160,27 @@ class JointGuidedStage:
         if not isinstance(rule, GuidedClip) or not (imitation is None or isinstance(imitation, GuidedImitation)):
             raise TypeError("JointGuidedStage runs a GuidedClip guider with a GuidedImitation learner (hcmarl.iteration.plan_iteration)")
         start_state = guider.rollout_start_state()
-        batch = context.batch if guider.recurrent else context.flat
+        sequences = guider.recurrent or (learner is not None and learner.actor.recurrent)
+        batch = context.batch if sequences else context.flat
         returns = batch.get(VALUE_TARGET)
         keys = [*guider.network.in_keys, ACTION, LOG_PROB, ADVANTAGE] + ([] if learner is None else learner.actor.in_keys)
         batch = batch.select(*keys, strict=False)
         fit = guider.value_fit
         targets = fit.targets(returns, lambda: guider.network(batch, start_state)[1]) if self.train_value else None
+        n_agents = batch.get(ACTION).shape[batch.batch_dims]
+        order: list[torch.Tensor | None] = [None]  # this epoch's agent order in the teacher-forced pass (None: 0..N-1)
+        steps_done = [0]
 
         def minibatch_step(idx: torch.Tensor) -> Metrics:
+            if rule.agent_order == "random" and steps_done[0] % rule.minibatches == 0:  # a new epoch
+                order[0] = torch.randperm(n_agents, device=idx.device)
+            steps_done[0] += 1
             minibatch = batch[idx]
-            action, data = minibatch.get(ACTION), SurrogateBatch(minibatch.get(LOG_PROB), minibatch.get(ADVANTAGE))
-            guider_dist, value = guider.network(minibatch, None if start_state is None else start_state[idx])
+            advantage = minibatch.get(ADVANTAGE)
+            if rule.advantage_norm == "minibatch":
+                advantage = normalize_minibatch_advantage(advantage, rule.lanes)
+            action, data = minibatch.get(ACTION), SurrogateBatch(minibatch.get(LOG_PROB), advantage)
+            guider_dist, value = permuted_forward(guider.network, minibatch, None if start_state is None else start_state[idx], order[0])
             log_prob = guider_dist.log_prob(action)
             if learner is None:
                 guider_eval = Evaluation(log_prob, guider_dist.entropy(), guider_dist)
@@ -181,7 +203,7 @@ class JointGuidedStage:
                 metrics |= prefixed("learner", learner_metrics)
             return metrics
 
-        return run_minibatches(batch.shape[0], rule.epochs, rule.minibatches, returns.device, minibatch_step)
+        return run_minibatches(batch.shape[0], rule.epochs, rule.minibatches, returns.device, minibatch_step, rule.lanes)
 
 
 @dataclass

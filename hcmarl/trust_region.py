@@ -176,7 +176,9 @@ class TrustRegion(Constraint):
     def update(self, evaluate: Evaluate, data: SurrogateBatch, step: GradientStep) -> dict[str, torch.Tensor]:
         """One trust-region step; ``data.factor`` weights the surrogate's samples, ``data.kl_weight`` the KL's.
 
-        With ``kl_weight`` the trust region bounds the weighted mean sum(w * KL) / sum(w).
+        With ``kl_weight`` w the trust region bounds the plain sample mean of w * KL, (1/B) sum_b w_b KL_b (HCPO's
+        ``paper_weighting``, the paper's Algorithm 3 literally: a weighted sum over the sample count, not
+        sum(w KL) / sum(w), which is tighter by the mean weight).
         """
         everything = torch.arange(len(data), device=data.advantage.device)
         kl_weight = data.kl_weight
@@ -188,7 +190,7 @@ class TrustRegion(Constraint):
             """Mean KL(pi_old || new) over the samples ``idx`` of the batch (None: all), ``new`` evaluated on those samples."""
             old, w = (old_dist, kl_weight) if idx is None else (index_distribution(old_dist, idx), None if kl_weight is None else kl_weight[idx])
             kl = kl_divergence(old, new)
-            return kl.mean() if w is None else (w * kl).sum() / w.sum()
+            return kl.mean() if w is None else (w * kl).mean()
 
         evaluation = evaluate(everything)  # theta_old: the surrogate's gradient, the old policy and (all samples) the KL's curvature
         old_dist = detach_distribution(evaluation.distribution)

@@ -26,12 +26,14 @@ class ValueTargets:
 @dataclass(frozen=True)
 class ValueFit:
     """How a value head is fitted: ``loss`` (``huber`` with ``huber_delta``, or ``mse``), clipping around the old
-    prediction (``clip_value``; None: none) and an optional running ``value_norm`` (HARL's ValueNorm)."""
+    prediction (``clip_value``; None: none), an optional running ``value_norm`` (HARL's ValueNorm), and a ``scale`` of
+    the loss (the official MAGPO code's 0.5 x clipped MSE: ``mse``, ``clip_value`` = its eps, no norm, ``scale`` 0.5)."""
 
     loss: ValueLoss = "huber"
     huber_delta: float = 10.0
     clip_value: float | None = None
     value_norm: ValueNorm | None = None
+    scale: float = 1.0
 
     def targets(self, returns: torch.Tensor, predict_old: Callable[[], torch.Tensor]) -> ValueTargets:
         """Update the normaliser with ``returns``, normalise them, and keep ``predict_old()`` if values are clipped."""
@@ -46,4 +48,5 @@ class ValueFit:
     def minibatch_loss(self, prediction: torch.Tensor, targets: ValueTargets, idx: torch.Tensor) -> torch.Tensor:
         """The mean loss of ``prediction`` on the samples ``idx`` of ``targets``."""
         old = None if targets.old_prediction is None else targets.old_prediction[idx]
-        return value_loss(prediction, targets.target[idx], self.loss, self.huber_delta, old, self.clip_value).mean()
+        loss = value_loss(prediction, targets.target[idx], self.loss, self.huber_delta, old, self.clip_value).mean()
+        return loss if self.scale == 1.0 else self.scale * loss

@@ -1,8 +1,9 @@
 """Where an iteration's values come from, and the advantages computed from them once per iteration.
 
-``value_source`` is the one place that decides: a critic role's V (MAPPO, HATRPO, MAGPO with a critic),
-the guider's value head (MAGPO, MAT without a critic), or, with a conductor, the mixture
-V(s) = sum_M w_old(M|s) Q(s, M) of the instruction critic's heads (ALGORITHMS.md section 3, "Critic").
+``value_source`` is the one place that decides: a critic role's V (MAPPO, HATRPO, MAGPO with a critic, and HCPO
+as its paper ran it: one global V(s)), the guider's value head (MAGPO, MAT without a critic), or, with a conductor
+and an ``InstructionCritic``, the mixture V(s) = sum_M w_old(M|s) Q(s, M) of its heads (ALGORITHMS.md section 3,
+"Critic": the two readings).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tensordict import TensorDictBase
 
 from hcmarl.advantages import conductor_mixture_value, generalized_advantage_estimate, instruction_advantages, normalize_advantage
 from hcmarl.keys import ADVANTAGE, CONDUCTOR_ADVANTAGE, CONDUCTOR_PROBS, OBSERVATION, REWARD, VALUE, VALUE_TARGET
+from hcmarl.nn.critics import InstructionCritic
 from hcmarl.roles.conductor import Conductor
 from hcmarl.roles.critic import Critic
 from hcmarl.roles.guider import Guider
@@ -65,8 +67,9 @@ class ConductorMixtureValues:
 
 
 def value_source(critic: Critic | None, conductor: Conductor | None, guider: Guider | None) -> ValueSource:
-    """The values an iteration's advantages use: the conductor mixture, else the critic, else the guider's value head."""
-    if conductor is not None and critic is not None:
+    """The values an iteration's advantages use: the conductor mixture (a conductor with an ``InstructionCritic``),
+    else the critic (HCPO's paper reading too: a conductor with ``CentralValue``), else the guider's value head."""
+    if conductor is not None and critic is not None and isinstance(critic.network, InstructionCritic):
         return ConductorMixtureValues(critic, conductor)
     if critic is not None:
         return CriticValues(critic)
@@ -80,8 +83,10 @@ class Advantages:
     """GAE from the old values, written into the rollout once per iteration (ALGORITHMS.md sections 1 and 3).
 
     Writes the values ``VALUE``, the lambda-returns ``VALUE_TARGET`` and the (normalised) advantages ``ADVANTAGE``.
-    With an ``instruction_critic`` (HCPO): the conductor's A^M = A^GAE as ``CONDUCTOR_ADVANTAGE`` and the agents'
-    A^a = G - Q(s, M_t), each normalised on its own.
+    With a ``conductor`` (HCPO) it also writes the conductor's A^M = A^GAE as ``CONDUCTOR_ADVANTAGE`` (a team
+    quantity, agent 0's column), normalised on its own. The agents' advantage is A^GAE too with a global V(s)
+    (the paper's Algorithm 1, lines 1 and 5), or A^a = G - Q(s, M_t) with an ``instruction_critic`` (the K-head
+    reading of Eqs. 5-7).
     """
 
     values: ValueSource
@@ -89,6 +94,7 @@ class Advantages:
     gae_lambda: float = 0.95
     norm: AdvantageNorm = "batch"
     instruction_critic: Critic | None = None
+    conductor: bool = False
 
     @torch.no_grad()
     def __call__(self, batch: TensorDictBase) -> None:
@@ -104,8 +110,10 @@ class Advantages:
         )
         batch.set(VALUE, value)
         batch.set(VALUE_TARGET, advantage + value)
-        if self.instruction_critic is not None:
-            conductor_advantage, advantage = instruction_advantages(advantage, value, self.instruction_critic.value(batch))
+        if self.instruction_critic is not None or self.conductor:
+            conductor_advantage = advantage
+            if self.instruction_critic is not None:
+                conductor_advantage, advantage = instruction_advantages(advantage, value, self.instruction_critic.value(batch))
             conductor_advantage = conductor_advantage[..., 0]  # a team quantity, the same for every agent
             if self.norm != "none":
                 conductor_advantage = normalize_advantage(conductor_advantage)

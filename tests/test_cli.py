@@ -41,10 +41,44 @@ SMOKE_OVERRIDES = {"magpo_sable/coordsum_3x10": FEWER_ENV_MINIBATCHES, "sable/co
 """Recipes whose minibatches (whole env rollouts, for a recurrent guider) outnumber the tiny settings' 4 envs."""
 
 
+def smoke_overrides(path: Path) -> list[str]:
+    """Tiny-run overrides a recipe needs: at most 2 minibatches where a recurrent guider or learner's minibatches
+    (whole env rollouts) would outnumber the tiny 4 envs, and the hcmarl protocol where the recipe asks for the magpo
+    one (whose 32-episode evaluations and 320-episode absolute metric ignore the tiny eval_episodes)."""
+    name = f"{path.parent.name}/{path.stem}"
+    text = path.read_text()
+    extra = list(SMOKE_OVERRIDES.get(name, []))
+    if "protocol: magpo" in text:
+        extra += ["--data.protocol", "hcmarl"]
+        if "hcmarl.nn.SableGuider" in text and not extra[:1] == FEWER_ENV_MINIBATCHES[:1]:
+            extra += FEWER_ENV_MINIBATCHES
+        if "hcmarl.nn.GRUActor" in text:
+            extra += ["--model.learner.init_args.constraint.init_args.minibatches", "2"]
+    return extra
+
+
+SMOKE_SMAX_MAP = "smax_3s5z"
+
+
+def smoke_recipes() -> list[Path]:
+    """The recipes that run two iterations here: every one, except that of an algorithm's SMAX recipes only the 3s5z
+    one runs. Each SMAX map compiles its own jitted battle (70-100 s of a CI run per map), the other maps' recipes
+    differ from 3s5z's only in the map and numbers (their settings are checked by tests/test_magpo_paper_recipes.py and
+    tests/test_hcpo_paper.py, and every recipe is instantiated by test_every_recipe_instantiates), and the maps
+    themselves are tested in tests/test_smax_env.py."""
+    return [p for p in recipe_paths() if not p.stem.startswith("smax_") or p.stem == SMOKE_SMAX_MAP]
+
+
 @pytest.mark.parametrize("path", recipe_paths(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_recipe_instantiates(path: Path) -> None:
+    cli = build_cli(["--config", str(path)], run=False)
+    assert cli.model.plan.stages and cli.datamodule.env_name == cli.config.data.env
+
+
+@pytest.mark.parametrize("path", smoke_recipes(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_recipe_runs_two_iterations(path: Path, run_cli, tmp_path: Path) -> None:
     name = f"{path.parent.name}/{path.stem}"
-    run_cli("fit", name, "--data.total_frames", str(2 * FRAMES_PER_ITERATION), "--data.eval_every", "1", *SMOKE_OVERRIDES.get(name, []))
+    run_cli("fit", name, "--data.total_frames", str(2 * FRAMES_PER_ITERATION), "--data.eval_every", "1", *smoke_overrides(path))
     (run_dir,) = run_dirs(tmp_path)
     rows = read_metrics(run_dir)
     assert logged(rows, "frames") == [FRAMES_PER_ITERATION, 2 * FRAMES_PER_ITERATION]

@@ -25,7 +25,7 @@ from hcmarl.keys import (
     STATE,
 )
 from hcmarl.modules import Conductor, Critic, Learner, MARLModule
-from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MLPActor
+from hcmarl.nn import AgentValue, CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MLPActor
 from hcmarl.optim import GradientStep
 from hcmarl.roles.conductor import EXECUTION_MODES, shared_seed_instruction
 from hcmarl.schedules import Sequential, Simultaneous
@@ -221,10 +221,11 @@ def test_paper_weighting_reaches_the_agents_kl() -> None:
     assert any(torch.equal(w, flat_weights[:, agent : agent + 1]) for w in received for agent in range(3))
 
 
-def test_conductor_needs_an_instruction_critic_and_the_other_way_round() -> None:
+def test_conductor_needs_a_central_or_instruction_critic_and_the_other_way_round() -> None:
     learner = Learner(MLPActor(share_params=False), TrustRegion(), Sequential())
     with pytest.raises(ConfigError, match="InstructionCritic"):
-        MARLModule(learner, Critic(CentralValue()), _conductor(4)).build(INFO)
+        MARLModule(learner, Critic(AgentValue()), _conductor(4)).build(INFO)
+    MARLModule(copy.deepcopy(learner), Critic(CentralValue()), _conductor(4)).build(INFO)  # the paper's V(s): a plan
     with pytest.raises(ConfigError, match="no model.conductor"):
         MARLModule(copy.deepcopy(learner), Critic(InstructionCritic()), None).build(INFO)
 

@@ -18,7 +18,7 @@ from hcmarl.guided import GuidedClip, GuidedImitation, GuidedTrustRegion
 from hcmarl.iteration import OPTIMIZER_ORDER, plan_iteration
 from hcmarl.keys import ADVANTAGE, OBSERVATION
 from hcmarl.modules import MARLModule
-from hcmarl.nn import CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MATGuider, MLPActor
+from hcmarl.nn import AgentValue, CentralValue, ConductorNetwork, InstructionCritic, LocalConductors, MATGuider, MLPActor
 from hcmarl.optim import GradientStep
 from hcmarl.roles import Conductor, Critic, Guider, Learner, Roles
 from hcmarl.schedules import Sequential, Simultaneous
@@ -85,7 +85,7 @@ def test_each_composition_plans_its_stages_in_order_and_its_value_source(name: s
     [
         (lambda: dict(critic=Critic(CentralValue())), "model.learner"),
         (lambda: dict(learner=_learner()), "model.critic is missing"),
-        (lambda: dict(learner=_learner(), critic=Critic(CentralValue()), conductor=_conductor()), "InstructionCritic"),
+        (lambda: dict(learner=_learner(), critic=Critic(AgentValue()), conductor=_conductor()), "InstructionCritic"),
         (lambda: dict(learner=_learner(), critic=Critic(InstructionCritic())), "no model.conductor"),
         (lambda: dict(learner=_learner(GuidedImitation()), critic=Critic(CentralValue())), "GuidedImitation"),
         (lambda: dict(guider=Guider(MATGuider(), GuidedClip(delta=1.5))), "delta"),

@@ -213,7 +213,8 @@ def _logged(run_dir) -> set[str]:
 
 
 def test_magpo_recipe_logs_its_diagnostics_and_both_evaluations(run_cli, tmp_path, capsys: pytest.CaptureFixture) -> None:
-    run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1")
+    few = ["--model.guider.init_args.constraint.init_args.minibatches", "2"]  # a Sable guider's minibatches are env rollouts
+    run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1", *few)
     (run_dir,) = run_dirs(tmp_path)
     expected = {
         "guider/mask_frac",
@@ -232,7 +233,7 @@ def test_magpo_recipe_logs_its_diagnostics_and_both_evaluations(run_cli, tmp_pat
     assert math.isfinite(result["eval/return"]) and math.isfinite(result["eval/guider/return"])
     (ckpt,) = run_dir.rglob("last.ckpt")
     capsys.readouterr()
-    run_cli("validate", "magpo/coordsum_3x10", "--ckpt_path", str(ckpt))
+    run_cli("validate", "magpo/coordsum_3x10", "--ckpt_path", str(ckpt), *few)
     printed = capsys.readouterr().out
     assert "eval/return" in printed and "eval/guider/return" in printed
 

@@ -34,7 +34,7 @@ def test_the_overlay_on_magpo_resolves_to_the_shipped_conductor_guided_magpo(cap
     "critic, message",
     [
         (None, "model.conductor needs a model.critic with hcmarl.nn.InstructionCritic"),
-        ("hcmarl.nn.CentralValue", "HCPO's critic must be Q(s, .)"),
+        ("hcmarl.nn.AgentValue", "HCPO's critic reads the global state"),
     ],
 )
 def test_the_tutorials_unfinished_steps_are_config_errors(critic: str | None, message: str, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -24,7 +24,7 @@ from torchrl.envs import Transform
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION_MASK, AGENT_INSTRUCTION, OBSERVATION, RNN_STATE
-from hcmarl.nn.distributions import diagonal_gaussian, masked_categorical
+from hcmarl.nn.distributions import bounded_std, diagonal_gaussian, gaussian_with_std, masked_categorical
 from hcmarl.nn.layers import AgentMLP
 
 Distribution = torch.distributions.Distribution
@@ -84,7 +84,13 @@ class Actor(nn.Module, ABC):
         share_params: one parameter set for all agents (True) or one per agent, vectorised.
         agent_id: append a one-hot agent id to each observation.
         distribution: ``auto`` (from the env), ``categorical`` or ``gaussian``.
-        log_std_init: initial log-std of the Gaussian (state-independent, per agent).
+        log_std_init: initial log-std of the Gaussian (state-independent, per agent); with ``std: exp`` only.
+        std: how the Gaussian's state-independent parameter ``log_std`` gives the std: ``exp`` (std = exp(log_std),
+            unbounded, the default) or ``bounded`` (HARL's: std = sigmoid(log_std / std_x_coef) * std_y_coef, in
+            (0, std_y_coef), with ``log_std`` starting at ``std_x_coef``, so the std starts at sigmoid(1) * std_y_coef;
+            ``hcmarl.nn.distributions.bounded_std``; the HCPO paper's MA-MuJoCo setting).
+        std_x_coef: HARL's ``std_x_coef`` (the bounded std's temperature and ``log_std``'s initial value).
+        std_y_coef: HARL's ``std_y_coef`` (the bounded std's upper bound).
         instruction_encoding: how a conductor's instruction joins the observation when the actor is
             built with ``n_instructions > 0`` (HCPO, ALGORITHMS.md section 3): ``onehot`` or a learned ``embedding``.
         instruction_embed_dim: size of the learned embedding.
@@ -102,8 +108,18 @@ class Actor(nn.Module, ABC):
         log_std_init: float = 0.0,
         instruction_encoding: Literal["onehot", "embedding"] = "onehot",
         instruction_embed_dim: int = 8,
+        std: Literal["exp", "bounded"] = "exp",
+        std_x_coef: float = 1.0,
+        std_y_coef: float = 0.5,
     ) -> None:
         super().__init__()
+        if std not in ("exp", "bounded"):
+            raise ConfigError(f"model.learner.actor.std={std!r}: known are 'exp' (exp(log_std)) and 'bounded' (HARL's sigmoid bound)")
+        if std == "bounded" and not (std_x_coef > 0 and std_y_coef > 0):
+            raise ConfigError(f"model.learner.actor.std_x_coef and std_y_coef must be > 0, got {std_x_coef} and {std_y_coef}")
+        self.std = std
+        self.std_x_coef = std_x_coef
+        self.std_y_coef = std_y_coef
         self.activation = activation
         self.instruction_encoding = instruction_encoding
         self.instruction_embed_dim = instruction_embed_dim
@@ -136,7 +152,8 @@ class Actor(nn.Module, ABC):
         self.n_groups = 1 if self.share_params else info.n_agents
         self.n_agents = info.n_agents
         if not self.categorical:
-            self.log_std = nn.Parameter(torch.full((self.n_groups, info.action_dim), float(self.log_std_init)))
+            initial = self.std_x_coef if self.std == "bounded" else self.log_std_init  # HARL starts its raw std at x_coef
+            self.log_std = nn.Parameter(torch.full((self.n_groups, info.action_dim), float(initial)))
         self.n_instructions = n_instructions
         instruction_dim = 0
         if n_instructions > 0:
@@ -184,7 +201,10 @@ class Actor(nn.Module, ABC):
     def distribution(self, head_out: torch.Tensor, td: TensorDictBase, agent: int | None = None) -> Distribution:
         if self.categorical:
             return masked_categorical(head_out, td.get(ACTION_MASK, None))
-        return diagonal_gaussian(head_out, self.log_std[self.group(agent)])
+        log_std = self.log_std[self.group(agent)]
+        if self.std == "bounded":
+            return gaussian_with_std(head_out, bounded_std(log_std, self.std_x_coef, self.std_y_coef))
+        return diagonal_gaussian(head_out, log_std)
 
     def step(self, td: TensorDictBase) -> Distribution:
         """The distribution for one time step ``[E]`` (a feed-forward actor: the same as ``forward``)."""
@@ -200,7 +220,8 @@ class MLPActor(Actor):
 
     Args:
         hidden_sizes: widths of the hidden layers.
-        **kwargs: ``activation``, ``share_params``, ``agent_id``, ``distribution``, ``log_std_init`` of ``Actor``.
+        **kwargs: ``activation``, ``share_params``, ``agent_id``, ``distribution``, ``log_std_init``, ``std``,
+            ``std_x_coef``, ``std_y_coef`` of ``Actor``.
     """
 
     def __init__(self, hidden_sizes: Sequence[int] = (64, 64), **kwargs: Any) -> None:

@@ -25,7 +25,18 @@ def masked_categorical(logits: torch.Tensor, action_mask: torch.Tensor | None = 
 
 def diagonal_gaussian(mean: torch.Tensor, log_std: torch.Tensor) -> Independent:
     """Gaussian with a state-independent log-std, independent over the last (action) dimension."""
-    return Independent(Normal(mean, log_std.exp().expand_as(mean)), 1)
+    return gaussian_with_std(mean, log_std.exp())
+
+
+def bounded_std(raw: torch.Tensor, x_coef: float = 1.0, y_coef: float = 0.5) -> torch.Tensor:
+    """HARL's bounded action std: sigmoid(raw / x_coef) * y_coef, in (0, y_coef) (HARL's ``DiagGaussian``, used by the
+    HCPO paper on MA-MuJoCo; ALGORITHMS.md section 3, "Paper settings"). HARL starts ``raw`` at ``x_coef``."""
+    return torch.sigmoid(raw / x_coef) * y_coef
+
+
+def gaussian_with_std(mean: torch.Tensor, std: torch.Tensor) -> Independent:
+    """Gaussian with a state-independent ``std`` (broadcast to ``mean``), independent over the last (action) dimension."""
+    return Independent(Normal(mean, std.expand_as(mean)), 1)
 
 
 def kl_divergence(p: torch.distributions.Distribution, q: torch.distributions.Distribution) -> torch.Tensor:

@@ -9,7 +9,8 @@ memory carried across steps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import cast
 
 import torch
@@ -133,12 +134,29 @@ class AgentTokenGuider(GuiderNetwork):
     def build_blocks(self) -> None:
         """Create ``self.encoder`` and ``self.decoder``."""
 
+    _agent_order: torch.Tensor | None = None  # set by ``agent_order``: the order the tokens are read in (None: 0..N-1)
+
+    @contextmanager
+    def agent_order(self, order: torch.Tensor) -> Iterator[None]:
+        """Inside the block, the agent tokens are read in ``order`` (a permutation of 0..N-1): token k is agent
+        ``order[k]``, with its own observation, one-hot id, action and mask; outputs come in that order too
+        (``permuted_forward`` puts them back). The official MAGPO code's ``agent_perm``."""
+        previous, self._agent_order = self._agent_order, order
+        try:
+            yield
+        finally:
+            self._agent_order = previous
+
+    def _in_order(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` ``[M, N, ...]`` with its agents in the current ``agent_order``."""
+        return tensor if self._agent_order is None else tensor.index_select(1, self._agent_order)
+
     def embed_observations(self, td: TensorDictBase) -> torch.Tensor:
         """Observation tokens ``[M, N, E]`` (leading batch dimensions flattened into M), before the encoder blocks."""
         if not self.built:
             raise RuntimeError(f"{type(self).__name__}.build(env_info) must be called before use")
         obs = observation_features(td, self.agent_id, self._one_hot_instruction if self.n_instructions > 0 else None)
-        return self.encoder_norm(self.observation_embedding(obs.reshape(-1, *obs.shape[-2:])))
+        return self.encoder_norm(self.observation_embedding(self._in_order(obs.reshape(-1, *obs.shape[-2:]))))
 
     def _one_hot_instruction(self, instruction: torch.Tensor) -> torch.Tensor:
         return nn.functional.one_hot(instruction, self.n_instructions).to(torch.float32)
@@ -157,12 +175,13 @@ class AgentTokenGuider(GuiderNetwork):
     def flat_actions(self, td: TensorDictBase) -> torch.Tensor:
         """``td``'s actions with the leading batch dimensions flattened: ``[M, N]`` (or ``[M, N, A]``)."""
         action = td.get(ACTION)
-        return action.reshape(-1, self.n_agents) if self.categorical else action.reshape(-1, self.n_agents, self.action_dim)
+        action = action.reshape(-1, self.n_agents) if self.categorical else action.reshape(-1, self.n_agents, self.action_dim)
+        return self._in_order(action)
 
     def flat_mask(self, td: TensorDictBase) -> torch.Tensor | None:
         """``td``'s action mask ``[M, N, A]``, or None."""
         mask = td.get(ACTION_MASK, None)
-        return None if mask is None else mask.reshape(-1, self.n_agents, self.action_dim)
+        return None if mask is None else self._in_order(mask.reshape(-1, self.n_agents, self.action_dim))
 
     def write_token(self, tokens: torch.Tensor, position: int, action: torch.Tensor) -> None:
         """Write one agent's sampled action ``[M]`` (or ``[M, A]``) into the action stream ``[M, N, A + 1]`` at ``position``."""
@@ -246,3 +265,22 @@ class MATGuider(AgentTokenGuider):
 def reshape_distribution(dist: Distribution, batch_shape: torch.Size) -> Distribution:
     """A ``[B, N]`` categorical or Gaussian reshaped to ``[*batch_shape, N]``."""
     return map_distribution(dist, lambda t: t.reshape(*batch_shape, *t.shape[1:]))
+
+
+def permuted_forward(
+    network: GuiderNetwork, td: TensorDictBase, state: torch.Tensor | None, order: torch.Tensor | None
+) -> tuple[Distribution, torch.Tensor]:
+    """The teacher-forced pass with the agents decoded in ``order`` (None: the fixed order 0..N-1, ``network(td, state)``):
+    agent ``order[k]`` is the k-th token, conditioned on the actions of agents ``order[:k]``. The outputs are put back in
+    the agents' own order, ``[..., N]`` (ALGORITHMS.md section 4, "Training order of the guider"; the code's ``agent_perm``)."""
+    if order is None:
+        return network(td, state)
+    if not isinstance(network, AgentTokenGuider):
+        raise ConfigError(
+            f"model.guider.constraint.agent_order=random needs a guider network built on AgentTokenGuider (MATGuider, SableGuider), "
+            f"not {type(network).__name__}; set agent_order: fixed"
+        )
+    with network.agent_order(order):
+        dist, value = network(td, state)
+    inverse = torch.argsort(order)
+    return map_distribution(dist, lambda t: t.index_select(-2, inverse)), value.index_select(-1, inverse)

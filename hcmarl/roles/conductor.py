@@ -61,8 +61,9 @@ class Conductor(nn.Module):
         execution: where each agent's instruction comes from at evaluation and deployment (ALGORITHMS.md
             section 3): ``local`` (sampled from its local conductor), ``local_argmax``, ``shared_seed``,
             ``central`` (w_Psi on the global state), ``random`` (uniform), ``none`` (K = 1 only).
-        paper_weighting: weight the agents' surrogate by w_new(M_t|s_t) and their KL by w_psi_i(M_t|o_i)
-            (the paper's Algorithm 3 literally) instead of the importance weight w_new/w_old.
+        paper_weighting: weight the agents' surrogate by w_new(M_t|s_t) and their KL samples by w_psi_i(M_t|o_i)
+            (the paper's Algorithm 3 literally: agent i's constraint is (1/(B T)) sum_t w_psi_i(M_t|o_i) KL_t, a
+            weighted sum over the sample count) instead of the importance weight w_new/w_old and the plain mean KL.
         lr: Adam learning rate of the central conductor, used only by an Adam-based constraint (e.g. ClipPPO).
         local_lr: Adam learning rate of the local conductors.
     """
@@ -197,7 +198,8 @@ class Conductor(nn.Module):
 
         By default the conductor acts as agent 0: factor = w_new(M_t|s_t) / w_old(M_t|s_t), KL unweighted
         (None). With ``paper_weighting`` (Algorithm 3 literally): factor = w_new(M_t|s_t) and each
-        agent's KL samples weighted by its local conductor's w_psi_i(M_t|o_i). ``updated`` is w_new(.|s_t) on
+        agent's KL samples weighted by its local conductor's w_psi_i(M_t|o_i), the trust region then bounding
+        (1/(B T)) sum w KL (``TrustRegion.update``). ``updated`` is w_new(.|s_t) on
         ``batch``, ``central(batch)`` after the conductor's update.
         """
         instruction = batch.get(INSTRUCTION)

@@ -19,7 +19,8 @@ class Critic(nn.Module):
     """Trains ``network`` (V(s) or V(o_i)) towards ``("agents", "value_target")``.
 
     Args:
-        network: the value block, ``hcmarl.nn.CentralValue`` or ``hcmarl.nn.AgentValue``.
+        network: the value block, ``hcmarl.nn.CentralValue`` or ``hcmarl.nn.AgentValue``; with a conductor (HCPO),
+            ``hcmarl.nn.CentralValue`` (the paper's V(s)) or ``hcmarl.nn.InstructionCritic`` (Q(s, .), K heads).
         lr: Adam learning rate.
         epochs: passes over the batch per iteration.
         minibatches: minibatches per pass.
@@ -68,8 +69,9 @@ class Critic(nn.Module):
         self.max_grad_norm = max_grad_norm
 
     def build(self, info: EnvInfo, n_instructions: int = 0) -> None:
-        """Create the network; ``n_instructions = K > 0`` when a conductor is present (HCPO's Q(s, .) has K heads;
-        ``hcmarl.iteration.plan_iteration`` has checked that the network is an ``InstructionCritic`` then, and only then)."""
+        """Create the network; ``n_instructions = K > 0`` when a conductor is present (HCPO). An ``InstructionCritic``
+        then gets K heads Q(s, .); a ``CentralValue`` (the paper's V(s)) ignores K (``hcmarl.iteration.plan_iteration``
+        has checked the pairing)."""
         if isinstance(self.network, InstructionCritic):
             self.network.build(info, n_instructions)
         else:

@@ -66,6 +66,9 @@ class Guider(nn.Module):
         value_loss: ``huber`` (delta ``huber_delta``) or ``mse``.
         clip_value: clip the new value to old +- this (None: no clipping).
         value_norm: the value head predicts normalised values (HARL's ValueNorm).
+        value_loss_scale: a factor on the value loss. The official MAGPO code's value loss is
+            0.5 * max((V - R)^2, (V_clip - R)^2) on unnormalised returns: ``value_loss: mse``, ``clip_value`` = the
+            policy's eps (0.2), ``value_norm: false``, ``value_loss_scale: 0.5`` (ALGORITHMS.md section 4).
     """
 
     def __init__(
@@ -78,12 +81,13 @@ class Guider(nn.Module):
         huber_delta: float = 10.0,
         clip_value: float | None = None,
         value_norm: bool = True,
+        value_loss_scale: float = 1.0,
     ) -> None:
         super().__init__()
         check_init_args(
             Guider,
-            {"lr": lr, "vf_coef": vf_coef, "huber_delta": huber_delta, "clip_value": clip_value},
-            {"lr": "> 0", "vf_coef": ">= 0", "huber_delta": "> 0", "clip_value": "> 0"},
+            {"lr": lr, "vf_coef": vf_coef, "huber_delta": huber_delta, "clip_value": clip_value, "value_loss_scale": value_loss_scale},
+            {"lr": "> 0", "vf_coef": ">= 0", "huber_delta": "> 0", "clip_value": "> 0", "value_loss_scale": "> 0"},
             key="model.guider.init_args",
             clip_value={"optional": True},
         )
@@ -94,6 +98,7 @@ class Guider(nn.Module):
         self.value_loss = value_loss
         self.huber_delta = huber_delta
         self.clip_value = clip_value
+        self.value_loss_scale = value_loss_scale
         self.value_norm: ValueNorm | None = ValueNorm() if value_norm else None
         self.collection_memory: GuiderMemory | None = None
 
@@ -142,25 +147,30 @@ class Guider(nn.Module):
                 f"model.guider.constraint is {type(self.constraint).__name__}, which moves the guider alone; the learner then "
                 "runs its own loop: set model.learner.constraint.init_args.epochs and minibatches"
             )
-        if learner.actor.recurrent:
-            return "a guider with a recurrent learner is not supported yet: use hcmarl.nn.MLPActor for model.learner.actor"
         return None
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam over the guider (network and value normaliser buffers: parameters only)."""
         return torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5, fused=True)
 
-    def check_batch(self, num_envs: int, frames_per_batch: int) -> None:
+    def check_batch(self, num_envs: int, frames_per_batch: int, recurrent_learner: bool = False) -> None:
         """A ConfigError if the constraint asks for more minibatches than the batch has units (frames, or env rollouts
-        for a recurrent guider)."""
-        units, unit = (num_envs, "data.num_envs") if self.recurrent else (frames_per_batch, "the frames per iteration")
+        for a recurrent guider or learner), per lane, or if the envs do not split into its lanes."""
+        lanes = getattr(self.constraint, "lanes", 1)
+        if num_envs % lanes != 0:
+            raise ConfigError(
+                f"model.guider.constraint.lanes={lanes} does not divide data.num_envs={num_envs}: set data.num_envs to lanes x the envs of one lane"
+            )
+        sequences = self.recurrent or (recurrent_learner and self.joint)
+        units, unit = (num_envs, "data.num_envs") if sequences else (frames_per_batch, "the frames per iteration")
+        units //= lanes
         minibatches = getattr(self.constraint, "minibatches", 1)
         if minibatches > units:
             raise ConfigError(
-                f"model.guider.constraint.minibatches={minibatches} exceeds {unit} ({units})"
-                + (" (a recurrent guider's minibatches are whole env rollouts)" if self.recurrent else "")
+                f"model.guider.constraint.minibatches={minibatches} exceeds {unit}{' per lane' if lanes > 1 else ''} ({units})"
+                + (" (with a recurrent guider or learner, minibatches are whole env rollouts)" if sequences else "")
                 + "; lower minibatches or raise "
-                + ("data.num_envs" if self.recurrent else "data.num_envs * data.rollout_steps")
+                + ("data.num_envs" if sequences else "data.num_envs * data.rollout_steps")
             )
 
     def new_collection_memory(self) -> GuiderMemory:
@@ -197,7 +207,7 @@ class Guider(nn.Module):
     @property
     def value_fit(self) -> ValueFit:
         """The regression the value head is fitted by in MAGPO's joint loop (the critic role's block)."""
-        return ValueFit(self.value_loss, self.huber_delta, self.clip_value, self.value_norm)
+        return ValueFit(self.value_loss, self.huber_delta, self.clip_value, self.value_norm, self.value_loss_scale)
 
     def update(
         self, batch: TensorDictBase, step: GradientStep, learner: Learner | None = None, start_state: torch.Tensor | None = None

@@ -61,4 +61,4 @@ class Roles:
         if self.learner is not None:
             self.learner.check_batch(num_envs, frames_per_batch)
         if self.guider is not None:
-            self.guider.check_batch(num_envs, frames_per_batch)
+            self.guider.check_batch(num_envs, frames_per_batch, self.learner is not None and self.learner.actor.recurrent)
