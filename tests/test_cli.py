@@ -44,12 +44,14 @@ SMOKE_OVERRIDES = {"magpo_sable/coordsum_3x10": FEWER_ENV_MINIBATCHES, "sable/co
 def smoke_overrides(path: Path) -> list[str]:
     """Tiny-run overrides a recipe needs: at most 2 minibatches where a recurrent guider or learner's minibatches
     (whole env rollouts) would outnumber the tiny 4 envs, and the hcmarl protocol where the recipe asks for the magpo
-    one (whose 32-episode evaluations and 320-episode absolute metric ignore the tiny eval_episodes)."""
+    or hcpo one (whose 32- or 40-episode evaluations, 320-episode absolute metric and evaluation after every iteration
+    ignore the tiny eval_episodes; the protocols are tested in tests/test_evaluation_protocols.py)."""
     name = f"{path.parent.name}/{path.stem}"
     text = path.read_text()
     extra = list(SMOKE_OVERRIDES.get(name, []))
-    if "protocol: magpo" in text:
+    if "protocol: magpo" in text or "protocol: hcpo" in text:  # their presets' 32 or 40 episodes ignore the tiny eval_episodes
         extra += ["--data.protocol", "hcmarl"]
+    if "protocol: magpo" in text:
         if "hcmarl.nn.SableGuider" in text and not extra[:1] == FEWER_ENV_MINIBATCHES[:1]:
             extra += FEWER_ENV_MINIBATCHES
         if "hcmarl.nn.GRUActor" in text:
