@@ -32,6 +32,8 @@ TINY = [
     "16",
     "--data.eval_episodes",
     "2",
+    "--data.protocol",  # the magpo and hcpo presets' 32 episodes would ignore eval_episodes
+    "hcmarl",
 ]
 
 
@@ -98,7 +100,7 @@ def _assert_global_frames(ranks: list[dict], total_frames: int, run_dir: Path) -
         ("hatrpo/coordsum_3x10", []),
         ("a2po/coordsum_3x10", PER_AGENT_CRITIC),
         ("hcpo/coordsum_3x10", []),
-        ("magpo/coordsum_3x10", []),
+        ("magpo/coordsum_3x10", ["--model.guider.init_args.constraint.init_args.minibatches", "2"]),  # whole rollouts of 4 envs
         ("mat/coordsum_3x10", []),
         ("magpo_sable/coordsum_3x10", ["--model.guider.init_args.constraint.init_args.minibatches", "2"]),
         ("magpo_trust_region/coordsum_3x10", []),
