@@ -9,7 +9,7 @@ memory carried across steps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import cast
 
@@ -183,6 +183,31 @@ class AgentTokenGuider(GuiderNetwork):
         mask = td.get(ACTION_MASK, None)
         return None if mask is None else self._in_order(mask.reshape(-1, self.n_agents, self.action_dim))
 
+    def decode_agent_by_agent(
+        self,
+        batch: int,
+        device: torch.device,
+        mask: torch.Tensor | None,
+        deterministic: bool,
+        through_blocks: Callable[[int, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Acting's autoregressive decoding over agents 0..N-1 (ALGORITHMS.md section 4): agent i's action token (the
+        start token for agent 0) is embedded, ``through_blocks(i, x)`` runs the decoder blocks on it (reusing what the
+        earlier agents computed), and agent i's action is drawn (its mode if ``deterministic``) and becomes agent
+        i + 1's token. Returns the actions ``[batch, N, ...]`` and their log-probs ``[batch, N]``."""
+        tokens = torch.zeros(batch, self.n_agents, self.action_dim + 1, device=device)
+        tokens[:, 0, 0] = 1.0
+        actions, log_probs = [], []
+        for i in range(self.n_agents):
+            x = through_blocks(i, self.embed_actions(tokens[:, i : i + 1]))
+            agent = self.distribution(x, None if mask is None else mask[:, i : i + 1])
+            action = agent.mode if deterministic else agent.sample()
+            actions.append(action)
+            log_probs.append(agent.log_prob(action))
+            if i + 1 < self.n_agents:
+                self.write_token(tokens, i + 1, action[:, 0])
+        return torch.cat(actions, dim=1), torch.cat(log_probs, dim=1)
+
     def write_token(self, tokens: torch.Tensor, position: int, action: torch.Tensor) -> None:
         """Write one agent's sampled action ``[M]`` (or ``[M, A]``) into the action stream ``[M, N, A + 1]`` at ``position``."""
         if self.categorical:
@@ -243,23 +268,16 @@ class MATGuider(AgentTokenGuider):
         encodings = self.encode(td)
         mask = self.flat_mask(td)
         m = encodings.shape[0]
-        tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=encodings.device)
-        tokens[:, 0, 0] = 1.0
         caches = [block.new_cache(m, self.n_agents, encodings.device) for block in self.decoder_blocks]
-        actions, log_probs = [], []
-        for i in range(self.n_agents):
+
+        def through_blocks(i: int, x: torch.Tensor) -> torch.Tensor:
             # position i reads tokens and encodings 0..i only (DecoderBlock); those before i are in the caches
-            x = self.embed_actions(tokens[:, i : i + 1])
             for block, cache in zip(self.decoder_blocks, caches, strict=True):
                 x = block.step(x, encodings[:, i : i + 1], cache, i)
-            agent = self.distribution(x, None if mask is None else mask[:, i : i + 1])
-            action = agent.mode if deterministic else agent.sample()
-            actions.append(action)
-            log_probs.append(agent.log_prob(action))
-            if i + 1 < self.n_agents:
-                self.write_token(tokens, i + 1, action[:, 0])
-        action = torch.cat(actions, dim=1)
-        return action.reshape(*batch_shape, *action.shape[1:]), torch.cat(log_probs, dim=1).reshape(*batch_shape, self.n_agents), None
+            return x
+
+        action, log_prob = self.decode_agent_by_agent(m, encodings.device, mask, deterministic, through_blocks)
+        return action.reshape(*batch_shape, *action.shape[1:]), log_prob.reshape(*batch_shape, self.n_agents), None
 
 
 def reshape_distribution(dist: Distribution, batch_shape: torch.Size) -> Distribution:

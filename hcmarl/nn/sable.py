@@ -283,28 +283,22 @@ class SableGuider(AgentTokenGuider):
         xi_state = masks.state_carry[:, None, None, :, :, None] * state[:, :, 1:]  # xi S_0, [M, n_blocks, 2, H, d, d]
         memory = [(xi_state[:, j, 0], xi_state[:, j, 1]) for j in range(self.n_blocks)]
         mask = self.flat_mask(td)
-        tokens = torch.zeros(m, self.n_agents, self.action_dim + 1, device=x.device)
-        tokens[:, 0, 0] = 1.0
         # every agent's encoding is known before decoding: each cross-retention's q and gate input for all agents at once
         queries = encodings if position is None else encodings + position
         enc_queries = [block.cross_retention.query_projection(queries) for block in self.decoder_blocks]
-        actions, log_probs = [], []
-        for i in range(self.n_agents):
-            out = self.embed_actions(tokens[:, i : i + 1])
+
+        def through_blocks(i: int, out: torch.Tensor) -> torch.Tensor:
+            # agent i's step of every decoder block, carrying each block's retention sums in memory
             for j, block in enumerate(self.decoder_blocks):
                 query, gate = enc_queries[j]
                 enc_query = (query[:, i : i + 1], None if gate is None else gate[:, i : i + 1])
                 out, memory[j] = block.step(out, encodings[:, i : i + 1], enc_query, memory[j], position)
-            agent = self.distribution(out, None if mask is None else mask[:, i : i + 1])
-            action = agent.mode if deterministic else agent.sample()
-            actions.append(action)
-            log_probs.append(agent.log_prob(action))
-            if i + 1 < self.n_agents:
-                self.write_token(tokens, i + 1, action[:, 0])
-        action = torch.cat(actions, dim=1)
+            return out
+
+        action, log_prob = self.decode_agent_by_agent(m, x.device, mask, deterministic, through_blocks)
         next_state = torch.stack([torch.stack([encoder_state[:, j], *memory[j]], dim=1) for j in range(self.n_blocks)], dim=1)
         next_state = self.join_state(next_state, None if timestep is None else timestep + 1)
-        return action.reshape(*batch_shape, *action.shape[1:]), torch.cat(log_probs, dim=1).reshape(*batch_shape, self.n_agents), next_state
+        return action.reshape(*batch_shape, *action.shape[1:]), log_prob.reshape(*batch_shape, self.n_agents), next_state
 
     @torch.no_grad()
     def rollout_values(self, td: TensorDictBase, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
