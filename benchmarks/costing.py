@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torchrl.envs import EnvBase
+from torchrl.envs import Compose, EnvBase, TransformedEnv
 
 from hcmarl.envs import make_env
 from hcmarl.modules.cli import build_cli
@@ -15,12 +15,14 @@ from hcmarl.recipes import RECIPES_DIR
 
 
 def build(recipe: str, overrides: list[str]) -> tuple[Any, tuple[EnvBase, int]]:
-    """The module of ``recipe`` with ``overrides`` (built for its env), its training env and rollout length."""
+    """The module of ``recipe`` with ``overrides`` (built for its env), its training env (with the transforms its
+    policies need, e.g. a recurrent state primer, as the datamodule wraps it) and rollout length."""
     cli = build_cli(["--config", str(RECIPES_DIR / f"{recipe}.yaml"), *overrides], run=False)
     dm = cli.datamodule
     env = make_env(dm.env_name, dm.num_envs, 0, torch.device("cpu"), **dm.env_kwargs)
     cli.model.build(env.info)
-    return cli.model, (env, dm.rollout_steps)
+    transforms = cli.model.env_transforms()
+    return cli.model, (TransformedEnv(env, Compose(*transforms)) if transforms else env, dm.rollout_steps)
 
 
 def timed(record: dict[str, list[float]], name: str, fn: Callable) -> Callable:

@@ -89,7 +89,7 @@ def jitted_stepper(map_name: str, num_envs: int) -> Callable[[int], float]:
     import jax.numpy as jnp
 
     env = make_env(f"smax/{map_name}", num_envs=num_envs, seed=1)
-    batched, battles = env._fns, env._battles
+    batched, battles = env._fns, env._envs
     n_masks = env.n_agents * env.n_actions
 
     @jax.jit

@@ -14,6 +14,7 @@ from tensordict import TensorDictBase
 
 from hcmarl.keys import ACTION, LOG_PROB
 from hcmarl.roles.conductor import Conductor, ExecutionMode
+from hcmarl.roles.critic import Critic
 from hcmarl.roles.guider import GuiderMemory
 from hcmarl.roles.learner import Learner
 from hcmarl.roles.policy import ActingPolicy
@@ -36,25 +37,40 @@ def _after_instruction(
     return ActingPolicy(act, [*conductor_keys, *in_keys], OUT_KEYS, begin_rollout=begin_rollout)
 
 
-def advancing_learner(actor: Act, learner: Learner) -> Act:
-    """``actor`` (the guider) acting, then the recurrent learner's hidden state advanced on the same step: it writes the
-    next ``RNN_STATE`` (its action is not used), so every stored learner state of a guider's rollout is the one the
-    learner would have had acting itself (ALGORITHMS.md section 4; the official code's fix of 2026-07-27)."""
+def _advancing(actor: Act, advance: Callable[[TensorDictBase], object]) -> Act:
+    """``actor`` acting, then ``advance`` stepping a recurrent network that does not act on the same step (it writes
+    that network's next hidden state under ``"next"``; its output is not used)."""
 
     def act(td: TensorDictBase) -> TensorDictBase:
         td = actor(td)
         with torch.no_grad():
-            learner.actor.step(td)
+            advance(td)
         return td
 
     return act
 
 
+def advancing_learner(actor: Act, learner: Learner) -> Act:
+    """``actor`` (the guider) acting, then the recurrent learner's hidden state advanced on the same step: it writes the
+    next ``RNN_STATE`` (its action is not used), so every stored learner state of a guider's rollout is the one the
+    learner would have had acting itself (ALGORITHMS.md section 4; the official code's fix of 2026-07-27)."""
+    return _advancing(actor, learner.actor.step)
+
+
+def advancing_critic(actor: Act, critic: Critic) -> Act:
+    """``actor`` acting, then a recurrent critic's hidden state advanced on the same step (``Critic.advance`` writes the
+    next ``CRITIC_RNN_STATE``), so the rollout stores the state each env's critic starts it from, which the values of
+    the advantages and the critic's training replay (``hcmarl.nn.recurrent_critics``); Mava's rec_mappo steps its critic
+    in the rollout the same way."""
+    return _advancing(actor, critic.advance)
+
+
 def behaviour_policy(roles: Roles) -> ActingPolicy:
     """What collects training data: the guider if there is one (MAGPO, MAT), else the learner sampling;
     with a conductor (HCPO, or a conductor-guided guider), after the central conductor's instruction.
-    Under a guider, a recurrent learner's hidden state is advanced at every step (``advancing_learner``)."""
-    learner, conductor, guider = roles.learner, roles.conductor, roles.guider
+    Under a guider, a recurrent learner's hidden state is advanced at every step (``advancing_learner``); so is a
+    recurrent critic's (``advancing_critic``)."""
+    learner, critic, conductor, guider = roles.learner, roles.critic, roles.conductor, roles.guider
     begin_rollout: Callable[[], None] | None = None
     if guider is not None:
         memory = guider.new_collection_memory()
@@ -67,6 +83,9 @@ def behaviour_policy(roles: Roles) -> ActingPolicy:
         actor, in_keys = learner.act, learner.actor.in_keys
     else:
         raise ValueError("behaviour_policy: the roles have neither a guider nor a learner to act")
+    if critic is not None and critic.recurrent:
+        actor = advancing_critic(actor, critic)
+        in_keys = [*in_keys, *(key for key in critic.network.in_keys if key not in in_keys)]
     if conductor is None:
         return ActingPolicy(actor, in_keys, OUT_KEYS, begin_rollout=begin_rollout)
     return _after_instruction(conductor, "central", actor, in_keys, begin_rollout)

@@ -13,6 +13,10 @@ from torch import nn
 
 from hcmarl.distributed import all_reduce_sum
 
+MinibatchAdvantageNorm = Literal["batch", "minibatch"]
+"""Where a minibatch loop normalises advantages: ``batch`` (as the iteration left them) or ``minibatch`` (again in every
+minibatch, per lane: ``normalize_minibatch_advantage``)."""
+
 
 def generalized_advantage_estimate(
     reward: torch.Tensor,
@@ -59,6 +63,16 @@ def instruction_advantages(gae_advantage: torch.Tensor, value: torch.Tensor, q_t
     Returns ``(A^M, A^a)``.
     """
     return gae_advantage, value + gae_advantage - q_taken
+
+
+def normalize_minibatch_advantage(advantage: torch.Tensor, lanes: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """(A - mean) / (std + eps) over each lane's part of a minibatch (all its samples, steps and agents; std with
+    divisor n), as the official MAGPO code normalises its advantages in every minibatch. The minibatch ``[b, ...]``
+    holds ``lanes`` equal parts one after another (``hcmarl.optim.minibatch_indices``)."""
+    parts = advantage.reshape(lanes, -1)
+    mean = parts.mean(dim=1, keepdim=True)
+    std = parts.std(dim=1, correction=0, keepdim=True)
+    return ((parts - mean) / (std + eps)).reshape(advantage.shape)
 
 
 def normalize_advantage(advantage: torch.Tensor, per_agent: bool = False, eps: float = 1e-8) -> torch.Tensor:

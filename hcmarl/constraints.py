@@ -15,12 +15,13 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 
-from hcmarl.errors import check_init_args
+from hcmarl.advantages import MinibatchAdvantageNorm, normalize_minibatch_advantage
+from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.nn.distributions import detach_distribution, map_distribution, select_agents
 from hcmarl.optim import GradientStep, run_minibatches
 
@@ -150,21 +151,38 @@ class MinibatchConstraint(Constraint):
         minibatches: minibatches per pass.
         ent_coef: weight of the entropy bonus.
         max_grad_norm: gradient-norm clip (None or 0: no clip).
+        lanes: the official MAGPO code's ``update_batch_size``: the batch is this many equal lanes of envs one after
+            another, and every minibatch takes the same share of each (``hcmarl.optim.minibatch_indices``); its loss, a
+            mean, is then the lanes' losses averaged, so its gradient is the lanes' gradients averaged.
+        advantage_norm: ``batch`` (the advantages as the iteration normalised them) or ``minibatch`` (normalised again in
+            every minibatch, per lane, as the official code does: ``hcmarl.advantages.normalize_minibatch_advantage``).
     """
 
-    def __init__(self, epochs: int | None = 5, minibatches: int | None = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
+    def __init__(
+        self,
+        epochs: int | None = 5,
+        minibatches: int | None = 1,
+        ent_coef: float = 0.01,
+        max_grad_norm: float | None = 10.0,
+        lanes: int = 1,
+        advantage_norm: MinibatchAdvantageNorm = "batch",
+    ) -> None:
         loops = {"epochs": epochs, "minibatches": minibatches}  # None: another role's loop applies the loss (GuidedImitation)
         check_init_args(type(self), {k: v for k, v in loops.items() if v is not None}, {k: ">= 1" for k, v in loops.items() if v is not None})
         check_init_args(
             type(self),
-            {"ent_coef": ent_coef, "max_grad_norm": max_grad_norm},
-            {"ent_coef": ">= 0", "max_grad_norm": ">= 0"},
+            {"ent_coef": ent_coef, "max_grad_norm": max_grad_norm, "lanes": lanes},
+            {"ent_coef": ">= 0", "max_grad_norm": ">= 0", "lanes": ">= 1"},
             max_grad_norm={"optional": True},
         )
+        if advantage_norm not in ("batch", "minibatch"):
+            raise ConfigError(f"{type(self).__name__}: advantage_norm must be batch or minibatch, got {advantage_norm!r}")
         self.epochs = epochs
         self.minibatches = minibatches
         self.ent_coef = ent_coef
         self.max_grad_norm = max_grad_norm
+        self.lanes = lanes
+        self.advantage_norm = advantage_norm
 
     @abstractmethod
     def objective(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
@@ -188,11 +206,14 @@ class MinibatchConstraint(Constraint):
             raise ValueError(f"{type(self).__name__} has no epochs and minibatches of its own: another role's loop applies its loss")
 
         def minibatch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            loss, metrics = self.loss(evaluate(idx), data[idx])
+            minibatch = data[idx]
+            if self.advantage_norm == "minibatch":
+                minibatch = replace(minibatch, advantage=normalize_minibatch_advantage(minibatch.advantage, self.lanes))
+            loss, metrics = self.loss(evaluate(idx), minibatch)
             step(loss, self.max_grad_norm)
             return metrics
 
-        return run_minibatches(len(data), self.epochs, self.minibatches, data.advantage.device, minibatch_step)
+        return run_minibatches(len(data), self.epochs, self.minibatches, data.advantage.device, minibatch_step, self.lanes)
 
 
 class ClipPPO(MinibatchConstraint):
@@ -200,11 +221,21 @@ class ClipPPO(MinibatchConstraint):
 
     Args:
         eps: clip range of the probability ratio.
-        epochs, minibatches, ent_coef, max_grad_norm: see ``MinibatchConstraint``.
+        epochs, minibatches, ent_coef, max_grad_norm, lanes, advantage_norm: see ``MinibatchConstraint`` (Mava's
+            rec_mappo and rec_ippo: ``lanes: 2``, ``advantage_norm: minibatch``).
     """
 
-    def __init__(self, eps: float = 0.2, epochs: int = 5, minibatches: int = 1, ent_coef: float = 0.01, max_grad_norm: float | None = 10.0) -> None:
-        super().__init__(epochs, minibatches, ent_coef, max_grad_norm)
+    def __init__(
+        self,
+        eps: float = 0.2,
+        epochs: int = 5,
+        minibatches: int = 1,
+        ent_coef: float = 0.01,
+        max_grad_norm: float | None = 10.0,
+        lanes: int = 1,
+        advantage_norm: MinibatchAdvantageNorm = "batch",
+    ) -> None:
+        super().__init__(epochs, minibatches, ent_coef, max_grad_norm, lanes, advantage_norm)
         check_init_args(type(self), {"eps": eps}, {"eps": "> 0"})
         self.eps = eps
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from hcmarl.advantages import MinibatchAdvantageNorm
 from hcmarl.constraints import Evaluation, MinibatchConstraint, SurrogateBatch, clip_fraction, clip_ppo_objective
 from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.nn.distributions import detach_distribution, kl_divergence
@@ -33,17 +34,6 @@ from hcmarl.trust_region import TrustRegion
 Distribution = torch.distributions.Distribution
 KLDirection = Literal["guider_learner", "learner_guider"]
 AgentOrder = Literal["fixed", "random"]
-MinibatchAdvantageNorm = Literal["batch", "minibatch"]
-
-
-def normalize_minibatch_advantage(advantage: torch.Tensor, lanes: int = 1, eps: float = 1e-8) -> torch.Tensor:
-    """(A - mean) / (std + eps) over each lane's part of a minibatch (all its samples, steps and agents; std with
-    divisor n), as the official MAGPO code normalises its advantages in every minibatch. The minibatch ``[b, ...]``
-    holds ``lanes`` equal parts one after another (``hcmarl.optim.minibatch_indices``)."""
-    parts = advantage.reshape(lanes, -1)
-    mean = parts.mean(dim=1, keepdim=True)
-    std = parts.std(dim=1, correction=0, keepdim=True)
-    return ((parts - mean) / (std + eps)).reshape(advantage.shape)
 
 
 def guided_clip_objective(
@@ -96,7 +86,7 @@ class GuidedClip:
         agent_order: the order of the agents in the guider's teacher-forced pass: ``fixed`` (0..N-1, as it acts) or
             ``random`` (a new permutation every epoch, the official code's ``agent_perm``); acting is always 0..N-1.
         advantage_norm: ``batch`` (the advantages as the iteration normalised them) or ``minibatch`` (normalised again
-            in every minibatch, per lane, as the official code does; ``normalize_minibatch_advantage``).
+            in every minibatch, per lane, as the official code does; ``hcmarl.advantages.normalize_minibatch_advantage``).
         lanes: the official code's ``update_batch_size``: the batch's envs are split into this many equal lanes
             (``data.num_envs`` = lanes x the envs of one lane), every minibatch takes the same share of each lane, and
             its loss is the mean of the lanes' losses (so its gradient is the lanes' gradients averaged).

@@ -37,7 +37,7 @@ from hcmarl.stages import (
     Metrics,
     Stage,
 )
-from hcmarl.value_sources import AdvantageNorm, Advantages, value_source
+from hcmarl.value_sources import AdvantageNorm, Advantages, Truncation, value_source
 
 OPTIMIZER_ORDER = ("learner", "critic", "conductor", "local", "guider")  # the order of the optimisers (and of checkpoints' states)
 OptimizerFactory = Callable[[], torch.optim.Optimizer]
@@ -71,7 +71,9 @@ class IterationPlan:
         return {name: make() for name, make in self.optimizers.items()}
 
 
-def plan_iteration(roles: Roles, gamma: float = 0.99, gae_lambda: float = 0.95, advantage_norm: AdvantageNorm = "batch") -> IterationPlan:
+def plan_iteration(
+    roles: Roles, gamma: float = 0.99, gae_lambda: float = 0.95, advantage_norm: AdvantageNorm = "batch", truncation: Truncation = "bootstrap"
+) -> IterationPlan:
     """The plan for the roles a recipe names (ALGORITHMS.md sections 2, 3 and 4), or a ConfigError if none can be built.
 
     Learner + critic: MAPPO, IPPO, HAPPO, HATRPO, HAA2C, A2PO. With a conductor: HCPO. A guider and a learner: MAGPO,
@@ -82,6 +84,8 @@ def plan_iteration(roles: Roles, gamma: float = 0.99, gae_lambda: float = 0.95, 
     problem = _role_problem(learner, critic, conductor, guider) or _extra_role_problem(roles.extra)
     if problem is not None:
         raise ConfigError(f"no iteration plan can be built from this recipe's roles: {problem}")
+    if truncation not in ("bootstrap", "terminal"):
+        raise ConfigError(f"model.truncation must be bootstrap or terminal, got {truncation!r}")
     stages: list[Stage] = []
     if conductor is not None:
         stages.append(ConductorStage(conductor))
@@ -99,7 +103,9 @@ def plan_iteration(roles: Roles, gamma: float = 0.99, gae_lambda: float = 0.95, 
     stages += roles.extra
     optimizers = _optimizer_factories(learner, critic, conductor, guider) | {role.name: role.make_optimizer for role in roles.extra}
     instruction_critic = critic if conductor is not None and critic is not None and isinstance(critic.network, InstructionCritic) else None
-    advantages = Advantages(value_source(critic, conductor, guider), gamma, gae_lambda, advantage_norm, instruction_critic, conductor is not None)
+    advantages = Advantages(
+        value_source(critic, conductor, guider), gamma, gae_lambda, advantage_norm, instruction_critic, conductor is not None, truncation
+    )
     return IterationPlan(advantages, stages, optimizers)
 
 

@@ -11,6 +11,7 @@ STATE = "state"
 REWARD = "reward"
 EPISODE_RETURN = "episode_return"
 RNN_STATE = "agents_rnn_state"  # top level [E, N, H]: a nested spec under "agents" breaks TorchRL's collector buffers
+CRITIC_RNN_STATE = "critic_rnn_state"  # top level [E, G, H]: a recurrent critic's state (G = 1 for V(s), N for V(o_i))
 IS_INIT = "is_init"
 INSTRUCTION = "instruction"  # [*batch] int64: the central conductor's M_t (ALGORITHMS.md section 3)
 AGENT_INSTRUCTION = ("agents", "instruction")  # [*batch, N] int64: the instruction each actor reads (M_t broadcast, or local)

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from hcmarl.errors import ConfigError
+
 
 def _clip_grad_norm(optimizer: Optimizer, max_norm: float) -> None:
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -69,6 +71,22 @@ def minibatch_indices(batch_size: int, minibatches: int, device: torch.device, l
     if not 1 <= minibatches <= batch_size:
         raise ValueError(f"minibatches must be in [1, {batch_size}] for a batch of {batch_size}, got {minibatches}")
     yield from torch.randperm(batch_size, device=device).tensor_split(minibatches)
+
+
+def check_minibatches(key: str, minibatches: int, lanes: int, num_envs: int, frames_per_batch: int, sequences: bool) -> None:
+    """A ConfigError naming ``key``'s settings if the envs do not split into ``lanes`` or ``minibatches`` exceeds one
+    lane's units (``minibatch_indices`` would fail at the first update): whole env rollouts when ``sequences`` (a
+    recurrent network replays each env's rollout), else frames."""
+    if num_envs % lanes != 0:
+        raise ConfigError(f"{key}.lanes={lanes} does not divide data.num_envs={num_envs}: set data.num_envs to lanes x the envs of one lane")
+    units, unit = (num_envs, "data.num_envs") if sequences else (frames_per_batch, "frames per iteration")
+    units //= lanes
+    if minibatches > units:
+        raise ConfigError(
+            f"{key}.minibatches={minibatches} exceeds {unit}{' per lane' if lanes > 1 else ''} ({units})"
+            + (" (a recurrent network's minibatches are whole env rollouts)" if sequences else "")
+            + f"; lower minibatches or raise {unit}"
+        )
 
 
 def run_minibatches(

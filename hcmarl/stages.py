@@ -15,8 +15,9 @@ from typing import Protocol
 import torch
 from tensordict import TensorDictBase
 
+from hcmarl.advantages import normalize_minibatch_advantage
 from hcmarl.constraints import Evaluation, SurrogateBatch
-from hcmarl.guided import GuidedClip, GuidedImitation, normalize_minibatch_advantage
+from hcmarl.guided import GuidedClip, GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE_TARGET
 from hcmarl.nn.distributions import detach_distribution, map_distribution
 from hcmarl.nn.guider import permuted_forward
@@ -146,7 +147,7 @@ class JointGuidedStage:
 
     ``GuidedClip``'s settings shape the loop as the official code's: ``lanes`` (each minibatch an equal share of every
     lane, ``hcmarl.optim.minibatch_indices``; its loss, a mean, is the lanes' losses averaged), ``advantage_norm:
-    minibatch`` (``hcmarl.guided.normalize_minibatch_advantage``, per lane) and ``agent_order: random`` (a new
+    minibatch`` (``hcmarl.advantages.normalize_minibatch_advantage``, per lane) and ``agent_order: random`` (a new
     permutation every epoch for the guider's teacher-forced pass, ``hcmarl.nn.guider.permuted_forward``).
     """
 
@@ -208,12 +209,14 @@ class JointGuidedStage:
 
 @dataclass
 class CriticStage:
-    """The critic's fit to the lambda-returns on the flat batch (ALGORITHMS.md section 1, "Critic loss")."""
+    """The critic's fit to the lambda-returns (ALGORITHMS.md section 1, "Critic loss") on the flat batch, or, for a
+    recurrent critic, on whole env rollouts ``[envs, time]``."""
 
     critic: Critic
 
     def run(self, context: IterationContext) -> Metrics:
-        return prefixed("critic", self.critic.update(context.flat, context.steps["critic"]))
+        batch = context.batch if self.critic.recurrent else context.flat
+        return prefixed("critic", self.critic.update(batch, context.steps["critic"]))
 
 
 @dataclass

@@ -22,6 +22,9 @@ from hcmarl.roles.critic import Critic
 from hcmarl.roles.guider import Guider
 
 AdvantageNorm = Literal["batch", "agent", "none"]
+Truncation = Literal["bootstrap", "terminal"]
+"""How GAE reads a time-limit end: ``bootstrap`` from the value of the last observation (ALGORITHMS.md section 1), or
+as ``terminal`` like every other episode end (the official MAGPO code, Mava's ``done = timestep.last()``)."""
 
 
 class ValueSource(Protocol):
@@ -32,12 +35,12 @@ class ValueSource(Protocol):
 
 @dataclass
 class CriticValues:
-    """The critic role's V(s) or V(o_i)."""
+    """The critic role's V(s) or V(o_i) (a recurrent one replayed over each env's rollout: ``Critic.rollout_values``)."""
 
     critic: Critic
 
     def __call__(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.critic.value(batch), self.critic.value(batch.get("next"))
+        return self.critic.rollout_values(batch)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Advantages:
     norm: AdvantageNorm = "batch"
     instruction_critic: Critic | None = None
     conductor: bool = False
+    truncation: Truncation = "bootstrap"
 
     @torch.no_grad()
     def __call__(self, batch: TensorDictBase) -> None:
@@ -103,7 +107,7 @@ class Advantages:
             batch.get(("next", REWARD)),
             value,
             next_value,
-            batch.get(("next", "terminated")),
+            batch.get(("next", "terminated" if self.truncation == "bootstrap" else "done")),
             batch.get(("next", "done")),
             self.gamma,
             self.gae_lambda,

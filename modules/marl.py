@@ -48,6 +48,9 @@ class MARLModule(L.LightningModule):
         gamma: discount.
         gae_lambda: GAE's lambda.
         advantage_norm: normalise advantages over the ``batch``, per ``agent``, or ``none``.
+        truncation: a time-limit end (truncated, not terminated) ``bootstrap``s GAE from the value of the last
+            observation, or is ``terminal`` like any other end, as the official MAGPO code treats it (its params.csv
+            recipes set it); ``hcmarl.value_sources.Truncation``.
         deterministic_eval: evaluate with the policy's mode instead of sampled actions (under ``data.protocol: hcmarl``;
             the ``magpo`` and ``hcpo`` protocols fix it).
         compile: ``torch.compile`` the roles' networks (``hcmarl.compilation.compile_roles``), except those moved
@@ -66,6 +69,7 @@ class MARLModule(L.LightningModule):
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         advantage_norm: Literal["batch", "agent", "none"] = "batch",
+        truncation: Literal["bootstrap", "terminal"] = "bootstrap",
         deterministic_eval: bool = False,
         compile: bool = False,
         extra_roles: list[ExtraRole] | None = None,
@@ -79,13 +83,14 @@ class MARLModule(L.LightningModule):
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.advantage_norm = advantage_norm
+        self.truncation = truncation
         self.deterministic_eval = deterministic_eval
         self.compile_networks = compile
         self.env_info: EnvInfo | None = None
         self.extra_roles = nn.ModuleList(extra_roles or [])
         self.roles = Roles(learner, critic, conductor, guider, tuple(extra_roles or ()))
         # before the trainer starts: a wrong recipe leaves no run folder behind
-        self.plan = plan_iteration(self.roles, gamma, gae_lambda, advantage_norm)
+        self.plan = plan_iteration(self.roles, gamma, gae_lambda, advantage_norm, truncation)
 
     # ---- building -------------------------------------------------------------------------
     @property

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from torchrl.envs import EnvBase
 
 from hcmarl.modules.cli import main
 from hcmarl.recipes import RECIPES_DIR
@@ -45,3 +47,16 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+def assert_fast_reset_equals_generic(env, after_step, label: str = "") -> None:
+    """A JAX-backed env's own ``maybe_reset`` (which skips the envs its step already restarted) gives what TorchRL's
+    generic ``EnvBase.maybe_reset`` gives from the same state (``env._envs``, a ``hcmarl.envs.jax_common.PackedEnvs``)."""
+    saved = dataclasses.replace(env._envs, restarted=env._envs.restarted.clone())
+    fast = env.maybe_reset(after_step.clone())
+    env._envs = dataclasses.replace(saved, restarted=saved.restarted.clone())
+    generic = EnvBase.maybe_reset(env, after_step.clone())
+    assert set(fast.keys(True, True)) == set(generic.keys(True, True))
+    for key in generic.keys(True, True):
+        torch.testing.assert_close(fast[key], generic[key], msg=f"{label}{key} differs")
+    assert not env._envs.restarted.any()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tensordict import TensorDict
 
 from hcmarl.advantages import ValueNorm, generalized_advantage_estimate, normalize_advantage
+from hcmarl.keys import ADVANTAGE
+from hcmarl.value_sources import Advantages
 
 
 def reference_gae(reward, value, next_value, terminated, done, gamma, lam):
@@ -85,6 +88,17 @@ def test_gae_truncation_bootstraps_and_termination_does_not() -> None:
     terminated_adv = generalized_advantage_estimate(reward, value, next_value, done.clone(), done, 0.5, 1.0)
     assert truncated_adv[0, -1, 0].item() == pytest.approx(5.0)  # 0 + 0.5 * 10 - 0
     assert terminated_adv[0, -1, 0].item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("truncation", ["bootstrap", "terminal"])
+def test_advantages_read_time_limits_as_their_truncation_setting(truncation: str) -> None:
+    """``Advantages(truncation=...)`` on a rollout with terminations and truncations: ``bootstrap`` is the reference loop
+    with the env's terminations, ``terminal`` the reference loop with every done a termination (the MAGPO code's GAE)."""
+    reward, value, next_value, terminated, done = _random_batch()
+    batch = TensorDict({("next", "reward"): reward, ("next", "terminated"): terminated, ("next", "done"): done}, batch_size=[3, 17])
+    Advantages(lambda _: (value, next_value), 0.99, 0.95, "none", truncation=truncation)(batch)  # type: ignore[arg-type]
+    ends = terminated if truncation == "bootstrap" else done
+    torch.testing.assert_close(batch.get(ADVANTAGE).double(), reference_gae(reward, value, next_value, ends, done, 0.99, 0.95), atol=1e-5, rtol=1e-5)
 
 
 def test_gae_lambda_one_is_monte_carlo_return_minus_value() -> None:

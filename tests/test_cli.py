@@ -42,7 +42,7 @@ SMOKE_OVERRIDES = {"magpo_sable/coordsum_3x10": FEWER_ENV_MINIBATCHES, "sable/co
 
 
 def smoke_overrides(path: Path) -> list[str]:
-    """Tiny-run overrides a recipe needs: at most 2 minibatches where a recurrent guider or learner's minibatches
+    """Tiny-run overrides a recipe needs: at most 2 minibatches where a recurrent guider, learner or critic's minibatches
     (whole env rollouts) would outnumber the tiny 4 envs, and the hcmarl protocol where the recipe asks for the magpo
     or hcpo one (whose 32- or 40-episode evaluations, 320-episode absolute metric and evaluation after every iteration
     ignore the tiny eval_episodes; the protocols are tested in tests/test_evaluation_protocols.py)."""
@@ -54,21 +54,36 @@ def smoke_overrides(path: Path) -> list[str]:
     if "protocol: magpo" in text:
         if "hcmarl.nn.SableGuider" in text and not extra[:1] == FEWER_ENV_MINIBATCHES[:1]:
             extra += FEWER_ENV_MINIBATCHES
-        if "hcmarl.nn.GRUActor" in text:
+        if "hcmarl.nn.GRUActor" in text and "hcmarl.guided.GuidedImitation" not in text:  # a learner under a guider steps on its minibatches
             extra += ["--model.learner.init_args.constraint.init_args.minibatches", "2"]
+        if "hcmarl.nn.Recurrent" in text:  # a recurrent critic's minibatches are whole env rollouts too
+            extra += ["--model.critic.init_args.minibatches", "2"]
     return extra
 
 
 SMOKE_SMAX_MAP = "smax_3s5z"
+SMOKE_JUMANJI_TASKS = ("rware_tiny-2ag", "lbf_2s-8x8-2p-2f-coop", "connector_con-5x5x3a")
+"""The one task per jumanji suite that runs, for the two first citizens only (MAGPO and HCPO)."""
+JUMANJI_SUITES = ("rware_", "lbf_", "connector_")
 
 
 def smoke_recipes() -> list[Path]:
     """The recipes that run two iterations here: every one, except that of an algorithm's SMAX recipes only the 3s5z
-    one runs. Each SMAX map compiles its own jitted battle (70-100 s of a CI run per map), the other maps' recipes
-    differ from 3s5z's only in the map and numbers (their settings are checked by tests/test_magpo_paper_recipes.py and
-    tests/test_hcpo_paper.py, and every recipe is instantiated by test_every_recipe_instantiates), and the maps
-    themselves are tested in tests/test_smax_env.py."""
-    return [p for p in recipe_paths() if not p.stem.startswith("smax_") or p.stem == SMOKE_SMAX_MAP]
+    one runs, and of the jumanji suites' recipes (RWARE, LBF, Connector) only MAGPO's and HCPO's on one task per suite.
+    Each SMAX map and jumanji task compiles its own jitted env (35-100 s of a CI run each), the other recipes differ
+    from those only in the task and numbers (their settings are checked by tests/test_magpo_paper_recipes.py,
+    tests/test_jumanji_recipes.py and tests/test_hcpo_paper.py, and every recipe is instantiated by
+    test_every_recipe_instantiates), and the envs themselves are tested in tests/test_smax_env.py and
+    tests/test_jumanji_envs.py."""
+
+    def runs(path: Path) -> bool:
+        if path.stem.startswith("smax_"):
+            return path.stem == SMOKE_SMAX_MAP
+        if path.stem.startswith(JUMANJI_SUITES):
+            return path.stem in SMOKE_JUMANJI_TASKS and path.parent.name in ("magpo", "hcpo")
+        return True
+
+    return [p for p in recipe_paths() if runs(p)]
 
 
 @pytest.mark.parametrize("path", recipe_paths(), ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -18,7 +18,11 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 
 from hcmarl.constraints import ClipPPO, Evaluation, SurrogateBatch, clip_ppo_objective, evaluate_actions
+from hcmarl.errors import ConfigError
+from hcmarl.modules import Learner
+from hcmarl.nn import GRUActor
 from hcmarl.optim import GradientStep, minibatch_indices
+from hcmarl.schedules import Simultaneous
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.2])
@@ -128,6 +132,49 @@ def test_clip_ppo_update_moves_toy_policy() -> None:
         assert not v.requires_grad, name
     assert 0.0 <= metrics["clip_frac"].item() <= 1.0
     assert metrics["entropy"].item() == pytest.approx(math.log(K), abs=0.1)
+
+
+@pytest.mark.parametrize("norm", ["batch", "minibatch"])
+def test_clip_ppo_lanes_and_minibatch_advantage_norm(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mava's rec_mappo/rec_ippo update: with ``lanes: 2`` every minibatch takes an equal share of both lanes (halves of
+    the batch, one permutation), and with ``advantage_norm: minibatch`` each lane's part of it is normalised on its own."""
+    torch.manual_seed(0)
+    B, N, K = 12, 2, 3
+    logits = nn.Parameter(torch.zeros(N, K))
+    actions = torch.randint(0, K, (B, N))
+    data = SurrogateBatch(torch.full((B, N), -math.log(K)), 3.0 * torch.randn(B, N) + 1.0)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    indices: list[torch.Tensor] = []
+    loss = ClipPPO.loss
+
+    def recorded_loss(self: ClipPPO, evaluation: Evaluation, minibatch: SurrogateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        seen.append((indices[-1], minibatch.advantage))
+        return loss(self, evaluation, minibatch)
+
+    def evaluate(idx: torch.Tensor) -> Evaluation:
+        indices.append(idx)
+        return evaluate_actions(Categorical(logits=logits.expand(idx.shape[0], N, K)), actions[idx])
+
+    monkeypatch.setattr(ClipPPO, "loss", recorded_loss)
+    rule = ClipPPO(epochs=2, minibatches=3, lanes=2, advantage_norm=norm)
+    rule.update(evaluate, data, GradientStep(torch.optim.SGD([logits], lr=0.1)))
+    assert len(seen) == 6
+    for idx, advantage in seen:
+        first, second = idx[:2], idx[2:]  # one piece of the permutation of a lane's 6 samples, taken from each lane
+        assert bool((first < 6).all()) and torch.equal(second, first + 6)
+        for part in (slice(0, 2), slice(2, 4)):
+            a = data.advantage[idx[part]]
+            expected = a if norm == "batch" else (a - a.mean()) / (a.std(correction=0) + 1e-8)
+            torch.testing.assert_close(advantage[part], expected)
+
+
+def test_learner_checks_its_clip_ppo_minibatches_per_lane() -> None:
+    learner = Learner(GRUActor(), ClipPPO(minibatches=3, lanes=2), Simultaneous())
+    with pytest.raises(ConfigError, match=r"constraint.init_args.minibatches=3 exceeds data.num_envs per lane \(2\)"):
+        learner.check_batch(num_envs=4, frames_per_batch=4 * 8)
+    with pytest.raises(ConfigError, match=r"constraint.init_args.lanes=2 does not divide data.num_envs=3"):
+        learner.check_batch(num_envs=3, frames_per_batch=3 * 8)
+    learner.check_batch(num_envs=6, frames_per_batch=6 * 8)
 
 
 @pytest.mark.parametrize("batch_size,minibatches", [(10, 1), (10, 3), (10, 10), (7, 2)])

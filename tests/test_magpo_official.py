@@ -14,11 +14,12 @@ from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import TransformedEnv
 
+from hcmarl.advantages import normalize_minibatch_advantage
 from hcmarl.constraints import Evaluation, SurrogateBatch
 from hcmarl.envs import make_env
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
-from hcmarl.guided import GuidedClip, GuidedImitation, normalize_minibatch_advantage
+from hcmarl.guided import GuidedClip, GuidedImitation
 from hcmarl.keys import ACTION, ACTION_MASK, ADVANTAGE, IS_INIT, LOG_PROB, OBSERVATION, RNN_STATE, VALUE_TARGET
 from hcmarl.modules import Guider, Learner, MARLModule
 from hcmarl.nn import GRUActor, MATGuider, MLPActor, SableGuider

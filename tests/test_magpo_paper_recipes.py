@@ -6,10 +6,8 @@ silently (issue 22).
 The recipes: MAGPO, CTDS, MAT, Sable, MAPPO and IPPO on the four CoordSum tasks, MAGPO and CTDS on the ten SMAX maps of
 params.csv. CTDS has no row: it is MAGPO's row with delta = infinity and lambda = 0 (ALGORITHMS.md section 4).
 
-A setting hcmarl cannot express yet is a known difference: listed in ``KNOWN_DIFFERENCES`` (keyed by recipe and
-setting) and in the recipe's header ("not yet available in hcmarl: <setting>, official value <v>"); its stand-in value
-in the recipe is checked like any other. A difference not in the list fails; so does a list entry the recipe no
-longer needs (flip the recipe, then drop the entry).
+Every setting of the official code is expressible in hcmarl since issue 22: each recipe's header says "Deliberate
+differences: none.", and a recipe that departs from its row fails here.
 """
 
 from __future__ import annotations
@@ -63,52 +61,19 @@ CODE_DEFAULTS: dict[str, Any] = {
     "sable_memory": {"timestep_positional_encoding": True, "timestep_chunk_size": None},  # rec_retention.yaml, magpo.yaml
 }
 """The official code's values the rows do not set, identical in every system's config (``CONFIG_FILES``) and code."""
+TERMINAL_ENDS = f"{CODE} rec_magpo.py and every system's GAE: done = timestep.last(), so every episode end is terminal"
 SABLE_PAPER = {"norm": "rms", "feed_forward": "swiglu", "feed_forward_init": "zeros", "positional_encoding": "timestep", "retention_gate": "source"}
 """Mava's Sable (``hcmarl.nn.sable.PAPER_SETTINGS`` less the sizes): RMSNorm, SwiGLU zero-initialised as Mava does (it then
 never trains), the timestep encoding, the gate on the key/value input."""
 
-# ---- the known differences: settings of the official code hcmarl cannot set yet ------------------------------------
-_LANES = "update_batch_size"
-_ADV = "advantage normalisation per minibatch"
-_PERM = "agent_perm"
-_REC_LEARNER = "a recurrent learner under a guider"
-_POST_TORSO = "the actor's post-torso"
-_REC_CRITIC = "a recurrent critic"
-_CRITIC_VF = "the critic loss weight vf_coef"
-_FAMILY_DIFFERENCES = {
-    "magpo": {_LANES: "2", _REC_LEARNER: "[128] ReLU, GRU(128), [128] ReLU", _PERM: "a random agent permutation each epoch", _ADV: "per minibatch"},
-    "mat": {_LANES: "2", _ADV: "per minibatch"},
-    "sable": {_LANES: "2", _PERM: "a random agent permutation each epoch", _ADV: "per minibatch"},
-    "mappo": {
-        _LANES: "2",
-        _ADV: "per minibatch",
-        _POST_TORSO: "[128] ReLU after the GRU",
-        _REC_CRITIC: "[128] ReLU, GRU(128), [128] ReLU",
-        _CRITIC_VF: "0.5",
-    },
-}
-_FAMILY_DIFFERENCES["ctds"] = _FAMILY_DIFFERENCES["magpo"]
-_FAMILY_DIFFERENCES["ippo"] = _FAMILY_DIFFERENCES["mappo"]
-KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    (recipe, setting): official
-    for recipe in RECIPES
-    for setting, official in _FAMILY_DIFFERENCES[SYSTEMS.get(recipe.split("/")[0], recipe.split("/")[0])].items()
-}
-"""(recipe, official setting) -> the official value, for each setting hcmarl has no way to express yet (issue 22: the
-lanes, the recurrent learner under a guider, the agent permutation and per-minibatch advantages are being built as
-settings of the MAGPO code; the actor's post-torso and a recurrent critic are not planned yet). Each is listed in the
-recipe's header; its stand-in value (if any) is checked in ``expected``."""
-
 
 @dataclass(frozen=True)
 class Check:
-    """One recipe value: the hcmarl key (dotted, as in the recipe file), its value, where the value comes from, and
-    the official setting it stands in for when it is a known difference's stand-in (None: it equals the official)."""
+    """One recipe value: the hcmarl key (dotted, as in the recipe file), its value, and where the value comes from."""
 
     key: str
     value: Any
     source: str
-    stand_in_for: str | None = None
 
 
 def read_rows() -> dict[tuple[str, str, str], dict[str, str]]:
@@ -136,14 +101,15 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
         Check("seed_everything", 0, "hcmarl: seed 0 (params.csv has no seed; runs pass --seed_everything)"),
         Check("model.gamma", CODE_DEFAULTS["gamma"], f"{default}: gamma"),
         Check("model.gae_lambda", CODE_DEFAULTS["gae_lambda"], f"{default}: gae_lambda (the paper's Table 2 says 0.9: the code's is used)"),
-        Check("model.advantage_norm", "batch", f"{default}: advantages normalised per minibatch", stand_in_for=_ADV),
         Check("data.env", f"{env}/{task}", f"{src}: task"),
-        Check("data.num_envs", lanes * envs, f"{src}: num_envs, x update_batch_size {lanes} ({default})", stand_in_for=_LANES),
+        Check("data.num_envs", lanes * envs, f"{src}: num_envs, x update_batch_size {lanes} ({default})"),
         Check("data.rollout_steps", rollout, f"{default}: rollout_length"),
         Check("data.total_frames", updates * lanes * envs * rollout, f"{src}: num_updates x num_envs x rollout_length x update_batch_size"),
         Check("data.protocol", "magpo", f"{src}: num_evaluation 122 (Mava's evaluation: 32 episodes, sampled, absolute metric)"),
+        Check("model.truncation", "terminal", TERMINAL_ENDS),
     ]
     value_loss = f"{default}: value loss {CODE_DEFAULTS['value_loss']}"
+    per_minibatch = f"{default}: advantages normalised per minibatch (and lane) only"
     if alg in ("magpo", "ctds", "mat", "sable"):
         lr = number(row["actor_lr"] or row["critic_lr"])  # the code's one lr (actor_lr) for every Adam; coordsum rows give it as critic_lr
         g = "model.guider.init_args"
@@ -151,7 +117,9 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
         checks += [
             Check("model.guider.class_path", "hcmarl.modules.Guider", "hcmarl: the guider role"),
             Check(f"{g}.lr", lr, f"{src}: actor_lr/critic_lr (the code's actor_lr)"),
-            Check(f"{g}.vf_coef", 0.5 * CODE_DEFAULTS["vf_coef"], f"{default}: vf_coef 0.5 x the code's 0.5 (hcmarl's mse has no 1/2)"),
+            Check("model.advantage_norm", "none", per_minibatch),
+            Check(f"{g}.vf_coef", CODE_DEFAULTS["vf_coef"], f"{default}: vf_coef"),
+            Check(f"{g}.value_loss_scale", 0.5, value_loss),
             Check(f"{g}.value_loss", "mse", value_loss),
             Check(f"{g}.clip_value", eps, f"{src}: clip_eps (the value clip)"),
             Check(f"{g}.value_norm", False, value_loss),
@@ -171,7 +139,11 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
             Check(f"{g}.constraint.init_args.minibatches", int(row["num_minibatches"]), f"{src}: num_minibatches"),
             Check(f"{g}.constraint.init_args.ent_coef", number(row["ent_coef"]), f"{src}: ent_coef"),
             Check(f"{g}.constraint.init_args.max_grad_norm", number(row["max_grad_norm"]), f"{src}: max_grad_norm"),
+            Check(f"{g}.constraint.init_args.lanes", lanes, f"{default}: update_batch_size"),
+            Check(f"{g}.constraint.init_args.advantage_norm", "minibatch", per_minibatch),
         ]
+        if alg != "mat":
+            checks.append(Check(f"{g}.constraint.init_args.agent_order", "random", f"{CODE} rec_magpo.py, rec_sable.py: agent_perm each epoch"))
         if alg != "mat":
             checks.append(Check(f"{g}.network.init_args.decay_scaling", number(row["decay_scaling_factor"]), f"{src}: decay_scaling_factor"))
             checks += [Check(f"{g}.network.init_args.{k}", v, f"{default}: Mava's Sable ({k})") for k, v in SABLE_PAPER.items()]
@@ -180,10 +152,9 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
             checks += [
                 Check("model.learner.class_path", "hcmarl.modules.Learner", "hcmarl: the learner role"),
                 Check(f"{lr_}.lr", lr, f"{src}: actor_lr/critic_lr (the code's one actor_lr for both Adams)"),
-                Check(f"{lr_}.actor.class_path", "hcmarl.nn.MLPActor", f"{default}: a recurrent learner", stand_in_for=_REC_LEARNER),
-                Check(
-                    f"{lr_}.actor.init_args.hidden_sizes", CODE_DEFAULTS["torso"] * 2, f"{default}: torsos [128] and [128]", stand_in_for=_REC_LEARNER
-                ),
+                Check(f"{lr_}.actor.class_path", "hcmarl.nn.GRUActor", f"{default}: a recurrent learner"),
+                Check(f"{lr_}.actor.init_args.hidden_size", CODE_DEFAULTS["hidden_state_dim"], f"{default}: hidden_state_dim and pre_torso [128]"),
+                Check(f"{lr_}.actor.init_args.post_hidden_sizes", CODE_DEFAULTS["torso"], f"{default}: post_torso [128]"),
                 Check(f"{lr_}.actor.init_args.activation", "relu", f"{default}: torso activation"),
                 Check(f"{lr_}.actor.init_args.share_params", True, f"{default}: one learner network shared by the agents"),
                 Check(f"{lr_}.actor.init_args.agent_id", CODE_DEFAULTS["add_agent_id"], f"{default}: add_agent_id"),
@@ -204,7 +175,8 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
             f"{src}: recurrent_chunk_size {row['recurrent_chunk_size']} (hcmarl trains whole rollouts)"
         )
         lr_, c = "model.learner.init_args", "model.critic.init_args"
-        critic_class = "hcmarl.nn.CentralValue" if alg == "mappo" else "hcmarl.nn.AgentValue"
+        checks.append(Check("model.advantage_norm", "none", per_minibatch))
+        critic_class = "hcmarl.nn.RecurrentCentralValue" if alg == "mappo" else "hcmarl.nn.RecurrentAgentValue"
         checks += [
             Check("model.learner.class_path", "hcmarl.modules.Learner", "hcmarl: the learner role"),
             Check(f"{lr_}.lr", number(row["actor_lr"]), f"{src}: actor_lr"),
@@ -214,6 +186,7 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
                 f"{src}: recurrent_chunk_size {row['recurrent_chunk_size']} (a recurrent actor, whole rollouts)",
             ),
             Check(f"{lr_}.actor.init_args.hidden_size", CODE_DEFAULTS["hidden_state_dim"], f"{default}: hidden_state_dim and pre_torso [128]"),
+            Check(f"{lr_}.actor.init_args.post_hidden_sizes", CODE_DEFAULTS["torso"], f"{default}: post_torso [128]"),
             Check(f"{lr_}.actor.init_args.activation", "relu", f"{default}: torso activation"),
             Check(f"{lr_}.actor.init_args.share_params", True, f"{default}: parameters shared by the agents"),
             Check(f"{lr_}.actor.init_args.agent_id", CODE_DEFAULTS["add_agent_id"], f"{default}: add_agent_id"),
@@ -223,6 +196,8 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
             Check(f"{lr_}.constraint.init_args.minibatches", int(row["num_minibatches"]), f"{src}: num_minibatches"),
             Check(f"{lr_}.constraint.init_args.ent_coef", number(row["ent_coef"]), f"{src}: ent_coef"),
             Check(f"{lr_}.constraint.init_args.max_grad_norm", number(row["max_grad_norm"]), f"{src}: max_grad_norm"),
+            Check(f"{lr_}.constraint.init_args.lanes", lanes, f"{default}: update_batch_size"),
+            Check(f"{lr_}.constraint.init_args.advantage_norm", "minibatch", per_minibatch),
             Check(f"{lr_}.schedule.class_path", "hcmarl.schedules.Simultaneous", "hcmarl: every agent at once"),
             Check("model.critic.class_path", "hcmarl.modules.Critic", "hcmarl: the critic role"),
             Check(f"{c}.lr", number(row["critic_lr"]), f"{src}: critic_lr"),
@@ -232,8 +207,12 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
             Check(f"{c}.clip_value", eps, f"{src}: clip_eps (the value clip)"),
             Check(f"{c}.value_norm", False, value_loss),
             Check(f"{c}.max_grad_norm", number(row["max_grad_norm"]), f"{src}: max_grad_norm (the critic's own clip)"),
-            Check(f"{c}.network.class_path", critic_class, f"{default}: {'a central' if alg == 'mappo' else 'a per-agent'} critic"),
-            Check(f"{c}.network.init_args.hidden_sizes", CODE_DEFAULTS["torso"] * 2, f"{default}: critic torsos", stand_in_for=_REC_CRITIC),
+            Check(f"{c}.vf_coef", CODE_DEFAULTS["vf_coef"], f"{default}: vf_coef (before the critic's clip)"),
+            Check(f"{c}.value_loss_scale", 0.5, value_loss),
+            Check(f"{c}.lanes", lanes, f"{default}: update_batch_size (the critic's minibatches too)"),
+            Check(f"{c}.network.class_path", critic_class, f"{default}: {'a central' if alg == 'mappo' else 'a per-agent'} recurrent critic"),
+            Check(f"{c}.network.init_args.hidden_size", CODE_DEFAULTS["hidden_state_dim"], f"{default}: hidden_state_dim and critic pre_torso [128]"),
+            Check(f"{c}.network.init_args.post_hidden_sizes", CODE_DEFAULTS["torso"], f"{default}: critic post_torso [128]"),
             Check(f"{c}.network.init_args.activation", "relu", f"{default}: critic torso activation"),
         ]
         if alg == "ippo":
@@ -274,10 +253,6 @@ def header(path: Path) -> str:
     return " ".join(lines)
 
 
-def recipe_differences(recipe: str) -> dict[str, str]:
-    return {setting: official for (name, setting), official in KNOWN_DIFFERENCES.items() if name == recipe}
-
-
 pytestmark = pytest.mark.skipif(not PARAMS.exists(), reason=f"{PARAMS} is absent (the steering repo's shared/ folder is not beside this checkout)")
 
 
@@ -309,23 +284,5 @@ def test_recipe_matches_its_row(recipe: str, rows: dict) -> None:
     written = {key for key, _ in flatten(yaml.safe_load(path.read_text()))}
     unchecked = written - {c.key for c in checks}
     assert not unchecked, f"{recipe}: values no check covers (add them to expected()): {sorted(unchecked)}"
-    # stand-ins only for the listed known differences, and each listed difference is used and named in the header
-    differences = recipe_differences(recipe)
-    stray = {c.stand_in_for for c in checks if c.stand_in_for} - differences.keys()
-    assert not stray, f"{recipe}: stand-ins for settings not in KNOWN_DIFFERENCES: {stray}"
     text = header(path)
-    for setting, official in differences.items():
-        assert f"not yet available in hcmarl: {setting}, official value {official}" in text, f"{recipe}: header lacks the difference {setting!r}"
-    assert text.count("not yet available in hcmarl:") == len(differences), f"{recipe}: header lists differences KNOWN_DIFFERENCES does not"
-
-
-def test_known_differences_report(capsys: pytest.CaptureFixture) -> None:
-    """The known differences, one line per setting with the recipes it concerns (shown with ``pytest -s``)."""
-    by_setting: dict[tuple[str, str], list[str]] = {}
-    for (recipe, setting), official in KNOWN_DIFFERENCES.items():
-        by_setting.setdefault((setting, official), []).append(recipe)
-    with capsys.disabled():
-        print("\nKnown differences from the official MAGPO code (not yet available in hcmarl):")
-        for (setting, official), recipes in sorted(by_setting.items()):
-            print(f"  {setting} (official: {official}): {len(recipes)} recipes, e.g. {recipes[0]}")
-    assert len(KNOWN_DIFFERENCES) == sum(len(recipe_differences(r)) for r in RECIPES)
+    assert "Deliberate differences: none." in text and "not yet available in hcmarl" not in text, f"{recipe}: its header lists differences"

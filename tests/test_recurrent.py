@@ -11,7 +11,7 @@ from conftest import final_eval, run_dirs
 from torchrl.envs import TransformedEnv
 
 from hcmarl.envs import make_env
-from hcmarl.keys import ACTION, LOG_PROB
+from hcmarl.keys import ACTION, LOG_PROB, OBSERVATION, RNN_STATE
 from hcmarl.nn import GRUActor
 from hcmarl.nn.recurrent import AgentGRUCell
 
@@ -32,11 +32,11 @@ def test_agent_gru_cell_matches_torch_gru_cell_per_agent() -> None:
         torch.testing.assert_close(out[:, i], reference(x[:, i], h[:, i]))
 
 
-@pytest.mark.parametrize("share_params", [True, False])
-def test_replay_reproduces_behaviour_log_probs_across_resets(share_params: bool) -> None:
+@pytest.mark.parametrize(("share_params", "post_hidden_sizes"), [(True, []), (False, []), (True, [8])])
+def test_replay_reproduces_behaviour_log_probs_across_resets(share_params: bool, post_hidden_sizes: list[int]) -> None:
     torch.manual_seed(0)
     base = make_env("coordsum/3x10", num_envs=4, seed=1, episode_length=5)
-    actor = GRUActor(hidden_size=16, share_params=share_params, agent_id=True)
+    actor = GRUActor(hidden_size=16, post_hidden_sizes=post_hidden_sizes, share_params=share_params, agent_id=True)
     actor.build(base.info)
     env = TransformedEnv(base)
     for transform in actor.env_transforms():
@@ -57,6 +57,26 @@ def test_replay_reproduces_behaviour_log_probs_across_resets(share_params: bool)
     no_reset = rollout.clone()
     no_reset["is_init"] = torch.zeros_like(no_reset["is_init"])
     assert not torch.allclose(actor(no_reset).log_prob(rollout.get(ACTION)), rollout.get(LOG_PROB), atol=1e-4)
+
+
+def test_post_torso_is_relu_layers_between_the_gru_state_and_the_head() -> None:
+    """Mava's recurrent actor: encoder, GRU, ``[8]`` ReLU post-torso, linear head; logits by hand from the parameters."""
+    torch.manual_seed(0)
+    base = make_env("coordsum/3x10", num_envs=2, seed=1)
+    actor = GRUActor(hidden_size=16, post_hidden_sizes=[8], activation="relu", share_params=True, agent_id=False)
+    actor.build(base.info)
+    env = TransformedEnv(base)
+    for transform in actor.env_transforms():
+        env.append_transform(transform)
+    td = env.reset()
+    td.set(RNN_STATE, torch.randn_like(td.get(RNN_STATE)))
+    logits = actor.step(td).logits
+    encoder, post, head = actor.encoder[0], actor.head[0], actor.head[2]
+    x = torch.relu(td.get(OBSERVATION) @ encoder.weight[0] + encoder.bias[0])
+    h = actor.cell(x, td.get(RNN_STATE))
+    by_hand = torch.relu(h @ post.weight[0] + post.bias[0]) @ head.weight[0] + head.bias[0]
+    torch.testing.assert_close(logits, torch.log_softmax(by_hand, dim=-1))  # Categorical keeps normalised logits
+    assert head.weight.shape[1:] == (8, base.info.action_dim)
 
 
 @pytest.mark.parametrize("name", ["mappo/coordsum_3x10", "ippo/vmas_balance"])

@@ -8,13 +8,12 @@ compiling SMAX's step takes tens of seconds.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 
 import numpy as np
 import pytest
 import torch
-from torchrl.envs import EnvBase
+from conftest import assert_fast_reset_equals_generic
 from torchrl.envs.utils import check_env_specs, step_mdp
 
 from hcmarl.datamodules.onpolicy import episode_returns
@@ -192,14 +191,7 @@ def test_maybe_reset_equals_torchrls_generic_reset(env) -> None:
             break
     assert td["next", "done"].any() and not td["next", "done"].all()
     after_step = step_mdp(td)
-    saved = dataclasses.replace(env._battles, restarted=env._battles.restarted.clone())
-    fast = env.maybe_reset(after_step.clone())
-    env._battles = dataclasses.replace(saved, restarted=saved.restarted.clone())
-    generic = EnvBase.maybe_reset(env, after_step.clone())
-    assert set(fast.keys(True, True)) == set(generic.keys(True, True))
-    for key in generic.keys(True, True):
-        torch.testing.assert_close(fast[key], generic[key], msg=f"{key} differs")
-    assert not env._battles.restarted.any()
+    assert_fast_reset_equals_generic(env, after_step)
 
 
 @requires_jaxmarl

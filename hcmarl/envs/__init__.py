@@ -1,7 +1,8 @@
 """``make_env(name, ...)``: one entry point for every env family (DESIGN.md, "Conventions").
 
 Names are ``family/task``: ``vmas/balance``, ``coordsum/3x10``, ``smax/3s5z``,
-``smac/3s5z``, ``mamujoco/HalfCheetah-2x3``, ``mpe/simple_spread_v3``. An unknown name raises
+``smac/3s5z``, ``mamujoco/HalfCheetah-2x3``, ``mpe/simple_spread_v3``, ``rware/tiny-2ag``,
+``lbf/2s-8x8-2p-2f-coop``, ``connector/con-5x5x3a``. An unknown name raises
 ``UnknownEnvError`` listing what is known. A family of the user's own is named by its module's
 dotted path, ``my_package.my_envs/task`` (docs/extending.md): the name travels in the config, so
 sweeps and DDP workers find it too.
@@ -34,6 +35,9 @@ FAMILY_MODULES: dict[str, str] = {
     "smac": "hcmarl.envs.smac",
     "mamujoco": "hcmarl.envs.mamujoco",
     "mpe": "hcmarl.envs.mpe",
+    "rware": "hcmarl.envs.rware",
+    "lbf": "hcmarl.envs.lbf",
+    "connector": "hcmarl.envs.connector",
 }
 
 RENDERING_FAMILIES: tuple[str, ...] = ("vmas", "mpe")

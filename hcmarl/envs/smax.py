@@ -23,7 +23,6 @@ call. Resetting an env that was not done runs a jitted partial reset.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +40,7 @@ from hcmarl.envs.base import (
     quiet_import,
     set_masked_categorical_specs,
 )
+from hcmarl.envs.jax_common import PackedEnvs, jax_device, seed_key
 from hcmarl.envs.smax_batched import Batched, build_batched
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
 
@@ -59,22 +59,6 @@ def smax_maps() -> list[str]:
     return sorted(_import_jaxmarl()[1].MAP_NAME_TO_SCENARIO)
 
 
-@dataclass
-class Battles:
-    """The mutable state of one env's battles: jax PRNG key, the battles' JaxMARL states packed
-    (``Batched.pack``, uint8 ``[E, B]``), and in torch the rows ``[E, W]`` the agents act on next
-    and which battles the last step restarted.
-
-    A plain object rather than attributes of the env: ``EnvBase`` is an ``nn.Module``, whose
-    ``__setattr__`` costs about 0.1 ms per call, several times per step.
-    """
-
-    key: Any
-    packed: Any
-    rows: torch.Tensor
-    restarted: torch.Tensor
-
-
 _RESET_KEYS = {OBSERVATION, ACTION_MASK, STATE, "win", "done", "terminated", "truncated"}
 """What ``SmaxEnv._reset`` returns, as ``keys(True, True)`` names them."""
 
@@ -91,27 +75,6 @@ def _smax_env(map_name: str, env_kwargs: dict[str, Any]) -> tuple[Any, Batched]:
         env = jaxmarl.make("HeuristicEnemySMAX", scenario=smax_env.map_name_to_scenario(map_name), **env_kwargs)
         _CACHE[cache_key] = (env, build_batched(env))
     return _CACHE[cache_key]
-
-
-def _jax_device(device: torch.device):
-    """The jax device matching ``device``: its GPU when torch uses CUDA and jax has one, else the CPU."""
-    import jax
-
-    if device.type == "cuda":
-        try:
-            return jax.devices("gpu")[device.index or 0]
-        except RuntimeError:  # jax without a GPU backend: simulate on the CPU
-            pass
-    return jax.devices("cpu")[0]
-
-
-def _seed_key(seed: int | None, device: Any):
-    """A jax PRNG key from ``seed`` (``None`` draws one from torch's global RNG), on ``device``."""
-    import jax
-
-    if seed is None:
-        seed = int(torch.empty((), dtype=torch.int64).random_())
-    return jax.device_put(jax.random.PRNGKey(seed % 2**32), device)
 
 
 class SmaxEnv(EnvBase):
@@ -148,11 +111,11 @@ class SmaxEnv(EnvBase):
         self.obs_dim = self._smax.obs_size
         self.state_dim = self._smax.state_size
         self.max_steps = int(self._smax.max_steps)
-        self._jax_device = _jax_device(self.device)
+        self._jax_device = jax_device(self.device)
         self._row_width = self.n_agents * (self.obs_dim + self.n_actions) + self.state_dim  # W of ``Batched``
-        key, packed, rows = self._fns.init(_seed_key(seed, self._jax_device), num_envs)
+        key, packed, rows = self._fns.init(seed_key(seed, self._jax_device), num_envs)
         restarted = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
-        self._battles = Battles(key=key, packed=packed, rows=self._torch(rows), restarted=restarted)
+        self._envs = PackedEnvs(key=key, packed=packed, rows=self._torch(rows), restarted=restarted)
         self._warm_up()
         set_masked_categorical_specs(self, self.n_agents, self.obs_dim, self.state_dim, self.n_actions)
 
@@ -167,11 +130,11 @@ class SmaxEnv(EnvBase):
 
         Setting it replaces the battles; the rows the agents see change only at the next step.
         """
-        return self._fns.unpack(self._battles.packed)
+        return self._fns.unpack(self._envs.packed)
 
     @battle_states.setter
     def battle_states(self, states: Any) -> None:
-        self._battles.packed = self._fns.pack(states)
+        self._envs.packed = self._fns.pack(states)
 
     def _warm_up(self) -> None:
         """Compile the step and the partial reset's selection now, not in the first iteration (results discarded).
@@ -181,7 +144,7 @@ class SmaxEnv(EnvBase):
         E, N = self.batch_size[0], self.n_agents
         actions = self._to_jax(torch.zeros(E, N, dtype=torch.int32))
         mask = self._to_jax(torch.zeros(E, dtype=torch.bool))
-        b = self._battles
+        b = self._envs
         self._jax.block_until_ready(self._fns.step(b.key, b.packed, actions))
         self._jax.block_until_ready(self._fns.select(mask, b.packed, b.packed))
 
@@ -219,19 +182,15 @@ class SmaxEnv(EnvBase):
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         reset = None if tensordict is None else tensordict.get("_reset", None)
-        b = self._battles
+        b = self._envs
         mask = torch.ones_like(b.restarted) if reset is None else reset.reshape(-1).to(self.device)
-        if bool((mask & ~b.restarted).any()):  # some env to reset was not restarted by the step
-            b.key, fresh_packed, fresh_rows = self._fns.init(b.key, self.batch_size[0])
-            b.packed = self._fns.select(self._to_jax(mask), fresh_packed, b.packed)
-            b.rows = torch.where(mask.unsqueeze(-1), self._torch(fresh_rows), b.rows)
-        b.restarted &= ~mask
+        b.reset_where(mask, self._fns.init, self._fns.select, self._to_jax, self._torch)
         no = torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device)
         return self._observed(b.rows, win=no, done=no.clone(), terminated=no.clone(), truncated=no.clone())
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         actions = self._to_jax(tensordict.get(ACTION).to(torch.int32))
-        b = self._battles
+        b = self._envs
         b.key, b.packed, rows = self._fns.step(b.key, b.packed, actions)
         seen, outcome, b.rows = self._torch(rows).split([self._row_width, 4, self._row_width], dim=1)
         terminated, truncated, win = (outcome[:, 1:] > 0.5).split(1, dim=1)
@@ -242,7 +201,7 @@ class SmaxEnv(EnvBase):
     def maybe_reset(self, tensordict: TensorDictBase) -> TensorDictBase:
         """``EnvBase.maybe_reset`` for battles the step already restarted, without its TensorDict merge.
 
-        After a step, ``self._battles.rows`` holds the restarted battles' first rows and, for the
+        After a step, ``self._envs.rows`` holds the restarted battles' first rows and, for the
         others, the rows just observed. So the reset's result is those rows with every done flag and
         ``win`` false, and any other entry (the last action) zeroed where a battle ended, as
         TorchRL's merge pads it: the same as the generic path (``tests/test_smax_env.py`` compares
@@ -252,7 +211,7 @@ class SmaxEnv(EnvBase):
         done = tensordict.get("done", None)
         if done is None or not bool(done.any()):
             return tensordict
-        battles, ended = self._battles, done.reshape(-1)
+        battles, ended = self._envs, done.reshape(-1)
         if bool((ended & ~battles.restarted).any()):
             return super().maybe_reset(tensordict)
         for key in tensordict.keys(True, True):  # what a reset does not give (the last action): 0 where reset, as TorchRL pads
@@ -275,7 +234,7 @@ class SmaxEnv(EnvBase):
         return torch.device("cpu")
 
     def _set_seed(self, seed: int | None) -> None:
-        self._battles.key = _seed_key(seed, self._jax_device)
+        self._envs.key = seed_key(seed, self._jax_device)
 
 
 def tasks() -> list[str]:

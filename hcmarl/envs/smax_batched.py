@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hcmarl.envs.jax_common import restart_ended, select_where
+
 
 @dataclass(frozen=True)
 class Batched:
@@ -110,35 +112,16 @@ def build_batched(env: Any) -> Batched:
         packed, rows = jax.vmap(reset_one)(jax.random.split(sub, num_envs))
         return key, packed, rows
 
-    def select(mask, fresh, old):
-        return jnp.where(mask.reshape(mask.shape + (1,) * (fresh.ndim - 1)), fresh, old)
-
     def restart(key, done, packed, rows):
-        """``packed`` and ``rows`` with new battles where ``done``, reset only as many as needed.
-
-        JaxMARL's own step resets every battle at every step and keeps the reset where the battle
-        ended. Here no battle is reset when none ended, ``slots`` (an eighth of the batch) are
-        reset and scattered to the ended ones when that many suffice, and the whole batch only when
-        more ended at once (as when battles that started together reach the time limit together).
-        """
-        num_envs = done.shape[0]
-        slots = max(1, num_envs // 8)
-
-        def none_ended(_):
-            return packed, rows
-
-        def few_ended(_):
-            index = jnp.nonzero(done, size=slots, fill_value=num_envs)[0]  # num_envs: unused slot, dropped below
-            fresh_packed, fresh_rows = jax.vmap(reset_one)(jax.random.split(key, slots))
-            return packed.at[index].set(fresh_packed, mode="drop"), rows.at[index].set(fresh_rows, mode="drop")
-
-        def many_ended(_):
-            fresh_packed, fresh_rows = init(key, num_envs)[1:]
-            return select(done, fresh_packed, packed), select(done, fresh_rows, rows)
-
-        ended = done.sum()
-        branch = jnp.where(ended == 0, 0, jnp.where(ended <= slots, 1, 2))
-        return jax.lax.switch(branch, (none_ended, few_ended, many_ended), None)
+        """New battles where ``done`` (``restart_ended``), ``slots`` of them from ``jax.random.split(key, slots)``."""
+        return restart_ended(
+            lambda key, index: jax.vmap(reset_one)(jax.random.split(key, index.shape[0])),
+            lambda key: init(key, done.shape[0])[1:],
+            key,
+            done,
+            packed,
+            rows,
+        )
 
     def step(key, packed, actions):
         key, step_key, reset_key = jax.random.split(key, 3)
@@ -148,7 +131,7 @@ def build_batched(env: Any) -> Batched:
 
     return Batched(
         init=jax.jit(init, static_argnums=1),
-        select=jax.jit(select),
+        select=jax.jit(select_where),
         step=jax.jit(step),
         pack=jax.jit(jax.vmap(pack)),
         unpack=jax.jit(jax.vmap(unpack)),

@@ -6,6 +6,7 @@ from hcmarl.nn.critics import AgentValue, CentralValue, InstructionCritic, Value
 from hcmarl.nn.guider import GuiderNetwork, MATGuider
 from hcmarl.nn.layers import AgentLinear, AgentMLP, RMSNorm, SwiGLU
 from hcmarl.nn.recurrent import GRUActor
+from hcmarl.nn.recurrent_critics import RecurrentAgentValue, RecurrentCentralValue, RecurrentValue
 from hcmarl.nn.sable import SableGuider
 
 __all__ = [
@@ -14,6 +15,9 @@ __all__ = [
     "GRUActor",
     "CentralValue",
     "AgentValue",
+    "RecurrentCentralValue",
+    "RecurrentAgentValue",
+    "RecurrentValue",
     "InstructionCritic",
     "ValueNetwork",
     "ConductorNetwork",

@@ -21,9 +21,14 @@ from hcmarl.nn.layers import AgentMLP
 
 
 class ValueNetwork(nn.Module, ABC):
-    """Base of value blocks: ``build(info)`` then ``forward(td) -> [..., N]``, reading ``in_keys``."""
+    """Base of value blocks: ``build(info)`` then ``forward(td) -> [..., N]``, reading ``in_keys``.
+
+    A ``recurrent`` one (``hcmarl.nn.recurrent_critics``) carries a hidden state through each env's rollout: its
+    ``forward`` reads whole rollouts ``[envs, time]``, not single frames.
+    """
 
     in_keys: list = []
+    recurrent: bool = False
 
     def __init__(self, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh") -> None:
         super().__init__()

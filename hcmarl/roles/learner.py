@@ -15,7 +15,7 @@ from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.guided import GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE
 from hcmarl.nn.actors import Actor
-from hcmarl.optim import AgentAdam, GradientStep
+from hcmarl.optim import AgentAdam, GradientStep, check_minibatches
 from hcmarl.schedules import NO_UPSTREAM, Schedule, Upstream
 
 
@@ -54,18 +54,14 @@ class Learner(nn.Module):
         return torch.optim.Adam(self.parameters(), lr=self.lr, eps=1e-5, fused=True)
 
     def check_batch(self, num_envs: int, frames_per_batch: int) -> None:
-        """A ConfigError if the constraint asks for more minibatches than the batch has units.
+        """A ConfigError if the constraint asks for more minibatches than the batch has units (per lane), or if the envs
+        do not split into its lanes.
 
         A recurrent actor's minibatches are whole env rollouts, a feed-forward actor's single frames.
         """
         minibatches = getattr(self.constraint, "minibatches", None) or 1  # None: a guider's loop sets the minibatches
-        units, unit = (num_envs, "data.num_envs") if self.actor.recurrent else (frames_per_batch, "frames per iteration")
-        if minibatches > units:
-            raise ConfigError(
-                f"model.learner.constraint.minibatches={minibatches} exceeds {unit}={units}"
-                + (" (a recurrent actor's minibatches are whole env rollouts)" if self.actor.recurrent else "")
-                + f"; lower minibatches or raise {unit}"
-            )
+        lanes = getattr(self.constraint, "lanes", 1)
+        check_minibatches("model.learner.init_args.constraint.init_args", minibatches, lanes, num_envs, frames_per_batch, self.actor.recurrent)
 
     @torch.no_grad()
     def act(self, td: TensorDictBase, deterministic: bool = False) -> TensorDictBase:

@@ -50,15 +50,21 @@ class Roles:
             role.build(info)
 
     def env_transforms(self) -> list[Transform]:
-        """TorchRL transforms the envs need for the roles' policies (e.g. a recurrent state primer, episode-start flags)."""
+        """TorchRL transforms the envs need for the roles' networks (e.g. a recurrent state primer, episode-start flags),
+        learner's, guider's and critic's in that order, with one ``InitTracker``."""
         transforms = [] if self.learner is None else self.learner.actor.env_transforms()
-        if self.guider is not None and not any(isinstance(t, InitTracker) for t in transforms):
+        if self.guider is not None:
             transforms += self.guider.env_transforms()
-        return transforms
+        if self.critic is not None:
+            transforms += self.critic.env_transforms()
+        tracker = next((t for t in transforms if isinstance(t, InitTracker)), None)
+        return [t for t in transforms if t is tracker or not isinstance(t, InitTracker)]
 
     def check_batch(self, num_envs: int, frames_per_batch: int) -> None:
         """ConfigErrors for minibatch settings the rollout is too small for."""
         if self.learner is not None:
             self.learner.check_batch(num_envs, frames_per_batch)
+        if self.critic is not None:
+            self.critic.check_batch(num_envs, frames_per_batch)
         if self.guider is not None:
             self.guider.check_batch(num_envs, frames_per_batch, self.learner is not None and self.learner.actor.recurrent)
