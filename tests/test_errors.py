@@ -167,7 +167,7 @@ def test_recurrent_minibatches_above_num_envs(run_cli, capsys) -> None:
         "--model.learner.init_args.actor",
         "hcmarl.nn.GRUActor",
     )
-    assert "minibatches=15" in message and "data.num_envs=4" in message
+    assert "minibatches=15" in message and "data.num_envs (4)" in message
 
 
 @pytest.mark.parametrize(
