@@ -25,12 +25,12 @@ from torchrl.envs import InitTracker, Transform
 from hcmarl.advantages import ValueLoss, ValueNorm
 from hcmarl.constraints import Constraint, Evaluation, SurrogateBatch, evaluate_actions, index_distribution
 from hcmarl.envs.base import EnvInfo
-from hcmarl.errors import ConfigError, check_init_args
+from hcmarl.errors import check_init_args
 from hcmarl.guided import GuidedClip, GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
 from hcmarl.nn.distributions import map_distribution
 from hcmarl.nn.guider import GuiderNetwork
-from hcmarl.optim import GradientStep
+from hcmarl.optim import GradientStep, check_minibatches
 from hcmarl.roles.learner import Learner
 from hcmarl.schedules import Simultaneous
 from hcmarl.value_fit import ValueFit
@@ -156,22 +156,9 @@ class Guider(nn.Module):
     def check_batch(self, num_envs: int, frames_per_batch: int, recurrent_learner: bool = False) -> None:
         """A ConfigError if the constraint asks for more minibatches than the batch has units (frames, or env rollouts
         for a recurrent guider or learner), per lane, or if the envs do not split into its lanes."""
-        lanes = getattr(self.constraint, "lanes", 1)
-        if num_envs % lanes != 0:
-            raise ConfigError(
-                f"model.guider.constraint.lanes={lanes} does not divide data.num_envs={num_envs}: set data.num_envs to lanes x the envs of one lane"
-            )
         sequences = self.recurrent or (recurrent_learner and self.joint)
-        units, unit = (num_envs, "data.num_envs") if sequences else (frames_per_batch, "the frames per iteration")
-        units //= lanes
-        minibatches = getattr(self.constraint, "minibatches", 1)
-        if minibatches > units:
-            raise ConfigError(
-                f"model.guider.constraint.minibatches={minibatches} exceeds {unit}{' per lane' if lanes > 1 else ''} ({units})"
-                + (" (with a recurrent guider or learner, minibatches are whole env rollouts)" if sequences else "")
-                + "; lower minibatches or raise "
-                + ("data.num_envs" if sequences else "data.num_envs * data.rollout_steps")
-            )
+        lanes, minibatches = getattr(self.constraint, "lanes", 1), getattr(self.constraint, "minibatches", 1)
+        check_minibatches("model.guider.init_args.constraint.init_args", minibatches, lanes, num_envs, frames_per_batch, sequences)
 
     def new_collection_memory(self) -> GuiderMemory:
         """A fresh memory for the collector's envs, kept as ``collection_memory`` (the update replays from its rollout start)."""
