@@ -86,6 +86,14 @@ def episode_returns(reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Ten
     return (reward.squeeze(-1) * live).sum(dim=1), live.sum(dim=1)
 
 
+def first_episode_end(values: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """Each env's ``values`` ``[E, T, 1]`` at the last step of its first episode in a rollout (the rollout's last
+    step where no episode ended): an episode's outcome (``win``) or metric, not a later episode's."""
+    done = done.squeeze(-1)
+    last = torch.where(done.any(dim=1), done.to(torch.uint8).argmax(dim=1), done.shape[1] - 1)  # argmax: the first end
+    return values.squeeze(-1).gather(1, last[:, None]).squeeze(1)
+
+
 @dataclass(frozen=True)
 class RecordedEpisode:
     """One episode drawn frame by frame: ``frames`` holds the first observation's image and one per step."""
@@ -304,16 +312,18 @@ class OnPolicyDataModule(L.LightningDataModule):
 
     @torch.no_grad()
     def evaluate(self, policy: Policy, rounds: int = 1) -> TensorDict:
-        """``rounds`` batches of ``protocol.episodes`` episodes, one per env, with ``policy``: returns, lengths (and
-        wins). Each batch continues the evaluation envs' random stream, so the batches are different episodes."""
+        """``rounds`` batches of ``protocol.episodes`` episodes, one per env, with ``policy``: returns, lengths, and
+        the env's wins and episode metrics (``EnvInfo.metrics``), each of the env's first episode. Each batch continues
+        the evaluation envs' random stream, so the batches are different episodes."""
         info = self._env_info()
         batches = []
         for _ in range(rounds):
             rollout = self._policy_env(self.eval_env).rollout(info.max_steps, policy, break_when_any_done=False)
             returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
             out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
-            if info.has_win:
-                out.set("win", rollout.get(("next", "win")).squeeze(-1).any(dim=1))
+            done = rollout.get(("next", "done"))
+            for name in ("win",) * info.has_win + info.metrics:
+                out.set(name, first_episode_end(rollout.get(("next", name)), done))
             batches.append(out)
         return torch.cat(batches) if rounds > 1 else batches[0]
 

@@ -19,7 +19,7 @@ knows nothing of Lightning: the recorder (``hcmarl.modules.evaluation``) feeds i
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,7 +38,15 @@ HCPO_CONTROL_FAMILIES = ("mamujoco", "mpe")
 RETURN, WIN_RATE = "eval/return", "eval/win_rate"
 
 Episodes = Mapping[str, Mapping[str, Sequence[float]]]
-"""metric prefix (``eval``, ``eval/guider``...) -> per-episode values (``return``, ``length``, ``win``)"""
+"""metric prefix (``eval``, ``eval/guider``...) -> per-episode values (``return``, ``length``, ``win``, the env's metrics)"""
+UNLOGGED = ("length",)
+"""Per-episode values kept in the evaluation record but not logged as a mean."""
+
+
+def logged_means(keys: Iterable[str]) -> dict[str, str]:
+    """Per-episode value -> the name its mean is logged under: ``win`` as ``win_rate``, the others (``return``, an env
+    metric such as Connector's ``connection_rate``) under their own names; ``length`` is not logged."""
+    return {key: "win_rate" if key == "win" else key for key in keys if key not in UNLOGGED}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 :class:`EvaluationRecorder` is a Lightning callback the ``hcmarl`` command always adds. During ``fit`` it appends
 each evaluation to ``evaluations.jsonl`` in the run folder (one JSON object per line: ``iteration``, ``frames``,
-``elapsed_time``, ``steps_per_second`` and per-episode ``return``/``length``/``win`` under each metric prefix),
+``elapsed_time``, ``steps_per_second`` and per-episode ``return``/``length``/``win`` and the env's episode metrics under each metric prefix),
 keeps the evaluations the final score needs, and, under the ``magpo`` protocol, the parameters of the best
 evaluation (all of this is checkpointed, so a resumed run scores the same). After ``fit``,
 :meth:`EvaluationRecorder.final_evaluation` makes the protocol's final score (``hcmarl.evaluation``).
@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from tensordict import TensorDictBase
 
-from hcmarl.evaluation import Evaluation, FinalScore, absolute_metric, is_better, last_evaluation, median_of_last, score_metric
+from hcmarl.evaluation import Evaluation, FinalScore, absolute_metric, is_better, last_evaluation, logged_means, median_of_last, score_metric
 
 if TYPE_CHECKING:
     from hcmarl.datamodules import OnPolicyDataModule
@@ -30,14 +30,12 @@ RECORD_FILE = "evaluations.jsonl"
 
 
 def evaluation_metrics(evaluation: Evaluation) -> dict[str, float]:
-    """The means an evaluation logs (``MARLModule.validation_step``): ``<prefix>/return``, ``<prefix>/episodes`` and
-    ``<prefix>/win_rate`` where the env has wins."""
+    """The means an evaluation logs (``MARLModule.validation_step``): ``<prefix>/episodes``, ``<prefix>/return``,
+    ``<prefix>/win_rate`` where the env has wins and ``<prefix>/<metric>`` for each episode metric of the env."""
     metrics: dict[str, float] = {}
     for prefix, episodes in evaluation.episodes.items():
-        metrics[f"{prefix}/return"] = evaluation.mean(f"{prefix}/return")
         metrics[f"{prefix}/episodes"] = float(len(episodes["return"]))
-        if "win" in episodes:
-            metrics[f"{prefix}/win_rate"] = evaluation.mean(f"{prefix}/win_rate")
+        metrics |= {f"{prefix}/{name}": evaluation.mean(f"{prefix}/{name}") for name in logged_means(episodes).values()}
     return metrics
 
 

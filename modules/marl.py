@@ -22,6 +22,7 @@ from hcmarl.compilation import compile_roles
 from hcmarl.datamodules import RolloutSource, require_rollout_source
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError, NonFiniteLossError
+from hcmarl.evaluation import logged_means
 from hcmarl.extra_role import ExtraRole
 from hcmarl.iteration import plan_iteration
 from hcmarl.keys import EPISODE_RETURN
@@ -179,8 +180,11 @@ class MARLModule(L.LightningModule):
         dm = self.rollouts
         metrics: dict[str, torch.Tensor | float] = dict(losses)
         done = batch.get(("next", "done")).squeeze(-1)
-        if (ret := batch.get(("next", EPISODE_RETURN), None)) is not None and bool(done.any()):
-            metrics["train/return"] = ret.squeeze(-1)[done].mean()
+        if bool(done.any()):
+            if (ret := batch.get(("next", EPISODE_RETURN), None)) is not None:
+                metrics["train/return"] = ret.squeeze(-1)[done].mean()
+            env_metrics = () if self.env_info is None else self.env_info.metrics
+            metrics |= {f"train/{name}": batch.get(("next", name)).squeeze(-1)[done].mean() for name in env_metrics}  # at episodes' ends
         seconds = dm.last_collect_seconds + update_seconds
         metrics |= {
             "frames": float(dm.frames),
@@ -194,9 +198,8 @@ class MARLModule(L.LightningModule):
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:
         """Batch ``i`` holds the episodes of the ``i``-th of ``evaluation_modes``; logged under its prefix."""
         prefix = list(self.evaluation_modes())[batch_idx]
-        metrics = {f"{prefix}/return": batch.get("return").mean(), f"{prefix}/episodes": float(batch.numel())}
-        if "win" in batch.keys():
-            metrics[f"{prefix}/win_rate"] = batch.get("win").float().mean()
+        metrics = {f"{prefix}/episodes": float(batch.numel())}
+        metrics |= {f"{prefix}/{name}": batch.get(key).float().mean() for key, name in logged_means(batch.keys()).items()}
         self.log_dict(metrics, batch_size=1, sync_dist=True)
 
     # ---- checkpoints ----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def test_every_recipe_runs_two_iterations(path: Path, run_cli, tmp_path: Path) -
     assert losses and all(math.isfinite(v) for v in losses)
     result = final_eval(run_dir)
     assert math.isfinite(result["eval/return"]) and result["frames"] == 2 * FRAMES_PER_ITERATION
+    if path.stem.startswith("connector_"):  # the env's episode metric: logged in training and evaluation, recorded per episode
+        assert 0.0 <= result["eval/connection_rate"] <= 1.0 and logged(rows, "train/connection_rate")
+        (record,) = (json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()[-1:])
+        assert len(record["episodes"]["eval"]["connection_rate"]) == len(record["episodes"]["eval"]["return"])
 
 
 def test_print_config_resolves_interpolation_after_overrides(capsys: pytest.CaptureFixture) -> None:

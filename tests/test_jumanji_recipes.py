@@ -8,6 +8,8 @@ one task per suite. Every value written in a recipe is checked against its sourc
   except that Connector's networks take no agent id (the code's ``connector.yaml``: ``implicit_agent_id: True``);
 - HAPPO: its row, and for what the row does not set the official code's recurrent MAPPO defaults, with HAPPO's own
   per-agent actors and sequential updates;
+- recurrent MAPPO (no ``mappo`` rows outside CoordSum) on one task per suite: the task's HAPPO row and defaults, with
+  MAPPO's one shared actor (an agent id except on Connector) and simultaneous updates;
 - HCPO and HATRPO (no rows): every value of ``recipes/<alg>/smax_3s5z.yaml`` (the HCPO paper's settings), on the task.
 
 Each header names its row (or says there is none) and lists its deliberate differences.
@@ -40,7 +42,7 @@ ROWS = _rows()
 RECIPES = sorted(
     [f"{alg}/{env}_{task}" for (system, env, task) in ROWS if system == "magpo" for alg in ("magpo", "ctds")]
     + [f"happo/{env}_{task}" for (system, env, task) in ROWS if system == "happo"]
-    + [f"{alg}/{env}_{task}" for env, task in ONE_TASK.items() for alg in ("hcpo", "hatrpo")]
+    + [f"{alg}/{env}_{task}" for env, task in ONE_TASK.items() for alg in ("hcpo", "hatrpo", "rec_mappo")]
 )
 
 
@@ -105,6 +107,17 @@ def _happo_checks(env: str, task: str) -> list[Check]:
     ]
 
 
+def _mappo_checks(env: str, task: str) -> list[Check]:
+    """The HAPPO row's checks with MAPPO's own: one actor shared by the agents, simultaneous updates."""
+    a, implicit_id = "model.learner.init_args.actor.init_args", env == "connector"
+    mappo = {
+        f"{a}.share_params": Check(f"{a}.share_params", True, "MAPPO: one actor shared by the agents"),
+        f"{a}.agent_id": Check(f"{a}.agent_id", not implicit_id, "the code's add_agent_id (connector.yaml: implicit_agent_id True)"),
+        "model.learner.init_args.schedule.class_path": Check("model.learner.init_args.schedule.class_path", "hcmarl.schedules.Simultaneous", "MAPPO"),
+    }
+    return [mappo.get(c.key, c) for c in _happo_checks(env, task) if c.key != "model.learner.init_args.schedule.init_args.order"]
+
+
 def _hc_checks(alg: str, env: str, task: str) -> list[Check]:
     source = RECIPES_DIR / alg / "smax_3s5z.yaml"
     values = dict(flatten(yaml.safe_load(source.read_text())))
@@ -119,12 +132,14 @@ def _checks(recipe: str) -> list[Check]:
         return _magpo_checks(recipe)
     if alg == "happo":
         return _happo_checks(env, task)
+    if alg == "rec_mappo":
+        return _mappo_checks(env, task)
     return _hc_checks(alg, env, task)
 
 
 def test_every_row_has_its_recipes() -> None:
     assert {system for system, _, _ in ROWS} == {"magpo", "happo"}
-    assert len(RECIPES) == 2 * 26 + 26 + 6  # 15 RWARE, 7 LBF and 4 Connector tasks have both rows
+    assert len(RECIPES) == 2 * 26 + 26 + 9  # 15 RWARE, 7 LBF and 4 Connector tasks have both rows
     missing = [r for r in RECIPES if not (RECIPES_DIR / f"{r}.yaml").exists()]
     assert not missing, f"recipes missing: {missing}"
 
@@ -148,8 +163,9 @@ def test_header_names_its_row_and_differences(recipe: str) -> None:
     if alg in ("hcpo", "hatrpo"):
         assert f"params.csv has no {alg.upper()} row" in text and "Deliberate differences" in text
     else:
-        assert f"row {'happo' if alg == 'happo' else 'magpo'},{task},{env} of ../shared/reference/magpo/params.csv" in text
+        assert f"row {'happo' if alg in ('happo', 'rec_mappo') else 'magpo'},{task},{env} of ../shared/reference/magpo/params.csv" in text
         assert "Deliberate differences: " in text and TERMINAL in text
-        chunk = ROWS[("happo", env, task)]["recurrent_chunk_size"] if alg == "happo" else "128"
+        assert ("params.csv has no MAPPO row for this task" in text) == (alg == "rec_mappo")
+        chunk = ROWS[("happo", env, task)]["recurrent_chunk_size"] if alg in ("happo", "rec_mappo") else "128"
         assert (f"recurrent_chunk_size {chunk}: hcmarl trains" in text) == (chunk != "128")
     assert f"Run: hcmarl fit --config recipes/{recipe}.yaml" in text

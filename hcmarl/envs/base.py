@@ -59,6 +59,7 @@ class EnvInfo:
     max_steps: int
     has_action_mask: bool = False
     has_win: bool = False
+    metrics: tuple[str, ...] = ()  # episode metrics reported at every step as ``("next", name)`` ``[E, 1]``; an episode's is its last step's
     action_low: float = -1.0
     action_high: float = 1.0
 

@@ -218,6 +218,7 @@ class JumanjiEnv(EnvBase):
             max_steps=t.max_steps,
             has_action_mask=True,
             has_win=t.win is not None,
+            metrics=tuple(t.metrics),
         )
 
     @property
