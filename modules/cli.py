@@ -17,107 +17,28 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import sys
 import warnings
-import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
 from jsonargparse import ActionYesNo, set_parsing_settings
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.strategies import DDPStrategy
 
 from hcmarl.datamodules.onpolicy import OnPolicyDataModule, iterations_for
 from hcmarl.errors import ConfigError, HcmarlError
 from hcmarl.modules.base_config import config_files, with_base
+from hcmarl.modules.checkpoint_check import check_checkpoint
+from hcmarl.modules.trainer import HcmarlTrainer
 
 
 def _seed(seed_everything: Any) -> int:
     return 0 if isinstance(seed_everything, bool) or seed_everything is None else int(seed_everything)
-
-
-DDP_NAMES: dict[str, Literal["popen", "spawn"]] = {"ddp": "popen", "ddp_spawn": "spawn"}
-
-
-class HcmarlTrainer(Trainer):
-    """Lightning's Trainer plus ``bench``, with DDP set up for per-role updates.
-
-    Each role's backward pass touches only that role's parameters, so ``strategy: ddp``
-    (or ``ddp_spawn``) becomes DDP with ``find_unused_parameters=True``.
-    """
-
-    callbacks: list[Callback]  # set by Lightning's callback connector, declared here for type checkers
-
-    def __init__(self, *args: Any, strategy: Any = "auto", **kwargs: Any) -> None:
-        if isinstance(strategy, str) and strategy in DDP_NAMES:
-            strategy = DDPStrategy(find_unused_parameters=True, start_method=DDP_NAMES[strategy])
-        if kwargs.get("enable_progress_bar") is False and kwargs.get("callbacks"):
-            kwargs["callbacks"] = [c for c in kwargs["callbacks"] if not isinstance(c, ProgressBar)]
-        super().__init__(*args, strategy=strategy, **kwargs)
-
-    @property
-    def log_dir(self) -> str | None:
-        """The run folder (``config.yaml``, ``final_eval.json``, videos). Lightning gives a W&B logger its whole
-        ``save_dir``, shared by every run; here a W&B run gets ``<save_dir>/<project>/<run id>``, the folder its
-        checkpoints go to."""
-        from hcmarl.modules.loggers import WandbLogger
-
-        logger = self.loggers[0] if self.loggers else None
-        if not isinstance(logger, WandbLogger):
-            return super().log_dir
-        run_dir = os.path.join(str(logger.save_dir), str(logger.name), str(logger.version)) if self.is_global_zero else None
-        return self.strategy.broadcast(run_dir)
-
-    def bench(self, model: LightningModule, datamodule: OnPolicyDataModule, iterations: int = 5, warmup: int = 1) -> dict[str, float]:
-        """Run ``warmup + iterations`` iterations and print collection, update and end-to-end frames/s.
-
-        ``data.total_frames`` is replaced by the frames of those iterations. Frames count over all ranks, as in
-        training: under DDP, ``frames_per_iteration`` is ``world_size * num_envs * rollout_steps`` and the frames/s
-        are global (all ranks' frames over rank zero's seconds). The figures are returned and kept as
-        ``self.bench_result``.
-
-        Args:
-            iterations: measured iterations.
-            warmup: iterations run first and not measured.
-        """
-        from hcmarl.modules.callbacks import ThroughputMeter
-
-        meter = ThroughputMeter()
-        self.callbacks = [c for c in self.callbacks if not isinstance(c, ModelCheckpoint)] + [meter]
-        datamodule.total_frames = (warmup + iterations) * self.num_nodes * self.num_devices * datamodule.frames_per_batch
-        self.check_val_every_n_epoch = None
-        self.limit_val_batches = 0
-        self.fit(model, datamodule=datamodule)
-        measured = meter.records[warmup:]
-        frames = datamodule.global_frames_per_batch
-        collect = sum(r["collect_s"] for r in measured) / len(measured)
-        update = sum(r["update_s"] for r in measured) / len(measured)
-        walls = [r["wall_s"] for r in measured if not math.isnan(r["wall_s"])]
-        wall = sum(walls) / len(walls) if walls else collect + update
-        result = {
-            "frames_per_iteration": frames,
-            "collect_s": collect,
-            "update_s": update,
-            "iteration_s": wall,
-            "collect_fps": frames / collect,
-            "update_fps": frames / update,
-            "end_to_end_fps": frames / wall,
-            "peak_rss_mib": max(r["peak_rss_mib"] for r in meter.records),
-        }
-        self.bench_result = result
-        if self.is_global_zero:
-            ranks = f" over {self.world_size} ranks" if self.world_size > 1 else ""
-            print(f"\nhcmarl bench: {datamodule.env_name}, {frames} frames per iteration{ranks}, {len(measured)} measured iterations")
-            for key, value in result.items():
-                print(f"  {key:>22}: {value:,.3f}")
-        return result
 
 
 class HcmarlCLI(LightningCLI):
@@ -322,51 +243,6 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
         args=args,
         run=run,
     )
-
-
-LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
-"""``--ckpt_path`` values Lightning resolves to a file itself (besides ``registry...`` and URLs)."""
-
-RESUME_KEYS = ("state_dict", "optimizer_states", "lr_schedulers")
-"""What Lightning reads of a checkpoint to resume a fit (``validate`` reads only ``state_dict``)."""
-
-
-def check_checkpoint(ckpt_path: Any, subcommand: str) -> None:
-    """Refuse a ``--ckpt_path`` Lightning could not restore, with a ``ConfigError`` naming the file, before it tries.
-
-    The file must exist and load as a torch checkpoint (a zip archive that ``torch.load`` reads with
-    ``weights_only=True``, as Lightning's CLI first loads it) with the keys Lightning needs (``RESUME_KEYS`` for
-    ``fit``; the ``hcmarl`` entry is checked by ``MARLModule.on_load_checkpoint``). It is loaded with ``mmap=True``,
-    so tensors are not read: milliseconds even for a checkpoint of 500 MB (2.7 s without). Lightning's names
-    (``last``, ``best``, ...) and URLs are left to Lightning.
-    """
-    if ckpt_path is None:
-        return
-    path = str(ckpt_path)
-    if path in LIGHTNING_CHECKPOINT_NAMES or path.startswith("registry") or "://" in path:
-        return
-    fix = "pass a checkpoint an hcmarl run saved (<run folder>/checkpoints/last.ckpt)"
-    fix += ", or leave --ckpt_path out to start a new run" if subcommand == "fit" else ", or leave --ckpt_path out"
-    if not os.path.exists(path):
-        raise ConfigError(f"--ckpt_path {path}: no such file; {fix}")
-    if not os.path.isfile(path):
-        raise ConfigError(f"--ckpt_path {path} is a folder, not a checkpoint file; {fix}")
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(f"--ckpt_path {path} is not a checkpoint (not a file torch.save writes); {fix}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}: {reason}); {fix}") from err
-    needed = RESUME_KEYS if subcommand == "fit" else RESUME_KEYS[:1]
-    missing = [key for key in needed if not isinstance(checkpoint, dict) or key not in checkpoint]
-    if missing == ["optimizer_states", "lr_schedulers"] or missing == ["optimizer_states"]:
-        raise ConfigError(
-            f"--ckpt_path {path} holds the model's weights only (no optimizer_states), so fit cannot resume from it; "
-            "validate it with hcmarl validate --ckpt_path, or resume from a full checkpoint (<run folder>/checkpoints/last.ckpt)"
-        )
-    if missing:
-        raise ConfigError(f"--ckpt_path {path} is not a Lightning checkpoint: it has no {', '.join(missing)}; {fix}")
 
 
 def user_error(err: BaseException) -> HcmarlError | None:
