@@ -46,7 +46,7 @@ def compile_network(network: nn.Module, name: str, log: Callable[[str], None] = 
     """
     from hcmarl.nn.layers import AgentMLP
     from hcmarl.nn.recurrent import AgentGRUCell
-    from hcmarl.nn.retention import RetentionDecoderBlock, RetentionEncoderBlock
+    from hcmarl.nn.retention_blocks import RetentionDecoderBlock, RetentionEncoderBlock
     from hcmarl.nn.transformer import DecoderBlock, EncoderBlock
 
     parts = (AgentMLP, AgentGRUCell, EncoderBlock, DecoderBlock, RetentionEncoderBlock, RetentionDecoderBlock)

@@ -9,7 +9,8 @@ from tensordict import TensorDict
 from hcmarl.envs.base import EnvInfo
 from hcmarl.keys import ACTION, ACTION_MASK, IS_INIT, LOG_PROB, OBSERVATION
 from hcmarl.nn import SableGuider
-from hcmarl.nn.retention import MultiScaleRetention, RetentionDecoderBlock, RetentionEncoderBlock, head_decays, retention_masks
+from hcmarl.nn.retention import MultiScaleRetention, head_decays, retention_masks
+from hcmarl.nn.retention_blocks import RetentionDecoderBlock, RetentionEncoderBlock
 
 DISCRETE = EnvInfo(name="toy", n_agents=3, obs_dim=5, state_dim=15, action_kind="categorical", action_dim=4, max_steps=10, has_action_mask=True)
 CONTINUOUS = EnvInfo(name="toy", n_agents=3, obs_dim=5, state_dim=15, action_kind="continuous", action_dim=2, max_steps=10)

@@ -20,11 +20,7 @@ from hcmarl.keys import ACTION_MASK, IS_INIT, OBSERVATION
 from hcmarl.nn.guider import AgentTokenGuider, reshape_distribution, shifted_action_tokens
 from hcmarl.nn.layers import RMSNorm
 from hcmarl.nn.retention import (
-    FeedForwardKind,
     GateInput,
-    Norm,
-    RetentionDecoderBlock,
-    RetentionEncoderBlock,
     RetentionMasks,
     episode_timesteps,
     head_decays,
@@ -32,6 +28,7 @@ from hcmarl.nn.retention import (
     timestep_encoding,
     with_next_observations,
 )
+from hcmarl.nn.retention_blocks import FeedForwardKind, Norm, RetentionDecoderBlock, RetentionEncoderBlock
 
 Distribution = torch.distributions.Distribution
 
