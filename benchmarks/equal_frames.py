@@ -16,7 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from hcmarl.report.runs import Run, discover
+from hcmarl.report.discovery import discover
+from hcmarl.report.runs import Run
 
 COLUMNS = {"eval/return": "deployed", "eval/central/return": "central conductor", "eval/guider/return": "guider"}
 

@@ -21,7 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from hcmarl.report.runs import discover, version_dirs
+from hcmarl.report.discovery import discover
+from hcmarl.report.runs import version_dirs
 from hcmarl.sweep import execute, expand_grid
 
 ROOT = Path(__file__).resolve().parent.parent

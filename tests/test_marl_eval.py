@@ -17,8 +17,8 @@ import yaml
 from hcmarl.errors import RunDataError
 from hcmarl.modules.cli import main
 from hcmarl.report import report
+from hcmarl.report.discovery import discover
 from hcmarl.report.marl_eval import hcmarl_task, marl_eval_export, marl_eval_names, read_marl_eval, write_marl_eval
-from hcmarl.report.runs import discover
 from hcmarl.report.tables import absolute_scores, score_rules
 
 Evaluation = tuple[int, list[float], list[bool] | None]

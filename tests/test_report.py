@@ -16,7 +16,8 @@ import yaml
 from hcmarl.errors import ConfigError, RunDataError
 from hcmarl.modules.cli import main
 from hcmarl.report import report
-from hcmarl.report.runs import discover, parse_run_name, resolve_metric
+from hcmarl.report.discovery import discover, resolve_metric
+from hcmarl.report.runs import parse_run_name
 from hcmarl.report.stats import (
     improvement_estimate,
     iqm,

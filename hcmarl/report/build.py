@@ -6,11 +6,12 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hcmarl.report.discovery import discover, resolve_metric, split_incomplete
 from hcmarl.report.marl_eval import write_marl_eval
 from hcmarl.report.page import report_page
 from hcmarl.report.plots import Band, iqm_plot, learning_curves
 from hcmarl.report.published import published_table, read_published, unmatched
-from hcmarl.report.runs import discover, resolve_metric, split_incomplete, write_export
+from hcmarl.report.runs import write_export
 from hcmarl.report.stats import CONFIDENCE, RESAMPLES
 from hcmarl.report.tables import LAST_EVALUATIONS, aggregate, hcpo_scores, hcpo_table, magpo_scores, score_rules
 

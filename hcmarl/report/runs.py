@@ -43,7 +43,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +181,7 @@ def _identity(where: str, algorithm: str, task: object, seed: object) -> tuple[s
 
 
 @dataclass
-class _Part:
+class RunPart:
     """One version folder, or one run of an export, before versions are merged."""
 
     key: tuple[str, str, int]
@@ -254,14 +254,15 @@ def _folder_absolute(folder: Path) -> dict[str, float]:
     return _episode_means(final["episodes"]["eval"])
 
 
-def _read_folder(folder: Path, root: Path) -> _Part:
+def read_folder(folder: Path, root: Path) -> RunPart:
+    """One version folder of a run (its ``metrics.csv`` curves, identity and absolute metric), unmerged."""
     with open(folder / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     key, order = folder_identity(folder, root, read_config(folder))
-    return _Part(key, order, curves_from_rows(rows, str(folder / "metrics.csv")), str(folder), _folder_absolute(folder))
+    return RunPart(key, order, curves_from_rows(rows, str(folder / "metrics.csv")), str(folder), _folder_absolute(folder))
 
 
-def read_export(path: Path) -> list[_Part]:
+def read_export(path: Path) -> list[RunPart]:
     """The runs of a W&B export CSV (format in the module docstring), unmerged."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -291,107 +292,12 @@ def read_export(path: Path) -> list[_Part]:
             first.get("task") or first.get("data.env") or name_task,
             first.get("seed") or first.get("seed_everything") or parse_run_name(run_name)[2],
         )
-        parts.append(_Part(key, (str(path), order), curves_from_rows(run_rows, where), where))
+        parts.append(RunPart(key, (str(path), order), curves_from_rows(run_rows, where), where))
     return parts
 
 
-def _merge(parts: Iterable[_Part]) -> list[Run]:
-    merged: dict[tuple[str, str, int], Run] = {}
-    for part in sorted(parts, key=lambda p: p.order):
-        run = merged.setdefault(part.key, Run(*part.key, curves={}))
-        points = {m: dict(c) for m, c in run.curves.items()}
-        for metric, new in part.points.items():
-            points.setdefault(metric, {}).update(new)
-        run.curves = {m: sorted(p.items()) for m, p in points.items()}
-        run.sources.append(part.source)
-        run.absolute = part.absolute or run.absolute
-    return sorted(merged.values(), key=lambda r: (r.task, r.algorithm, r.seed))
-
-
-def _imported_parts(path: Path) -> list[_Part]:
-    """The runs of a marl-eval JSON file as unmerged parts."""
-    from hcmarl.report.marl_eval import read_marl_eval  # marl_eval builds on this module
-
-    return [
-        _Part((r.algorithm, r.task, r.seed), (str(path), i), {m: dict(c) for m, c in r.curves.items()}, r.sources[0], r.absolute, True)
-        for i, r in enumerate(read_marl_eval(path))
-    ]
-
-
-def _place_imported(parts: list[_Part]) -> None:
-    """Give imported runs (whose names marl-eval lower-cases) the spelling of an hcmarl run's task that equals
-    theirs but for case; refuse an imported run that is also read from elsewhere (a second file or a run folder)."""
-    spelling = {p.key[1].lower(): p.key[1] for p in parts if not p.imported}
-    for part in parts:
-        if part.imported:
-            part.key = (part.key[0], spelling.get(part.key[1].lower(), part.key[1]), part.key[2])
-    sources: dict[tuple[str, str, int], list[_Part]] = {}
-    for part in parts:
-        sources.setdefault(part.key, []).append(part)
-    for (algorithm, task, seed), same in sources.items():
-        if len(same) > 1 and any(p.imported for p in same):
-            raise RunDataError(
-                f"{algorithm} on {task}, seed {seed} is read twice: from {same[0].source} and from {same[1].source}; "
-                "give only one of them (a marl-eval file written by hcmarl report --marl-eval repeats its run folders)"
-            )
-
-
-def discover(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
-    """Every run under ``paths``: folders searched for ``metrics.csv``, export ``.csv`` files, marl-eval ``.json`` files.
-
-    Returns the runs (sorted by task, algorithm, seed) and notes on what was left out:
-    folders whose logs hold no evaluation.
-    """
-    parts: list[_Part] = []
-    for given in paths:
-        path = Path(given)
-        if not path.exists():
-            raise RunDataError(f"{path} does not exist; give run folders (written by hcmarl fit), an exported .csv or a marl-eval .json")
-        if path.is_file() and path.suffix.lower() == ".json":
-            parts.extend(_imported_parts(path))
-        elif path.is_file() and path.name != "metrics.csv":
-            parts.extend(read_export(path))
-        else:
-            parts.extend(_read_folder(folder, root) for folder, root in run_folders(path))
-    if not parts:
-        raise RunDataError(
-            f"no runs found in {', '.join(str(p) for p in paths)}: expected folders holding metrics.csv "
-            "(as hcmarl fit writes them), an exported .csv of runs or a marl-eval .json"
-        )
-    _place_imported(parts)
-    notes = [f"{p.source}: no evaluation logged, left out" for p in parts if not p.points]
-    runs = _merge(p for p in parts if p.points)
-    if not runs:
-        raise RunDataError(f"no evaluation in any run found in {', '.join(str(p) for p in paths)}: train longer than data.eval_every iterations")
-    return runs, notes
-
-
-def split_incomplete(runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
-    """``(complete, incomplete)``: a run is incomplete when it stops before another seed of its algorithm and task."""
-    longest: dict[tuple[str, str], float] = {}
-    for run in runs:
-        key = (run.algorithm, run.task)
-        longest[key] = max(longest.get(key, 0.0), run.last_frames)
-    complete = [r for r in runs if r.last_frames >= longest[(r.algorithm, r.task)]]
-    return complete, [r for r in runs if r.last_frames < longest[(r.algorithm, r.task)]]
-
-
-def resolve_metric(runs: Sequence[Run], metric: str) -> str:
-    """The column to score ``runs`` by: ``auto`` is ``eval/win_rate`` when every run logs it, else ``eval/return``.
-
-    ``return`` and ``win_rate`` are short for ``eval/return`` and ``eval/win_rate``; any other
-    name is a column (``eval/guider/return``) that every run must have.
-    """
-    if metric == "auto":
-        metric = "win_rate" if runs and all("eval/win_rate" in r.curves for r in runs) else "return"
-    column = METRIC_ALIASES.get(metric, metric)
-    for run in runs:
-        run.curve(column)
-    return column
-
-
 def write_export(runs: Sequence[Run], path: Path) -> Path:
-    """Write ``runs`` as an export CSV (one row per evaluation), readable back by :func:`discover`."""
+    """Write ``runs`` as an export CSV (one row per evaluation), readable back by :func:`hcmarl.report.discovery.discover`."""
     metrics = sorted({m for r in runs for m in r.curves})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
