@@ -12,8 +12,23 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import DDPStrategy
 
 from hcmarl.datamodules.onpolicy import OnPolicyDataModule
+from hcmarl.errors import ConfigError
 
 DDP_NAMES: dict[str, Literal["popen", "spawn"]] = {"ddp": "popen", "ddp_spawn": "spawn"}
+CUDA_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_accelerator(accelerator: Any) -> None:
+    """``ConfigError`` naming the fix when ``trainer.accelerator`` asks for a CUDA GPU that torch cannot see (Lightning's
+    own message, "No supported gpu backend found!", comes with a traceback and no fix)."""
+    import torch
+
+    if isinstance(accelerator, str) and accelerator.lower() in CUDA_ACCELERATORS and not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"trainer.accelerator is {accelerator!r} but torch sees no CUDA GPU here (torch {torch.__version__}, {build}); "
+            "use --trainer.accelerator cpu (or auto), or run on a machine with a GPU and a CUDA build of torch"
+        )
 
 
 class HcmarlTrainer(Trainer):
@@ -26,6 +41,7 @@ class HcmarlTrainer(Trainer):
     callbacks: list[Callback]  # set by Lightning's callback connector, declared here for type checkers
 
     def __init__(self, *args: Any, strategy: Any = "auto", **kwargs: Any) -> None:
+        check_accelerator(kwargs.get("accelerator"))
         if isinstance(strategy, str) and strategy in DDP_NAMES:
             strategy = DDPStrategy(find_unused_parameters=True, start_method=DDP_NAMES[strategy])
         if kwargs.get("enable_progress_bar") is False and kwargs.get("callbacks"):

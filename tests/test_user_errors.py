@@ -127,6 +127,15 @@ def test_every_roles_learning_rate_is_checked(capsys, tmp_path: Path, monkeypatc
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible: the GPU accelerator is valid here")
+@pytest.mark.parametrize("command", ["fit", "bench"])
+def test_gpu_accelerator_without_a_gpu_names_the_fix(capsys, tmp_path: Path, monkeypatch, command: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    message = exit_message(capsys, command, "--config", recipe("mappo/coordsum_3x10"), *TINY, "--data.total_frames", FRAMES, "--trainer.accelerator", "gpu")
+    assert "trainer.accelerator is 'gpu' but torch sees no CUDA GPU here" in message and "--trainer.accelerator cpu" in message
+    assert not (tmp_path / "runs").exists()
+
+
 def test_role_settings_are_checked_at_construction() -> None:
     with pytest.raises(ConfigError, match=r"model.learner.init_args.lr must be > 0, got nan"):
         Learner(MLPActor(), ClipPPO(), Simultaneous(), lr=math.nan)
