@@ -131,7 +131,9 @@ def test_every_roles_learning_rate_is_checked(capsys, tmp_path: Path, monkeypatc
 @pytest.mark.parametrize("command", ["fit", "bench"])
 def test_gpu_accelerator_without_a_gpu_names_the_fix(capsys, tmp_path: Path, monkeypatch, command: str) -> None:
     monkeypatch.chdir(tmp_path)
-    message = exit_message(capsys, command, "--config", recipe("mappo/coordsum_3x10"), *TINY, "--data.total_frames", FRAMES, "--trainer.accelerator", "gpu")
+    message = exit_message(
+        capsys, command, "--config", recipe("mappo/coordsum_3x10"), *TINY, "--data.total_frames", FRAMES, "--trainer.accelerator", "gpu"
+    )
     assert "trainer.accelerator is 'gpu' but torch sees no CUDA GPU here" in message and "--trainer.accelerator cpu" in message
     assert not (tmp_path / "runs").exists()
 
