@@ -25,6 +25,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import Compose, EnvBase, TransformedEnv
 from torchrl.envs.utils import step_mdp
 
+from hcmarl.datamodules.episodes import episode_returns, first_episode_end, rollout_first_episodes
 from hcmarl.datamodules.protocols import BehaviourPolicy, Policy, PolicySource, require_policy_source
 from hcmarl.envs import check_env_kwargs, make_env
 from hcmarl.envs.base import EnvInfo
@@ -76,22 +77,6 @@ class _OnDemand:
     def __iter__(self) -> Iterator[TensorDictBase]:
         for make in self._makers:
             yield make()
-
-
-def episode_returns(reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return and length of each env's first episode in a rollout ``[E, T, 1]`` (steps after its end are ignored)."""
-    done = done.squeeze(-1)
-    ended_before = (done.long().cumsum(dim=1) - done.long()) > 0
-    live = (~ended_before).to(reward.dtype)
-    return (reward.squeeze(-1) * live).sum(dim=1), live.sum(dim=1)
-
-
-def first_episode_end(values: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
-    """Each env's ``values`` ``[E, T, 1]`` at the last step of its first episode in a rollout (the rollout's last
-    step where no episode ended): an episode's outcome (``win``) or metric, not a later episode's."""
-    done = done.squeeze(-1)
-    last = torch.where(done.any(dim=1), done.to(torch.uint8).argmax(dim=1), done.shape[1] - 1)  # argmax: the first end
-    return values.squeeze(-1).gather(1, last[:, None]).squeeze(1)
 
 
 @dataclass(frozen=True)
@@ -318,7 +303,7 @@ class OnPolicyDataModule(L.LightningDataModule):
         info = self._env_info()
         batches = []
         for _ in range(rounds):
-            rollout = self._policy_env(self.eval_env).rollout(info.max_steps, policy, break_when_any_done=False)
+            rollout = rollout_first_episodes(self._policy_env(self.eval_env), policy, info.max_steps)
             returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
             out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
             done = rollout.get(("next", "done"))

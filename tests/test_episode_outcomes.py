@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from hcmarl.datamodules.onpolicy import episode_returns, first_episode_end
+from hcmarl.datamodules.episodes import episode_returns, first_episode_end, rollout_first_episodes
+from hcmarl.envs import make_env
 from hcmarl.evaluation import logged_means
 
 
@@ -50,3 +51,27 @@ def test_logged_means_name_wins_as_a_rate_and_skip_lengths() -> None:
         "win": "win_rate",
         "connection_rate": "connection_rate",
     }
+
+
+def test_evaluations_of_fixed_length_episodes_are_torchrls_uncut_rollouts() -> None:
+    """CoordSum's episodes all end at ``max_steps``: two evaluations in a row step the env exactly as two TorchRL
+    rollouts do (the last step of each left unreset), so the second one's episodes are the same too."""
+    env = make_env("coordsum/3x10", num_envs=3, seed=0)
+    max_steps = env.info.max_steps
+
+    def policy(td):
+        td["agents", "action"] = torch.randint(0, 10, td["agents", "observation"].shape[:-1])
+        return td
+
+    results = []
+    for cut in (False, True):
+        env.set_seed(5)
+        torch.manual_seed(0)
+        for _ in range(2):
+            results.append(
+                rollout_first_episodes(env, policy, max_steps, chunk=7) if cut else env.rollout(max_steps, policy, break_when_any_done=False)
+            )
+    for uncut, cut in zip(results[:2], results[2:], strict=True):
+        assert cut.shape == uncut.shape == (3, max_steps)
+        for key in (("agents", "action"), ("next", "reward"), ("next", "done"), ("next", "state")):
+            torch.testing.assert_close(cut[key], uncut[key], rtol=0, atol=0)

@@ -1,8 +1,10 @@
-"""The published values hcmarl ships (``docs/results/magpo_table1_*.csv``) equal their source.
+"""The published values hcmarl ships (``docs/results/magpo_table1_*.csv``, ``hcpo_table2_smax.csv``) equal their source.
 
 The jumanji suites' rows are read back from the MAGPO paper's Table 1 in ``../shared/seeds/magpo_paper.txt``: a
 suite's block is its name, its task names, then each algorithm's ``mean ± std`` for every task, algorithm after
 algorithm (MAGPO, CTDS, IPPO, MAPPO, MAT, Sable). The CoordSum rows' means are read from ALGORITHMS.md section 5.
+The SMAX rows are read back from the HCPO paper's Table 2 in ``../shared/seeds/hcpo_paper.txt``: after the maps and
+their difficulty, each algorithm's ``win%(std)`` for every map, algorithm after algorithm.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hcmarl.recipes import RECIPES_DIR
 
 SHARED = RECIPES_DIR.parent.parent / "shared"
 PAPER = SHARED / "seeds" / "magpo_paper.txt"
+HCPO_PAPER = SHARED / "seeds" / "hcpo_paper.txt"
 RESULTS = RECIPES_DIR.parent / "docs" / "results"
 TABLE_ALGORITHMS = ("magpo", "ctds", "rec_ippo", "rec_mappo", "mat", "sable")
 """Table 1's columns, by the names the CSVs give them (the paper's MAPPO and IPPO are recurrent: rec_mappo, rec_ippo)."""
@@ -69,3 +72,32 @@ def test_the_coordsum_rows_are_algorithms_md_section_5s() -> None:
     for task in ("3x10", "3x30"):
         means = [float(v) for v in re.search(rf"^{task}: ([\d. /]+);?$", text, re.M).group(1).rstrip(".").split(" / ")]
         assert {alg: rows[(f"coordsum/{task}", alg)] for alg in order} == dict(zip(order, means, strict=True))
+
+
+HCPO_TABLE_2_ALGORITHMS = ("hcpo", "happo", "hatrpo", "haa2c", "a2po", "maven")
+HCPO_TABLE_2_MAPS = ("3s5z", "5m_vs_6m", "8m_vs_9m", "10m_vs_11m", "corridor")
+
+
+def hcpo_table_2() -> dict[tuple[str, str], tuple[float, float]]:
+    """(smax/<map>, algorithm) -> (mean, std) of the HCPO paper's Table 2, as fractions (the paper gives percent)."""
+    text = " ".join(HCPO_PAPER.read_text().split())
+    start = text.index("corridor hard hard hard hard super")
+    cells = re.findall(r"(\d+(?:\.\d+)?)\((\d+\.\d+)\)", text[start:])[: len(HCPO_TABLE_2_ALGORITHMS) * len(HCPO_TABLE_2_MAPS)]
+    n = len(HCPO_TABLE_2_MAPS)
+    return {
+        (f"smax/{task}", alg): (float(cells[i * n + j][0]) / 100, float(cells[i * n + j][1]) / 100)
+        for i, alg in enumerate(HCPO_TABLE_2_ALGORITHMS)
+        for j, task in enumerate(HCPO_TABLE_2_MAPS)
+    }
+
+
+def test_the_smax_rows_are_the_hcpo_papers_table_2() -> None:
+    published = hcpo_table_2()
+    assert published[("smax/5m_vs_6m", "hatrpo")] == pytest.approx((0.703, 0.087))  # the parse, against one cell read by eye
+    assert published[("smax/corridor", "maven")] == pytest.approx((0.406, 0.041))  # the block's last cell
+    rows = read_csv("hcpo_table2_smax.csv")
+    assert {row["task"] for row in rows} == {"smax/3s5z", "smax/5m_vs_6m", "smax/10m_vs_11m"}  # the maps JaxMARL's SMAX has
+    assert len(rows) == 3 * 5  # every algorithm hcmarl implements (MAVEN is not one)
+    for row in rows:
+        assert (float(row["mean"]), float(row["std"])) == pytest.approx(published[(row["task"], row["algorithm"])], abs=5e-4), row
+        assert (row["seeds"], row["frames"]) == ("5", "10000000") and row["source"].startswith("HCPO paper Table 2")

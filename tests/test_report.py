@@ -25,7 +25,7 @@ from hcmarl.report.stats import (
     minmax_normalise,
     probability_of_improvement,
 )
-from hcmarl.report.tables import aggregate, final_scores, hcpo_scores, hcpo_table
+from hcmarl.report.tables import aggregate, final_scores, hcpo_scores, hcpo_table, magpo_scores, score_rules
 
 FRAMES_PER_EPOCH = 100
 
@@ -217,6 +217,22 @@ def test_aggregate_normalises_final_scores(fixture_runs: Path) -> None:
     ((x, y, poi),) = agg.improvement
     # 3x10: b (9/11, 9/11) vs a (0, 1): 2 of 4 pairs -> 1/2; 3x30: every b beats every a -> 1
     assert (x, y) == ("alg_b", "alg_a") and poi.value == pytest.approx(0.75)
+
+
+def test_median_score_is_the_hcpo_median_in_the_aggregate_and_beside_published(fixture_runs: Path, tmp_path: Path) -> None:
+    """``--score median``: each seed's median of its last ``--last`` evaluations, in the aggregate and the published table."""
+    runs, _ = discover([fixture_runs])
+    metrics = {"coordsum/3x10": "eval/return", "coordsum/3x30": "eval/return"}
+    rules = score_rules(runs, metrics, "median")
+    assert rules == {"coordsum/3x10": "median", "coordsum/3x30": "median"}
+    scores = magpo_scores(runs, metrics, rules, last=3)
+    np.testing.assert_allclose(scores["coordsum/3x10"]["alg_a"], [10.0, 16.0])  # medians of 9, 10, 11 and 15, 16, 22
+    published = tmp_path / "published.csv"
+    published.write_text("task,algorithm,mean,std,seeds,frames,source\ncoordsum/3x10,alg_a,30.0,1.0,5,1000,a paper\n")
+    report([fixture_runs], tmp_path / "out", score="median", last=3, published=published, resamples=50)
+    page = (tmp_path / "out" / "report.md").read_text()
+    assert "Each seed's median of the last 3 evaluations (HCPO's score), not normalised" in page
+    assert "| coordsum/3x10 | alg_a | 13.00 (4.24) | 2 | 2,400 | 30.00 ± 1.00 |" in page  # mean of 10 and 16
 
 
 def test_auto_metric_prefers_win_rate(tmp_path: Path) -> None:

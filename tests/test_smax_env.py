@@ -9,6 +9,7 @@ compiling SMAX's step takes tens of seconds.
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 from conftest import assert_fast_reset_equals_generic
 from torchrl.envs.utils import check_env_specs, step_mdp
 
-from hcmarl.datamodules.onpolicy import episode_returns
+from hcmarl.datamodules.episodes import episode_returns, first_episode_end, rollout_first_episodes
 from hcmarl.envs import make_env
 from hcmarl.envs.base import ACTION, ACTION_MASK, OBSERVATION, REWARD, STATE
 from hcmarl.errors import MissingDependencyError, UnknownEnvError
@@ -140,6 +141,29 @@ def test_episode_ends(rollout) -> None:
     returns, lengths = episode_returns(nxt[REWARD], nxt["done"])
     assert (returns > 0).all() and torch.isfinite(returns).all()  # damage dealt to enemies is rewarded
     assert (lengths == done.float().argmax(dim=1) + 1).all()
+
+
+@requires_jaxmarl
+def test_an_evaluation_rollout_stops_when_every_first_battle_has_ended(env) -> None:
+    """``rollout_first_episodes`` is TorchRL's uncut rollout, step for step, until the end of the chunk in which
+    the last env's first battle ends, and stops there: each env's first battle (return, length, win) is the same."""
+    rollouts = []
+    for cut in (False, True):
+        env.set_seed(3)
+        torch.manual_seed(0)
+        if cut:
+            rollouts.append(rollout_first_episodes(env, _masked_random_policy, 150, chunk=8))
+        else:
+            rollouts.append(env.rollout(150, policy=_masked_random_policy, break_when_any_done=False))
+    full, cut = rollouts
+    done = full["next", "done"].squeeze(-1)
+    steps_needed = int(done.to(torch.uint8).argmax(dim=1).max()) + 1
+    assert cut.shape == (E, 8 * math.ceil(steps_needed / 8)) and cut.shape[1] < full.shape[1]
+    for key in (ACTION, ("next", REWARD), ("next", "done"), ("next", OBSERVATION)):
+        torch.testing.assert_close(cut[key], full[key][:, : cut.shape[1]], rtol=0, atol=0)
+    outcomes = [(*episode_returns(r["next", REWARD], r["next", "done"]), first_episode_end(r["next", "win"], r["next", "done"])) for r in (cut, full)]
+    for a, b in zip(*outcomes, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @requires_jaxmarl

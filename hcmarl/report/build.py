@@ -58,7 +58,8 @@ def report(
         bounds: per-task ``(min, max)`` for normalisation instead of the observed ones.
         resamples, confidence, seed: the bootstrap's resamples, interval level and generator seed.
         score: the MAGPO aggregate's per-seed score: ``auto`` (the absolute metric on tasks where every
-            run has one, else the final evaluation), ``final`` or ``absolute`` (:func:`hcmarl.report.tables.score_rules`).
+            run has one, else the final evaluation), ``final``, ``absolute`` or ``median`` (of the last ``last``
+            evaluations; :func:`hcmarl.report.tables.score_rules`).
         published: a CSV of published values (:mod:`hcmarl.report.published`), set beside each algorithm's score
             (the same per-seed score as the aggregate's, before normalisation) in one table.
     """
@@ -73,7 +74,7 @@ def report(
     tasks = sorted({r.task for r in runs})
     metrics = {task: resolve_metric([r for r in runs if r.task == task], metric) for task in tasks}
     rules = score_rules(runs, metrics, score)
-    scores = magpo_scores(runs, metrics, rules)
+    scores = magpo_scores(runs, metrics, rules, last)
     agg = aggregate(scores, bounds, resamples, confidence, seed)
     beside = None
     if published is not None:

@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--score",
         choices=SCORES,
         default="auto",
-        help="the MAGPO aggregate's per-seed score: auto (the absolute metric on tasks where every run has one, "
-        "else the final evaluation), final, or absolute (default: auto)",
+        help="the per-seed score of the MAGPO aggregate and of the published comparison: auto (the absolute metric on "
+        "tasks where every run has one, else the final evaluation), final, absolute, or median (of the last --last "
+        "evaluations, HCPO's score) (default: auto)",
     )
     parser.add_argument(
         "--marl-eval",

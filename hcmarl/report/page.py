@@ -23,16 +23,18 @@ def _seeds_summary(runs: Sequence[Run]) -> list[str]:
     return rows
 
 
-def _score_sentence(rules: Mapping[str, str]) -> str:
+def _score_sentence(rules: Mapping[str, str], last: int) -> str:
     """What each task's per-seed score in the aggregate is (rules from :func:`hcmarl.report.tables.score_rules`)."""
-    absolute = [t for t, rule in rules.items() if rule == "absolute"]
-    if not absolute:
-        return "Each seed's final evaluation"
-    described = "Each seed's absolute metric (its best parameters re-evaluated over ten times the evaluation episodes, Mava's protocol)"
-    final = [t for t, rule in rules.items() if rule == "final"]
-    if final:
-        described += f" on {', '.join(absolute)}, and its final evaluation on {', '.join(final)}"
-    return described
+    described = {
+        "absolute": "its absolute metric (its best parameters re-evaluated over ten times the evaluation episodes, Mava's protocol)",
+        "final": "its final evaluation",
+        "median": f"its median of the last {last} evaluations (HCPO's score)",
+    }
+    used = sorted(set(rules.values()), key=list(described).index) or ["final"]
+    if len(used) == 1:
+        return f"Each seed's {described[used[0]].removeprefix('its ')}"
+    parts = [f"{described[rule]} on {', '.join(t for t, r in rules.items() if r == rule)}" for rule in used]
+    return "Each seed's " + ", and ".join(parts).removeprefix("its ")
 
 
 def _image(path: Path, alt: str) -> str:
@@ -83,7 +85,7 @@ def report_page(
         hcpo_table,
         "## Aggregate over tasks (MAGPO protocol)",
         "",
-        f"{_score_sentence(score_rules)}, min-max normalised per task (bounds below); interquartile mean (IQM, rliable's "
+        f"{_score_sentence(score_rules, last)}, min-max normalised per task (bounds below); interquartile mean (IQM, rliable's "
         "25% trimmed mean) over all seeds of all tasks with a stratified bootstrap percentile interval; probability of "
         "improvement P(X > Y) over seed pairs per task, averaged over tasks (Agarwal et al. 2021).",
         "",
@@ -96,7 +98,7 @@ def report_page(
         lines += [
             "## Beside published results",
             "",
-            f"{_score_sentence(score_rules)}, not normalised: mean (sample std) over seeds, the seeds and the frames reached, beside "
+            f"{_score_sentence(score_rules, last)}, not normalised: mean (sample std) over seeds, the seeds and the frames reached, beside "
             "the published value with the seeds and frames its source states. Budgets and protocols may differ: compare with care.",
             "",
             table,

@@ -2,7 +2,7 @@
 
 - HCPO: per seed, the median of the last ten evaluations; mean (std) over seeds; one row per
   task, one column per algorithm.
-- MAGPO: each seed's final score (its final evaluation, or its absolute metric: :func:`magpo_scores`),
+- MAGPO: each seed's final score (its final evaluation, its absolute metric, or HCPO's median: :func:`magpo_scores`),
   min-max normalised per task; IQM with a stratified bootstrap 95% interval per algorithm; probability of
   improvement for each pair of algorithms (Agarwal et al. 2021).
 """
@@ -20,7 +20,7 @@ from hcmarl.report.runs import Run
 from hcmarl.report.stats import CONFIDENCE, RESAMPLES, Estimate, improvement_estimate, iqm_estimate, minmax_normalise
 
 LAST_EVALUATIONS = 10
-SCORES = ("auto", "final", "absolute")
+SCORES = ("auto", "final", "absolute", "median")
 
 Scores = dict[str, dict[str, np.ndarray]]
 """task -> algorithm -> one score per seed, in seed order"""
@@ -55,10 +55,11 @@ def absolute_scores(runs: Sequence[Run], metrics: Mapping[str, str]) -> Scores:
 
 
 def score_rules(runs: Sequence[Run], metrics: Mapping[str, str], score: str = "auto") -> dict[str, str]:
-    """Per task, the MAGPO aggregate's per-seed score: ``absolute`` (the absolute metric) or ``final`` (the last evaluation).
+    """Per task, the MAGPO aggregate's per-seed score: ``absolute`` (the absolute metric), ``final`` (the last
+    evaluation) or ``median`` (the median of the last evaluations, HCPO's score: :func:`hcpo_scores`).
 
     ``auto``: ``absolute`` on a task where every run has an absolute metric of the task's metric (runs of the
-    magpo protocol and imported marl-eval runs), else ``final``; ``final`` and ``absolute`` choose it for every task.
+    magpo protocol and imported marl-eval runs), else ``final``; the others choose their rule for every task.
     """
     if score not in SCORES:
         raise ConfigError(f"score={score!r} is not one of: {', '.join(SCORES)}")
@@ -68,12 +69,17 @@ def score_rules(runs: Sequence[Run], metrics: Mapping[str, str], score: str = "a
     return {t: "absolute" if all(metrics[t] in r.absolute for r in runs if r.task == t) else "final" for t in tasks}
 
 
-def magpo_scores(runs: Sequence[Run], metrics: Mapping[str, str], rules: Mapping[str, str]) -> Scores:
-    """Per-seed scores of the MAGPO aggregate, by ``rules[task]`` (:func:`score_rules`)."""
+def magpo_scores(runs: Sequence[Run], metrics: Mapping[str, str], rules: Mapping[str, str], last: int = LAST_EVALUATIONS) -> Scores:
+    """Per-seed scores of the MAGPO aggregate, by ``rules[task]`` (:func:`score_rules`; ``median`` of the last ``last``)."""
     by_rule = {rule: [r for r in runs if rules[r.task] == rule] for rule in set(rules.values())}
+    scorers: dict[str, Callable[[Sequence[Run]], Scores]] = {
+        "absolute": lambda chosen: absolute_scores(chosen, metrics),
+        "final": lambda chosen: final_scores(chosen, metrics),
+        "median": lambda chosen: hcpo_scores(chosen, metrics, last),
+    }
     scores: Scores = {}
     for rule, chosen in by_rule.items():
-        scores |= absolute_scores(chosen, metrics) if rule == "absolute" else final_scores(chosen, metrics)
+        scores |= scorers[rule](chosen)
     return scores
 
 
