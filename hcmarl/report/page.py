@@ -26,15 +26,14 @@ def _seeds_summary(runs: Sequence[Run]) -> list[str]:
 def _score_sentence(rules: Mapping[str, str], last: int) -> str:
     """What each task's per-seed score in the aggregate is (rules from :func:`hcmarl.report.tables.score_rules`)."""
     described = {
-        "absolute": "its absolute metric (its best parameters re-evaluated over ten times the evaluation episodes, Mava's protocol)",
-        "final": "its final evaluation",
-        "median": f"its median of the last {last} evaluations (HCPO's score)",
+        "absolute": "absolute metric (its best parameters re-evaluated over ten times the evaluation episodes, Mava's protocol)",
+        "final": "final evaluation",
+        "median": f"median of the last {last} evaluations (HCPO's score)",
     }
     used = sorted(set(rules.values()), key=list(described).index) or ["final"]
     if len(used) == 1:
-        return f"Each seed's {described[used[0]].removeprefix('its ')}"
-    parts = [f"{described[rule]} on {', '.join(t for t, r in rules.items() if r == rule)}" for rule in used]
-    return "Each seed's " + ", and ".join(parts).removeprefix("its ")
+        return f"Each seed's {described[used[0]]}"
+    return "Each seed's " + ", and its ".join(f"{described[rule]} on {', '.join(t for t, r in rules.items() if r == rule)}" for rule in used)
 
 
 def _image(path: Path, alt: str) -> str:
