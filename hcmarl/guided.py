@@ -229,7 +229,7 @@ class GuidedTrustRegion(TrustRegion):
     Args:
         delta: the band, > 1: log mu - log pi is clipped to +- log delta.
         **trust_region: ``TrustRegion``'s arguments (max_kl, cg_iters, damping, backtrack, max_backtracks, accept_ratio,
-            fisher_fraction).
+            fisher_fraction, divergence).
     """
 
     def __init__(self, delta: float = 1.5, **trust_region: Any) -> None:

@@ -8,7 +8,8 @@ x = CG(F, g); step = sqrt(2 * max_kl / x^T F x) * x; a backtracking line search 
 first fraction ``backtrack^k`` of the step whose KL <= max_kl, whose improvement is positive
 and at least ``accept_ratio`` of the expected one; if none qualifies the parameters are
 restored exactly. Under DDP the gradient, every F p, the KL and the improvement are averaged
-over ranks, so every rank takes the identical step.
+over ranks, so every rank takes the identical step. ``divergence: harl`` puts HARL's divergence
+(``hcmarl.nn.distributions.harl_divergence``) in the KL's place, in F and in the line search alike.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from hcmarl.constraints import Constraint, Evaluate, Evaluation, SurrogateBatch, index_distribution
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError, check_init_args
-from hcmarl.nn.distributions import detach_distribution, distribution_like, distribution_parameters, kl_divergence
+from hcmarl.nn.distributions import DIVERGENCES, detach_distribution, distribution_like, distribution_parameters
 from hcmarl.optim import GradientStep
 
 Distribution = torch.distributions.Distribution
@@ -133,6 +134,9 @@ class TrustRegion(Constraint):
         fisher_fraction: the share of the batch the Fisher-vector products average over (evenly spaced samples,
             every round(1 / fisher_fraction)-th; 1: all). The gradient and the line search's KL use the whole batch.
             Below 1 it cuts the conjugate gradient's cost for large networks (a transformer guider).
+        divergence: what the trust region bounds: ``kl``, the true KL(pi_old || pi_new) (ALGORITHMS.md section 1), or
+            ``harl``, HARL's approximation (``harl_divergence``: for categoricals, sum over actions of r - 1 - log r,
+            tighter than the KL on rare actions; the divergence HARL-based code such as the HCPO paper's bounds).
     """
 
     def __init__(
@@ -144,9 +148,12 @@ class TrustRegion(Constraint):
         max_backtracks: int = 10,
         accept_ratio: float = 0.5,
         fisher_fraction: float = 1.0,
+        divergence: str = "kl",
     ) -> None:
         if not 0.0 < fisher_fraction <= 1.0:
             raise ConfigError(f"TrustRegion.fisher_fraction must be in (0, 1], got {fisher_fraction}")
+        if divergence not in DIVERGENCES:
+            raise ConfigError(f"TrustRegion.divergence={divergence!r} is not known; choose one of {', '.join(DIVERGENCES)} (default kl)")
         check_init_args(
             type(self),
             {
@@ -166,6 +173,7 @@ class TrustRegion(Constraint):
         self.max_backtracks = max_backtracks
         self.accept_ratio = accept_ratio
         self.fisher_fraction = fisher_fraction
+        self.divergence = DIVERGENCES[divergence]
 
     def surrogate(self, evaluation: Evaluation, data: SurrogateBatch) -> torch.Tensor:
         """Per-sample surrogate to maximise, ``factor * rho * A`` with rho = pi_new / pi_old (ALGORITHMS.md section 1, ``TrustRegion``)."""
@@ -187,9 +195,10 @@ class TrustRegion(Constraint):
         fisher_samples = None if stride == 1 else everything[::stride]
 
         def mean_kl(new: Distribution, idx: torch.Tensor | None = None) -> torch.Tensor:
-            """Mean KL(pi_old || new) over the samples ``idx`` of the batch (None: all), ``new`` evaluated on those samples."""
+            """Mean divergence (KL by default) of ``new`` from pi_old over the samples ``idx`` of the batch (None: all),
+            ``new`` evaluated on those samples."""
             old, w = (old_dist, kl_weight) if idx is None else (index_distribution(old_dist, idx), None if kl_weight is None else kl_weight[idx])
-            kl = kl_divergence(old, new)
+            kl = self.divergence(old, new)
             return kl.mean() if w is None else (w * kl).mean()
 
         evaluation = evaluate(everything)  # theta_old: the surrogate's gradient, the old policy and (all samples) the KL's curvature

@@ -44,6 +44,24 @@ def kl_divergence(p: torch.distributions.Distribution, q: torch.distributions.Di
     return torch.distributions.kl_divergence(p, q)
 
 
+def harl_divergence(p: torch.distributions.Distribution, q: torch.distributions.Distribution) -> torch.Tensor:
+    """HARL's trust-region divergence of q from p per agent, ``[..., N]``: for a categorical the sum over actions of
+    r - 1 - log r with r = q(a) / p(a) (HARL's ``trpo_util.kl_approx`` on normalised logits, not weighted by p(a);
+    unavailable actions add 0), for a Gaussian the true KL (as HARL). Its second-order term is sum_a (log r_a)^2 / 2,
+    against the true KL's sum_a p(a) (log r_a)^2 / 2: a much tighter bound on actions of low probability."""
+    if not isinstance(p, Categorical) or not isinstance(q, Categorical):
+        return kl_divergence(p, q)
+    available = p.logits > MASKED_LOGIT / 2
+    log_ratio = torch.where(available, q.logits - p.logits, torch.zeros_like(p.logits))
+    return (torch.expm1(log_ratio) - log_ratio).sum(-1)
+
+
+DIVERGENCES: dict[str, Callable[[torch.distributions.Distribution, torch.distributions.Distribution], torch.Tensor]] = {
+    "kl": kl_divergence,
+    "harl": harl_divergence,
+}
+
+
 def map_distribution(dist: torch.distributions.Distribution, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.distributions.Distribution:
     """The same kind of distribution with ``fn`` applied to each parameter tensor (categorical logits ``[..., A]``;
     Gaussian loc and scale ``[..., A]``); ``fn`` must keep the last (action) dimension."""
