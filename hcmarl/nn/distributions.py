@@ -51,8 +51,7 @@ def harl_divergence(p: torch.distributions.Distribution, q: torch.distributions.
     against the true KL's sum_a p(a) (log r_a)^2 / 2: a much tighter bound on actions of low probability."""
     if not isinstance(p, Categorical) or not isinstance(q, Categorical):
         return kl_divergence(p, q)
-    available = p.logits > MASKED_LOGIT / 2
-    log_ratio = torch.where(available, q.logits - p.logits, torch.zeros_like(p.logits))
+    log_ratio = torch.where(p.logits > MASKED_LOGIT / 2, q.logits - p.logits, 0.0)  # 0 on unavailable actions
     return (torch.expm1(log_ratio) - log_ratio).sum(-1)
 
 
