@@ -220,6 +220,15 @@ def test_export_without_evaluation_records_is_one_clear_error(tmp_path: Path) ->
         marl_eval_export([tmp_path])
 
 
+def test_export_names_algorithms_by_their_labels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    make_run(tmp_path, rng, "mappo", "coordsum/3x10", 0, wins=False)
+    make_run(tmp_path, rng, "magpo", "coordsum/3x10", 0, wins=False)
+    data, _ = marl_eval_export([tmp_path], {"magpo": "MAGPO (paper)"})
+    assert sorted(data["coordsum"]["3x10-30-v0"]) == ["magpo (paper)", "mappo"]
+    assert data["coordsum"]["3x10-30-v0"]["magpo (paper)"] == marl_eval_export([tmp_path])[0]["coordsum"]["3x10-30-v0"]["magpo"]
+
+
 # ---------------------------------------------------------------- import
 
 

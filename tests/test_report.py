@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -299,6 +300,33 @@ def test_report_command_writes_the_page(fixture_runs: Path, tmp_path: Path, caps
     main(["report", str(fixture_runs), "--out", str(tmp_path / "out"), "--resamples", "50", "--band", "std"])
     assert (tmp_path / "out" / "report.md").is_file()
     assert "report.md" in capsys.readouterr().out
+
+
+def test_labels_rename_algorithms_on_the_page_and_refuse_what_would_merge_or_match_nothing(
+    fixture_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_run(fixture_runs, "alg_a/coordsum_3x10/a.b.divergence=harl,c.d.divergence=harl/seed0", "coordsum/3x10", 0, [5.0] * 12)
+    long_name = "alg_a (a.b.divergence=harl, c.d.divergence=harl)"
+    runs, _ = discover([fixture_runs])
+    assert long_name in {r.algorithm for r in runs}
+    runs, _ = discover([fixture_runs], {long_name: "alg_a (harl)", "alg_b": "B"})
+    assert sorted({r.algorithm for r in runs}) == ["B", "alg_a", "alg_a (harl)"]
+    assert len(runs) == 9  # relabelling renames, it merges nothing
+    out = tmp_path / "out"
+    main(["report", str(fixture_runs), "--out", str(out), "--resamples", "20", "--label", long_name, "alg_a (harl)", "--label", "alg_b", "B"])
+    page = (out / "report.md").read_text()
+    assert "| coordsum/3x10 | alg_a (harl) | 0 |" in page and "| coordsum/3x10 | B | 0, 1 |" in page and long_name not in page
+    for labels, message in (
+        ({"alg_c": "C"}, "no run has that algorithm; the runs' algorithms are: alg_a; alg_a (a.b"),
+        ({"alg_b": "alg_a"}, "'alg_a' and 'alg_b' would both be named 'alg_a'"),
+        ({long_name: "X", "alg_b": "X"}, "would both be named 'X'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            discover([fixture_runs], labels)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(fixture_runs), "--out", str(out), "--label", "alg_b", "B", "--label", "alg_b", "C"])
+    assert exit_info.value.code == 2 and "--label 'alg_b' is given more than once" in capsys.readouterr().err
 
 
 def test_export_without_required_columns_names_them(tmp_path: Path) -> None:

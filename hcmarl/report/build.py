@@ -38,6 +38,7 @@ def report(
     score: str = "auto",
     marl_eval: str | Path | None = None,
     published: str | Path | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write a report of the runs under ``paths`` into ``out_dir``; returns the files written.
 
@@ -62,12 +63,14 @@ def report(
             evaluations; :func:`hcmarl.report.tables.score_rules`).
         published: a CSV of published values (:mod:`hcmarl.report.published`), set beside each algorithm's score
             (the same per-seed score as the aggregate's, before normalisation) in one table.
+        labels: algorithm -> the name it gets on the page and in the exports, e.g. a sweep's long
+            ``hcpo (model.learner.init_args...=harl)`` -> ``hcpo (harl)`` (:func:`hcmarl.report.runs.relabel`).
     """
-    runs, notes = discover(paths)
+    runs, notes = discover(paths, labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [write_export(runs, Path(export))] if export is not None else []
-    exported = write_marl_eval(paths, marl_eval) if marl_eval is not None else None
+    exported = write_marl_eval(paths, marl_eval, labels) if marl_eval is not None else None
     written += [exported[0]] if exported is not None else []
     runs, incomplete = split_incomplete(runs)
     notes = notes + [f"{r.label}: its last evaluation is at {r.last_frames:,.0f} frames, earlier than its other seeds' last" for r in incomplete]

@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a CSV of published values (task, algorithm, mean, std, seeds, frames, source) to set beside the runs' scores",
     )
     parser.add_argument(
+        "--label",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("ALGORITHM", "LABEL"),
+        help="name ALGORITHM (as the page would name it, e.g. a sweep's long override list) LABEL instead (repeatable)",
+    )
+    parser.add_argument(
         "--wandb", default=None, metavar="PROJECT", help="also log the figures and the page to this W&B project (offline without an API key)"
     )
     return parser
@@ -87,6 +95,10 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if args.last < 1:
         raise ConfigError(f"--last {args.last}: the HCPO score needs at least one evaluation per seed, e.g. --last 10")
+    labelled = [algorithm for algorithm, _ in args.label]
+    if len(set(labelled)) < len(labelled):
+        repeated = next(a for a in labelled if labelled.count(a) > 1)
+        raise ConfigError(f"--label {repeated!r} is given more than once; give each algorithm one label")
     written = report(
         args.paths,
         args.out,
@@ -102,6 +114,7 @@ def main(argv: list[str]) -> None:
         score=args.score,
         published=args.published,
         marl_eval=args.marl_eval,
+        labels=dict(args.label),
     )
     print("hcmarl report wrote:")
     for path in written:

@@ -7,12 +7,12 @@ algorithm, task and seed, and a report's runs are checked for completeness and s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from hcmarl.errors import RunDataError
 from hcmarl.report.marl_eval import read_marl_eval
-from hcmarl.report.runs import METRIC_ALIASES, Run, RunPart, read_export, read_folder, run_folders
+from hcmarl.report.runs import METRIC_ALIASES, Run, RunPart, read_export, read_folder, relabel, run_folders
 
 
 def _merge(parts: Iterable[RunPart]) -> list[Run]:
@@ -56,8 +56,9 @@ def _place_imported(parts: list[RunPart]) -> None:
             )
 
 
-def discover(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
-    """Every run under ``paths``: folders searched for ``metrics.csv``, export ``.csv`` files, marl-eval ``.json`` files.
+def discover(paths: Sequence[str | Path], labels: Mapping[str, str] | None = None) -> tuple[list[Run], list[str]]:
+    """Every run under ``paths``: folders searched for ``metrics.csv``, export ``.csv`` files, marl-eval ``.json`` files,
+    each algorithm named in ``labels`` given its label (:func:`~hcmarl.report.runs.relabel`).
 
     Returns the runs (sorted by task, algorithm, seed) and notes on what was left out:
     folders whose logs hold no evaluation.
@@ -79,6 +80,8 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
             "(as hcmarl fit writes them), an exported .csv of runs or a marl-eval .json"
         )
     _place_imported(parts)
+    for part, key in zip(parts, relabel([p.key for p in parts], labels or {}), strict=True):
+        part.key = key
     notes = [f"{p.source}: no evaluation logged, left out" for p in parts if not p.points]
     runs = _merge(p for p in parts if p.points)
     if not runs:

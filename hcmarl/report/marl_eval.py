@@ -42,7 +42,7 @@ from typing import Any
 
 from hcmarl.errors import RunDataError
 from hcmarl.report.marl_eval_rules import ELAPSED, PERCENT, STEP_COUNT, STEP_KEY, is_number, load_marl_eval, problems, run_seed
-from hcmarl.report.runs import FINAL_EVAL, RETURN, WIN_RATE, Run, folder_identity, read_config, run_folders
+from hcmarl.report.runs import FINAL_EVAL, RETURN, WIN_RATE, Run, folder_identity, read_config, relabel, run_folders
 
 EVALUATIONS = "evaluations.jsonl"
 DEPLOYED = "eval"
@@ -194,9 +194,10 @@ def _read_final(folder: Path) -> dict[str, Any] | None:
     return final if isinstance(final, dict) else None
 
 
-def _records(paths: Sequence[str | Path]) -> tuple[dict[tuple[str, str, int], _Record], list[str]]:
+def _records(paths: Sequence[str | Path], labels: Mapping[str, str]) -> tuple[dict[tuple[str, str, int], _Record], list[str]]:
     """Every run folder's record (versions merged: a later evaluation at equal frames replaces an earlier one; the
-    latest ``final_eval.json`` counts), and notes on folders without ``evaluations.jsonl``."""
+    latest ``final_eval.json`` counts), its algorithm relabelled by ``labels``, and notes on folders without
+    ``evaluations.jsonl``."""
     found = []
     for given in paths:
         path = Path(given)
@@ -205,6 +206,8 @@ def _records(paths: Sequence[str | Path]) -> tuple[dict[tuple[str, str, int], _R
                 config = read_config(folder)
                 key, order = folder_identity(folder, root, config)
                 found.append((order, key, folder, config))
+    keys = relabel([key for _, key, _, _ in found], labels)
+    found = [(order, key, folder, config) for (order, _, folder, config), key in zip(found, keys, strict=True)]
     records: dict[tuple[str, str, int], _Record] = {}
     notes = []
     for _, key, folder, config in sorted(found, key=lambda item: item[0]):
@@ -250,8 +253,9 @@ def _run_entry(record: _Record, label: str) -> tuple[dict[str, Any], list[str]]:
     return entry, notes
 
 
-def marl_eval_export(paths: Sequence[str | Path]) -> tuple[dict[str, Any], list[str]]:
-    """The marl-eval data of the hcmarl run folders under ``paths``, and notes for the caller.
+def marl_eval_export(paths: Sequence[str | Path], labels: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The marl-eval data of the hcmarl run folders under ``paths``, and notes for the caller; ``labels`` renames
+    algorithms as :func:`~hcmarl.report.runs.relabel` does.
 
     Each run is ``<environment>/<task>/<algorithm>/seed_<n>`` (names by :func:`marl_eval_names`; the algorithm as
     :mod:`hcmarl.report.runs` names it, lower case, with ``, `` made ``; `` since marl-eval refuses commas). Each
@@ -263,7 +267,7 @@ def marl_eval_export(paths: Sequence[str | Path]) -> tuple[dict[str, Any], list[
     Notes name folders left out, runs whose ``absolute_metrics`` repeats their last evaluation, and each way the
     data breaks marl-eval's rules (such as a seed with fewer evaluations than the others).
     """
-    records, notes = _records(paths)
+    records, notes = _records(paths, labels or {})
     if not records:
         raise RunDataError(
             f"no hcmarl run folder with {EVALUATIONS} in {', '.join(str(p) for p in paths)}: the marl-eval export "
@@ -280,9 +284,10 @@ def marl_eval_export(paths: Sequence[str | Path]) -> tuple[dict[str, Any], list[
     return data, notes
 
 
-def write_marl_eval(paths: Sequence[str | Path], file: str | Path) -> tuple[Path, list[str]]:
-    """Write :func:`marl_eval_export` of ``paths`` to ``file`` (JSON); returns the file and the export's notes."""
-    data, notes = marl_eval_export(paths)
+def write_marl_eval(paths: Sequence[str | Path], file: str | Path, labels: Mapping[str, str] | None = None) -> tuple[Path, list[str]]:
+    """Write :func:`marl_eval_export` of ``paths`` (algorithms renamed by ``labels``) to ``file`` (JSON); returns the
+    file and the export's notes."""
+    data, notes = marl_eval_export(paths, labels)
     path = Path(file)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")

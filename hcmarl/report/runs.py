@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hcmarl.errors import RunDataError
+from hcmarl.errors import ConfigError, RunDataError
 
 RETURN, WIN_RATE = "eval/return", "eval/win_rate"
 METRIC_ALIASES = {"return": RETURN, "win_rate": WIN_RATE}
@@ -162,6 +162,24 @@ def parse_run_name(name: str) -> tuple[str, str | None, int | None]:
     task_parts = [p for p in parts[1:] if "=" not in p]
     algorithm = parts[0] + (f" ({', '.join(tags)})" if tags else "")
     return algorithm, "/".join(task_parts) or None, seed
+
+
+def relabel(keys: Sequence[tuple[str, str, int]], labels: Mapping[str, str]) -> list[tuple[str, str, int]]:
+    """``keys`` (algorithm, task, seed) with each algorithm named in ``labels`` given its label (``hcmarl report --label``).
+
+    A ConfigError when a labelled algorithm is not among the keys' (the message lists theirs) or when two different
+    algorithms would end up with the same name (their runs would be merged as one algorithm's).
+    """
+    found = sorted({algorithm for algorithm, _, _ in keys})
+    unknown = [name for name in labels if name not in found]
+    if unknown:
+        raise ConfigError(f"--label {unknown[0]!r}: no run has that algorithm; the runs' algorithms are: {'; '.join(found)}")
+    names = {algorithm: labels.get(algorithm, algorithm) for algorithm in found}
+    for name in set(names.values()):
+        same = [algorithm for algorithm, new in names.items() if new == name]
+        if len(same) > 1:
+            raise ConfigError(f"--label: {' and '.join(repr(a) for a in same)} would both be named {name!r}; give each algorithm its own label")
+    return [(names[algorithm], task, seed) for algorithm, task, seed in keys]
 
 
 def _identity(where: str, algorithm: str, task: object, seed: object) -> tuple[str, str, int]:
