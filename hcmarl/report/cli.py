@@ -96,9 +96,8 @@ def main(argv: list[str]) -> None:
     if args.last < 1:
         raise ConfigError(f"--last {args.last}: the HCPO score needs at least one evaluation per seed, e.g. --last 10")
     labelled = [algorithm for algorithm, _ in args.label]
-    if len(set(labelled)) < len(labelled):
-        repeated = next(a for a in labelled if labelled.count(a) > 1)
-        raise ConfigError(f"--label {repeated!r} is given more than once; give each algorithm one label")
+    if repeated := [algorithm for algorithm in labelled if labelled.count(algorithm) > 1]:
+        raise ConfigError(f"--label {repeated[0]!r} is given more than once; give each algorithm one label")
     written = report(
         args.paths,
         args.out,

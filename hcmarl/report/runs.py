@@ -175,10 +175,11 @@ def relabel(keys: Sequence[tuple[str, str, int]], labels: Mapping[str, str]) -> 
     if unknown:
         raise ConfigError(f"--label {unknown[0]!r}: no run has that algorithm; the runs' algorithms are: {'; '.join(found)}")
     names = {algorithm: labels.get(algorithm, algorithm) for algorithm in found}
-    for name in set(names.values()):
-        same = [algorithm for algorithm, new in names.items() if new == name]
-        if len(same) > 1:
-            raise ConfigError(f"--label: {' and '.join(repr(a) for a in same)} would both be named {name!r}; give each algorithm its own label")
+    named_by: dict[str, str] = {}
+    for algorithm, name in names.items():
+        if name in named_by:
+            raise ConfigError(f"--label: {named_by[name]!r} and {algorithm!r} would both be named {name!r}; give each algorithm its own label")
+        named_by[name] = algorithm
     return [(names[algorithm], task, seed) for algorithm, task, seed in keys]
 
 
