@@ -102,8 +102,9 @@ class OnPolicyDataModule(L.LightningDataModule):
         total_frames: training length in env frames, counted over all ranks (as ``frames`` is logged); the run
             takes ``ceil(total_frames / (world_size * num_envs * rollout_steps))`` iterations.
         seed: base seed; rank r uses ``seed + r * 100003``, evaluation a seed of its own.
-        eval_episodes: episodes per evaluation (one env each), under ``protocol: hcmarl``.
-        eval_every: iterations between evaluations, under ``protocol: hcmarl``.
+        eval_episodes: episodes per evaluation (one env each), under ``protocol: hcmarl`` (None: 32). A preset fixes
+            them: a value other than the preset's is a ``ConfigError``.
+        eval_every: iterations between evaluations, under ``protocol: hcmarl`` (None: 10); likewise fixed by a preset.
         env_kwargs: extra arguments for the env (e.g. ``{n_agents: 4}`` for VMAS).
         protocol: the evaluation protocol (``hcmarl.evaluation``): ``hcmarl`` (``eval_every``, ``eval_episodes``, the
             final parameters scored), ``magpo`` (122 evaluations, sampled, the absolute metric) or ``hcpo`` (every
@@ -117,15 +118,15 @@ class OnPolicyDataModule(L.LightningDataModule):
         rollout_steps: int = 128,
         total_frames: int = 1_000_000,
         seed: int = 0,
-        eval_episodes: int = 32,
-        eval_every: int = 10,
+        eval_episodes: int | None = None,
+        eval_every: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
         protocol: str = "hcmarl",
     ) -> None:
         super().__init__()
         check_env_kwargs(env, env_kwargs or {})  # before the trainer starts: a wrong recipe leaves no run folder behind
         for key, value in (("num_envs", num_envs), ("rollout_steps", rollout_steps), ("eval_episodes", eval_episodes), ("eval_every", eval_every)):
-            if value < 1:
+            if value is not None and value < 1:
                 raise ConfigError(f"data.{key} must be at least 1, got {value}")
         self.env_name = env
         self.num_envs = num_envs

@@ -35,6 +35,8 @@ HCPO_LAST = 10
 HCPO_EPISODES = 32
 HCPO_CONTROL_EPISODES = 40  # HCPO paper, Appendix C: MA-MuJoCo and MPE
 HCPO_CONTROL_FAMILIES = ("mamujoco", "mpe")
+HCMARL_EVERY = 10
+HCMARL_EPISODES = 32
 RETURN, WIN_RATE = "eval/return", "eval/win_rate"
 
 Episodes = Mapping[str, Mapping[str, Sequence[float]]]
@@ -99,16 +101,43 @@ class EvaluationProtocol:
         )
 
 
-def protocol_for(name: str, env: str, eval_every: int, eval_episodes: int) -> EvaluationProtocol:
-    """The preset ``name`` for the env ``env`` (``family/task``); ``hcmarl`` takes ``eval_every`` and ``eval_episodes``."""
+def protocol_for(name: str, env: str, eval_every: int | None = None, eval_episodes: int | None = None) -> EvaluationProtocol:
+    """The preset ``name`` for the env ``env`` (``family/task``). ``hcmarl`` takes ``eval_every`` and ``eval_episodes``
+    (10 and 32 when None); a preset fixes both, and a value that differs from the preset's is a ``ConfigError``."""
     if name == "hcmarl":
-        return EvaluationProtocol("hcmarl", eval_episodes, None, eval_every, None, "last")
+        every = HCMARL_EVERY if eval_every is None else eval_every
+        return EvaluationProtocol("hcmarl", HCMARL_EPISODES if eval_episodes is None else eval_episodes, None, every, None, "last")
     if name == "magpo":
-        return EvaluationProtocol("magpo", MAGPO_EPISODES, False, None, MAGPO_EVALUATIONS, "absolute", rounds=ABSOLUTE_ROUNDS)
-    if name == "hcpo":
+        preset = EvaluationProtocol("magpo", MAGPO_EPISODES, False, None, MAGPO_EVALUATIONS, "absolute", rounds=ABSOLUTE_ROUNDS)
+    elif name == "hcpo":
         episodes = HCPO_CONTROL_EPISODES if env.split("/")[0] in HCPO_CONTROL_FAMILIES else HCPO_EPISODES
-        return EvaluationProtocol("hcpo", episodes, True, 1, None, "median_of_last", last=HCPO_LAST)
-    raise ConfigError(f"data.protocol={name!r} is not an evaluation protocol; choose one of {', '.join(PROTOCOLS)} (docs/report.md)")
+        preset = EvaluationProtocol("hcpo", episodes, True, 1, None, "median_of_last", last=HCPO_LAST)
+    else:
+        raise ConfigError(f"data.protocol={name!r} is not an evaluation protocol; choose one of {', '.join(PROTOCOLS)} (docs/report.md)")
+    cadence = "after every iteration" if preset.every == 1 else f"{preset.evaluations} times, evenly spaced over the run"
+    for setting, value, fixed, what in (
+        ("eval_every", eval_every, preset.every, f"evaluates {cadence}"),
+        ("eval_episodes", eval_episodes, preset.episodes, f"plays {preset.episodes} episodes"),
+    ):
+        if value is not None and value != fixed:
+            raise ConfigError(
+                f"data.{setting}={value} conflicts with data.protocol {name}, which {what}; drop data.{setting}, "
+                f"or choose --data.protocol hcmarl to set your own (docs/report.md, Evaluation protocols)"
+            )
+    return preset
+
+
+def check_evaluation_actions(protocol: EvaluationProtocol, deterministic_eval: bool | None) -> None:
+    """Raise a ``ConfigError`` when ``model.deterministic_eval`` asks for other actions than ``protocol``'s preset
+    takes (``magpo``: sampled, ``hcpo``: deterministic); None, or agreeing with the preset, passes."""
+    if protocol.deterministic is None or deterministic_eval is None or deterministic_eval == protocol.deterministic:
+        return
+    actions = "deterministic actions" if protocol.deterministic else "sampled actions"
+    raise ConfigError(
+        f"model.deterministic_eval={str(deterministic_eval).lower()} conflicts with data.protocol {protocol.name}, which "
+        f"evaluates {actions}; drop model.deterministic_eval, or choose --data.protocol hcmarl to set your own "
+        "(docs/report.md, Evaluation protocols)"
+    )
 
 
 @dataclass(frozen=True)

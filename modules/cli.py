@@ -32,9 +32,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from hcmarl.datamodules.onpolicy import OnPolicyDataModule, iterations_for
 from hcmarl.errors import ConfigError, HcmarlError
+from hcmarl.evaluation import check_evaluation_actions
 from hcmarl.modules.base_config import config_files, with_base
 from hcmarl.modules.checkpoint_check import check_checkpoint
 from hcmarl.modules.trainer import HcmarlTrainer
+
+
+def _interval_placeholder(eval_every: int | None) -> int:
+    """What the trainer is built with before the datamodule's setup sets its protocol's interval (an int: Lightning
+    refuses None beside its default ``val_check_interval``)."""
+    return 1 if eval_every is None else eval_every
 
 
 def _seed(seed_everything: Any) -> int:
@@ -58,7 +65,7 @@ class HcmarlCLI(LightningCLI):
         # the iterations of one process; once the world size is known, the datamodule's setup sets max_epochs for it
         parser.link_arguments(("data.total_frames", "data.num_envs", "data.rollout_steps"), "trainer.max_epochs", compute_fn=iterations_for)
         # the datamodule sets the interval from its evaluation protocol at setup; linked so that it is not set here too
-        parser.link_arguments("data.eval_every", "trainer.check_val_every_n_epoch")
+        parser.link_arguments("data.eval_every", "trainer.check_val_every_n_epoch", compute_fn=_interval_placeholder)
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed)
         parser.add_argument(
             "--render",
@@ -87,6 +94,11 @@ class HcmarlCLI(LightningCLI):
             self.config = parser.parse_args(words)
         else:
             super().parse_arguments(parser, words)
+
+    def instantiate_classes(self) -> None:
+        """Build the model, datamodule and trainer, then refuse evaluation actions that contradict the protocol."""
+        super().instantiate_classes()
+        check_evaluation_actions(self.datamodule.protocol, self.model.deterministic_eval)
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` (:func:`check_checkpoint`) before Lightning loads it, here, for its hyperparameters."""

@@ -53,7 +53,7 @@ class MARLModule(L.LightningModule):
             observation, or is ``terminal`` like any other end, as the official MAGPO code treats it (its params.csv
             recipes set it); ``hcmarl.value_sources.Truncation``.
         deterministic_eval: evaluate with the policy's mode instead of sampled actions (under ``data.protocol: hcmarl``;
-            the ``magpo`` and ``hcpo`` protocols fix it).
+            None: sampled). The ``magpo`` and ``hcpo`` protocols fix it: the CLI refuses a value other than theirs.
         compile: ``torch.compile`` the roles' networks (``hcmarl.compilation.compile_roles``), except those moved
             by a trust region (it differentiates twice); a part that fails to compile runs eagerly, with one log line.
             Off by default: measured on CPU it does not pay (docs/benchmarks.md, "Compilation").
@@ -71,7 +71,7 @@ class MARLModule(L.LightningModule):
         gae_lambda: float = 0.95,
         advantage_norm: Literal["batch", "agent", "none"] = "batch",
         truncation: Literal["bootstrap", "terminal"] = "bootstrap",
-        deterministic_eval: bool = False,
+        deterministic_eval: bool | None = None,
         compile: bool = False,
         extra_roles: list[ExtraRole] | None = None,
     ) -> None:
@@ -134,7 +134,7 @@ class MARLModule(L.LightningModule):
     def deployment_policy(self, execution: EvaluationMode | None = None, deterministic: bool | None = None) -> ActingPolicy:
         """What is evaluated and deployed (``hcmarl.acting.deployment_policy``): with the policy's mode if ``deterministic``,
         sampling if not; None: as ``deterministic_eval`` says (an evaluation protocol other than ``hcmarl`` decides)."""
-        return deployment_policy(self.roles, execution, self.deterministic_eval if deterministic is None else deterministic)
+        return deployment_policy(self.roles, execution, bool(self.deterministic_eval) if deterministic is None else deterministic)
 
     def evaluation_modes(self) -> dict[str, EvaluationMode | None]:
         """Metric prefix -> execution mode of each evaluation (``hcmarl.acting.evaluation_modes``)."""

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torchrl.envs import EnvBase
 
 from hcmarl.modules.cli import main
 from hcmarl.recipes import RECIPES_DIR
 
-TINY = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--data.eval_episodes", "2", "--trainer.enable_progress_bar", "false"]
+TINY_TRAINING = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--trainer.enable_progress_bar", "false"]
+TINY = [*TINY_TRAINING, "--data.eval_episodes", "2"]
+"""Tiny runs under the hcmarl protocol; a preset (magpo, hcpo) fixes its evaluations' episodes and refuses others."""
 
 
 def recipe(name: str) -> str:
@@ -26,9 +29,18 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
 
     def run(subcommand: str, name: str, *overrides: str, tiny: bool = True) -> None:
-        main([subcommand, "--config", recipe(name), *(TINY if tiny else []), *overrides])
+        small = (TINY if run_protocol(name, overrides) == "hcmarl" else TINY_TRAINING) if tiny else []
+        main([subcommand, "--config", recipe(name), *small, *overrides])
 
     return run
+
+
+def run_protocol(name: str, overrides: tuple[str, ...] | list[str]) -> str:
+    """The evaluation protocol a run of recipe ``name`` with ``overrides`` uses: the last ``--data.protocol`` given, else the recipe's."""
+    given = [overrides[i + 1] for i, word in enumerate(overrides[:-1]) if word == "--data.protocol"]
+    if given:
+        return given[-1]
+    return (yaml.safe_load(Path(recipe(name)).read_text()).get("data") or {}).get("protocol", "hcmarl")
 
 
 def run_dirs(root: Path) -> list[Path]:

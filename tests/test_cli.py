@@ -46,11 +46,11 @@ def smoke_overrides(path: Path) -> list[str]:
     """Tiny-run overrides a recipe needs: at most 2 minibatches where a recurrent guider, learner or critic's minibatches
     (whole env rollouts) would outnumber the tiny 4 envs, and the hcmarl protocol where the recipe asks for the magpo
     or hcpo one (whose 32- or 40-episode evaluations, 320-episode absolute metric and evaluation after every iteration
-    ignore the tiny eval_episodes; the protocols are tested in tests/test_evaluation_protocols.py)."""
+    would make smoke runs long; the protocols are tested in tests/test_evaluation_protocols.py)."""
     name = f"{path.parent.name}/{path.stem}"
     text = path.read_text()
     extra = list(SMOKE_OVERRIDES.get(name, []))
-    if "protocol: magpo" in text or "protocol: hcpo" in text:  # their presets' 32 or 40 episodes ignore the tiny eval_episodes
+    if "protocol: magpo" in text or "protocol: hcpo" in text:  # their presets fix 32 or 40 episodes
         extra += ["--data.protocol", "hcmarl"]
     if "protocol: magpo" in text:
         if "hcmarl.nn.SableGuider" in text and not extra[:1] == FEWER_ENV_MINIBATCHES[:1]:
@@ -202,7 +202,7 @@ def test_recipe_equals_python_construction() -> None:
         assert getattr(cli.model.learner.actor, attr) == getattr(python_model.learner.actor, attr)
     for attr in ("lr", "epochs", "minibatches", "loss", "huber_delta", "clip_value", "max_grad_norm"):
         assert getattr(cli.model.critic, attr) == getattr(python_model.critic, attr)
-    for attr in ("env_name", "num_envs", "rollout_steps", "total_frames", "eval_episodes", "eval_every", "seed"):
+    for attr in ("env_name", "num_envs", "rollout_steps", "total_frames", "protocol", "seed"):
         assert getattr(cli.datamodule, attr) == getattr(python_data, attr)
     # built for the same env from the same seed, the networks are identical
     from hcmarl.envs import make_env

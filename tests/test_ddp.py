@@ -32,7 +32,7 @@ TINY = [
     "16",
     "--data.eval_episodes",
     "2",
-    "--data.protocol",  # the magpo and hcpo presets' 32 episodes would ignore eval_episodes
+    "--data.protocol",  # the magpo and hcpo presets fix their episodes and refuse eval_episodes
     "hcmarl",
 ]
 

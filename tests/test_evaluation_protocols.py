@@ -15,7 +15,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from hcmarl.errors import ConfigError
-from hcmarl.evaluation import Evaluation, median_of_last, protocol_for
+from hcmarl.evaluation import Evaluation, check_evaluation_actions, median_of_last, protocol_for
 from hcmarl.modules.evaluation import EvaluationRecorder
 
 
@@ -26,7 +26,7 @@ def episodes(returns: list[float], wins: list[bool] | None = None) -> dict:
 
 # ---- the presets ---------------------------------------------------------------------------
 def test_magpo_preset_spaces_122_evaluations_as_mava() -> None:
-    magpo = protocol_for("magpo", "coordsum/3x10", eval_every=10, eval_episodes=7)
+    magpo = protocol_for("magpo", "coordsum/3x10")
     assert (magpo.episodes, magpo.deterministic, magpo.final, magpo.rounds) == (32, False, "absolute", 10)
     # Mava: num_updates_per_eval = num_updates // num_evaluation (params.csv: 1220 updates, 122 evaluations)
     assert magpo.evaluation_interval(1220) == 10
@@ -35,20 +35,60 @@ def test_magpo_preset_spaces_122_evaluations_as_mava() -> None:
 
 
 def test_hcpo_preset_evaluates_every_iteration_deterministically() -> None:
-    smax = protocol_for("hcpo", "smax/3s5z", eval_every=10, eval_episodes=7)
+    smax = protocol_for("hcpo", "smax/3s5z")
     assert (smax.episodes, smax.deterministic, smax.evaluation_interval(500), smax.final, smax.last) == (32, True, 1, "median_of_last", 10)
-    assert protocol_for("hcpo", "mamujoco/HalfCheetah-2x3", 10, 7).episodes == 40
-    assert protocol_for("hcpo", "mpe/simple_spread_v3", 10, 7).episodes == 40
+    assert protocol_for("hcpo", "mamujoco/HalfCheetah-2x3").episodes == 40
+    assert protocol_for("hcpo", "mpe/simple_spread_v3").episodes == 40
 
 
 def test_hcmarl_preset_keeps_the_recipes_settings() -> None:
     hcmarl = protocol_for("hcmarl", "coordsum/3x10", eval_every=25, eval_episodes=7)
     assert (hcmarl.episodes, hcmarl.deterministic, hcmarl.evaluation_interval(1000), hcmarl.final) == (7, None, 25, "last")
+    default = protocol_for("hcmarl", "coordsum/3x10")
+    assert (default.episodes, default.evaluation_interval(1000)) == (32, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "env", "setting", "value", "fixed"),
+    [
+        ("magpo", "coordsum/3x10", "eval_every", 10, "122 times, evenly spaced"),
+        ("magpo", "coordsum/3x10", "eval_episodes", 7, "plays 32 episodes"),
+        ("hcpo", "smax/3s5z", "eval_every", 10, "after every iteration"),
+        ("hcpo", "mamujoco/HalfCheetah-2x3", "eval_episodes", 32, "plays 40 episodes"),
+    ],
+)
+def test_a_preset_refuses_cadence_or_episodes_it_would_ignore(name: str, env: str, setting: str, value: int, fixed: str) -> None:
+    with pytest.raises(ConfigError, match=f"data.{setting}={value} conflicts with data.protocol {name}, which .*{fixed}.*--data.protocol hcmarl"):
+        protocol_for(name, env, **{setting: value})
+
+
+def test_a_preset_accepts_the_settings_it_fixes() -> None:
+    assert protocol_for("hcpo", "smax/3s5z", eval_every=1, eval_episodes=32) == protocol_for("hcpo", "smax/3s5z")
+    assert protocol_for("magpo", "coordsum/3x10", eval_episodes=32) == protocol_for("magpo", "coordsum/3x10")
+    check_evaluation_actions(protocol_for("hcpo", "smax/3s5z"), True)
+    check_evaluation_actions(protocol_for("magpo", "coordsum/3x10"), None)
+    check_evaluation_actions(protocol_for("hcmarl", "coordsum/3x10"), True)
+
+
+@pytest.mark.parametrize(("name", "asked", "actions"), [("hcpo", False, "deterministic actions"), ("magpo", True, "sampled actions")])
+def test_a_preset_refuses_evaluation_actions_it_would_ignore(name: str, asked: bool, actions: str) -> None:
+    with pytest.raises(
+        ConfigError, match=f"model.deterministic_eval={str(asked).lower()} conflicts with data.protocol {name}, which evaluates {actions}"
+    ):
+        check_evaluation_actions(protocol_for(name, "smax/3s5z"), asked)
+
+
+def test_cli_refuses_deterministic_eval_against_the_magpo_preset_before_training(run_cli, tmp_path: Path, capsys) -> None:
+    few = ["--model.guider.init_args.constraint.init_args.minibatches", "2"]  # a tiny run, should the refusal fail
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", *few, "--model.deterministic_eval", "true")
+    assert exit_info.value.code == 2 and "model.deterministic_eval=true conflicts" in capsys.readouterr().err
+    assert not run_dirs(tmp_path)
 
 
 def test_unknown_protocol_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="data.protocol='mava'.*hcmarl, magpo, hcpo"):
-        protocol_for("mava", "coordsum/3x10", 10, 32)
+        protocol_for("mava", "coordsum/3x10")
 
 
 # ---- the HCPO score ------------------------------------------------------------------------
@@ -92,7 +132,7 @@ class StandIn:
 
     def __init__(self, module: Weight, protocol: str) -> None:
         self.module, self.frames, self.iterations_done = module, 0, 0
-        self.protocol = protocol_for(protocol, "coordsum/3x10", 1, 4)
+        self.protocol = protocol_for(protocol, "coordsum/3x10", 1, 4) if protocol == "hcmarl" else protocol_for(protocol, "coordsum/3x10")
         self.env_info = SimpleNamespace(has_win=False)
         self.evaluation_rounds = 1
         self.state = SimpleNamespace(fn=TrainerFn.FITTING)

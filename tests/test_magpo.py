@@ -214,7 +214,7 @@ def _logged(run_dir) -> set[str]:
 
 def test_magpo_recipe_logs_its_diagnostics_and_both_evaluations(run_cli, tmp_path, capsys: pytest.CaptureFixture) -> None:
     few = ["--model.guider.init_args.constraint.init_args.minibatches", "2"]  # a Sable guider's minibatches are env rollouts
-    run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1", *few)
+    run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", *few)  # the magpo protocol evaluates each of 2 iterations
     (run_dir,) = run_dirs(tmp_path)
     expected = {
         "guider/mask_frac",
@@ -239,7 +239,7 @@ def test_magpo_recipe_logs_its_diagnostics_and_both_evaluations(run_cli, tmp_pat
 
 
 def test_mat_recipe_trains_the_guider_alone(run_cli, tmp_path) -> None:
-    run_cli("fit", "mat/coordsum_3x10", "--data.total_frames", "64", "--data.eval_every", "1")
+    run_cli("fit", "mat/coordsum_3x10", "--data.total_frames", "64")
     (run_dir,) = run_dirs(tmp_path)
     logged = _logged(run_dir)
     assert {"guider/policy_loss", "guider/value_loss", "eval/return"} <= logged

@@ -118,8 +118,6 @@ def test_magpo_fits_with_a_gru_learner(run_cli, tmp_path) -> None:
         "8",
         "--data.total_frames",
         "64",
-        "--data.eval_every",
-        "1",
     )
     (run_dir,) = run_dirs(tmp_path)
     result = final_eval(run_dir)
