@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import final_eval, recipe, run_dirs
+from conftest import final_eval, recipe, run_dirs, run_protocol
 
 from hcmarl.modules.base_config import with_base
 from hcmarl.modules.cli import build_cli, main
@@ -50,9 +50,10 @@ def smoke_overrides(path: Path) -> list[str]:
     name = f"{path.parent.name}/{path.stem}"
     text = path.read_text()
     extra = list(SMOKE_OVERRIDES.get(name, []))
-    if "protocol: magpo" in text or "protocol: hcpo" in text:  # their presets fix 32 or 40 episodes
+    protocol = run_protocol(name, ())
+    if protocol != "hcmarl":  # the magpo and hcpo presets fix 32 or 40 episodes
         extra += ["--data.protocol", "hcmarl"]
-    if "protocol: magpo" in text:
+    if protocol == "magpo":
         if "hcmarl.nn.SableGuider" in text and not extra[:1] == FEWER_ENV_MINIBATCHES[:1]:
             extra += FEWER_ENV_MINIBATCHES
         if "hcmarl.nn.GRUActor" in text and "hcmarl.guided.GuidedImitation" not in text:  # a learner under a guider steps on its minibatches
