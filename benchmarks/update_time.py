@@ -13,6 +13,12 @@ next to its ``costing.py``), the older one from a worktree put first on ``PYTHON
     done
 
 (``docs/benchmarks.md``, "The iteration as stages", was measured this way.)
+
+``--flops`` also counts the update's floating-point operations (matrix products, as ``torch.utils.flop_counter``
+counts them: forward and backward) and prints the update's arithmetic floor: that count at this core's rate for a
+large matrix product, measured in the same process. The ratio of the median update to that floor is how far the
+update is from being bound by arithmetic alone (``docs/benchmarks.md``, "Against BenchMARL and against the hardware
+floor").
 """
 
 from __future__ import annotations
@@ -20,11 +26,43 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 from costing import build
+from tensordict import TensorDictBase
+from torch.utils.flop_counter import FlopCounterMode
 
+from hcmarl.modules.marl import MARLModule
 from hcmarl.optim import GradientStep
+
+
+def one_update(module: MARLModule, batch: TensorDictBase, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """One iteration's update from ``batch``'s copy, seeded as every measured update is."""
+    rollout = batch.clone()
+    torch.manual_seed(1)
+    module.compute_advantages(rollout)
+    module.update_roles(rollout, [GradientStep(optimizer) for optimizer in optimizers])
+
+
+def count_flops(module: MARLModule, batch: TensorDictBase, optimizers: Sequence[torch.optim.Optimizer]) -> int:
+    """The floating-point operations of the matrix products in one update (forward and backward), by ``FlopCounterMode``."""
+    with FlopCounterMode(display=False) as counter:
+        one_update(module, batch, optimizers)
+    return counter.get_total_flops()
+
+
+def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
+    """This core's floating-point operations per second for one ``size`` x ``size`` matrix product (2 size^3 operations),
+    the best of ``repeats``: the rate an update's arithmetic could reach at best."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -32,6 +70,7 @@ def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="family/recipe, e.g. hcpo/smax_3s5z; any further --key value is a CLI override")
     parser.add_argument("--updates", type=int, default=3, help="measured updates (after one warm-up)")
+    parser.add_argument("--flops", action="store_true", help="also count the update's operations and print its arithmetic floor")
     args, overrides = parser.parse_known_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -40,14 +79,19 @@ def main(argv: list[str] | None = None) -> float:
     optimizers = module.configure_optimizers()
     seconds = []
     for _ in range(args.updates + 1):
-        rollout = batch.clone()
-        torch.manual_seed(1)
         start = time.perf_counter()
-        module.compute_advantages(rollout)
-        module.update_roles(rollout, [GradientStep(optimizer) for optimizer in optimizers])
+        one_update(module, batch, optimizers)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds[1:])
     print(f"{args.recipe} {' '.join(overrides)}: median update {median:.4f} s over {args.updates}")
+    if args.flops:
+        flops, rate = count_flops(module, batch, optimizers), matmul_rate()
+        floor = flops / rate
+        print(
+            f"flops: {flops / 1e9:.4g} GFLOP per update of {batch.numel():,} frames, {flops / median / 1e9:.1f} GFLOP/s achieved; "
+            f"at this core's large-product rate ({rate / 1e9:.1f} GFLOP/s) the arithmetic alone takes {floor:.3f} s "
+            f"({batch.numel() / floor:,.0f} frames/s), the median update {median / floor:.1f}x that"
+        )
     return median
 
 

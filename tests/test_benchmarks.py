@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 HAS_JAXMARL = importlib.util.find_spec("jaxmarl") is not None
@@ -97,3 +98,20 @@ def test_update_time_times_one_recipes_update(monkeypatch: pytest.MonkeyPatch, c
     seconds = _load("update_time").main(["hatrpo/coordsum_3x10", *tiny, "--updates", "1"])
     assert seconds > 0
     assert "hatrpo/coordsum_3x10 --data.num_envs 4 --data.rollout_steps 8 --data.env coordsum/8x15: median update" in capsys.readouterr().out
+
+
+def test_update_flops_count_the_matrix_products_and_scale_with_the_batch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """MLP updates at a fixed number of minibatches do twice the arithmetic on twice the envs; ``--flops`` prints the floor."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    update_time = _load("update_time")
+    costing = _load("costing")
+    counts = []
+    for envs in (4, 8):
+        torch.manual_seed(0)
+        module, (env, steps) = costing.build("mappo/coordsum_3x10", ["--data.num_envs", str(envs), "--data.rollout_steps", "8"])
+        batch = env.rollout(steps, module.behaviour_policy(), break_when_any_done=False)
+        counts.append(update_time.count_flops(module, batch, module.configure_optimizers()))
+    assert counts[0] > 0 and counts[1] == 2 * counts[0]
+    update_time.main(["mappo/coordsum_3x10", "--data.num_envs", "4", "--data.rollout_steps", "8", "--updates", "1", "--flops"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"flops: {counts[0] / 1e9:.4g} GFLOP per update of 32 frames")
