@@ -18,6 +18,7 @@ from torchrl.envs import Transform
 
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
+from hcmarl.evaluation import EvaluationProtocol
 
 Policy = Callable[[TensorDictBase], TensorDictBase]
 """A policy as the datamodule runs it: reads a TensorDict of observations, writes the actions into it."""
@@ -62,6 +63,9 @@ class PolicySource(Protocol):
 @runtime_checkable
 class RolloutSource(Protocol):
     """What a module reads from the trainer's datamodule."""
+
+    protocol: EvaluationProtocol
+    """The run's evaluation protocol (``hcmarl.evaluation``); its ``magpo`` and ``hcpo`` presets fix the evaluation's actions."""
 
     @property
     def env_info(self) -> EnvInfo | None:

@@ -22,7 +22,7 @@ from hcmarl.compilation import compile_roles
 from hcmarl.datamodules import RolloutSource, require_rollout_source
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError, NonFiniteLossError
-from hcmarl.evaluation import logged_means
+from hcmarl.evaluation import check_evaluation_actions, logged_means
 from hcmarl.extra_role import ExtraRole
 from hcmarl.iteration import plan_iteration
 from hcmarl.keys import EPISODE_RETURN
@@ -53,7 +53,8 @@ class MARLModule(L.LightningModule):
             observation, or is ``terminal`` like any other end, as the official MAGPO code treats it (its params.csv
             recipes set it); ``hcmarl.value_sources.Truncation``.
         deterministic_eval: evaluate with the policy's mode instead of sampled actions (under ``data.protocol: hcmarl``;
-            None: sampled). The ``magpo`` and ``hcpo`` protocols fix it: the CLI refuses a value other than theirs.
+            None: sampled). The ``magpo`` and ``hcpo`` protocols fix it: a value other than theirs is a ``ConfigError``
+            (from the CLI before anything is built, else at ``setup``).
         compile: ``torch.compile`` the roles' networks (``hcmarl.compilation.compile_roles``), except those moved
             by a trust region (it differentiates twice); a part that fails to compile runs eagerly, with one log line.
             Off by default: measured on CPU it does not pay (docs/benchmarks.md, "Compilation").
@@ -101,6 +102,7 @@ class MARLModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = self.rollouts
+        check_evaluation_actions(dm.protocol, self.deterministic_eval)
         if self.env_info is None:
             if dm.env_info is None:
                 raise RuntimeError("MARLModule.setup: the datamodule has not made its env yet (its setup runs first)")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from conftest import final_eval, run_dirs
@@ -14,9 +15,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from tensordict import TensorDict
 from torch import nn
 
+from hcmarl.datamodules import OnPolicyDataModule
 from hcmarl.errors import ConfigError
 from hcmarl.evaluation import Evaluation, check_evaluation_actions, median_of_last, protocol_for
+from hcmarl.modules.cli import build_cli
 from hcmarl.modules.evaluation import EvaluationRecorder
+from hcmarl.recipes import RECIPES_DIR
 
 
 def episodes(returns: list[float], wins: list[bool] | None = None) -> dict:
@@ -84,6 +88,16 @@ def test_cli_refuses_deterministic_eval_against_the_magpo_preset_before_training
         run_cli("fit", "magpo/coordsum_3x10", "--data.total_frames", "64", *few, "--model.deterministic_eval", "true")
     assert exit_info.value.code == 2 and "model.deterministic_eval=true conflicts" in capsys.readouterr().err
     assert not run_dirs(tmp_path)
+
+
+def test_python_fit_refuses_deterministic_eval_against_the_hcpo_preset_before_training(tmp_path: Path) -> None:
+    """Without the CLI, the module's ``setup`` makes the same refusal, before the first rollout."""
+    model = build_cli(["--config", str(RECIPES_DIR / "mappo/coordsum_3x10.yaml"), "--model.deterministic_eval", "false"], run=False).model
+    data = OnPolicyDataModule(env="coordsum/3x10", num_envs=4, rollout_steps=8, total_frames=64, protocol="hcpo")
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ConfigError, match="model.deterministic_eval=false conflicts with data.protocol hcpo"):
+        trainer.fit(model, datamodule=data)
+    assert data.frames == 0
 
 
 def test_unknown_protocol_names_the_choices() -> None:

@@ -145,7 +145,7 @@ def test_onpolicy_datamodule_is_a_rollout_source() -> None:
     data = OnPolicyDataModule(env="coordsum/3x10", num_envs=4, rollout_steps=8, total_frames=64)
     assert isinstance(data, RolloutSource) and missing_members(data, RolloutSource) == []
     assert set(protocol_members(RolloutSource)) == {
-        "env_info", "num_envs", "frames_per_batch", "global_frames_per_batch", "frames", "last_collect_seconds",
+        "protocol", "env_info", "num_envs", "frames_per_batch", "global_frames_per_batch", "frames", "last_collect_seconds",
     }  # fmt: skip
     without_frames = SimpleNamespace(**{name: 0 for name in protocol_members(RolloutSource) if name != "frames"})
     assert not isinstance(without_frames, RolloutSource) and missing_members(without_frames, RolloutSource) == ["frames"]
