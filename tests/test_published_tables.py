@@ -3,7 +3,8 @@
 The jumanji suites' rows are read back from the MAGPO paper's Table 1 in ``../shared/seeds/magpo_paper.txt``: a
 suite's block is its name, its task names, then each algorithm's ``mean ± std`` for every task, algorithm after
 algorithm (MAGPO, CTDS, IPPO, MAPPO, MAT, Sable). The CoordSum rows' means are read from ALGORITHMS.md section 5.
-The SMAX rows are read back from the HCPO paper's Table 2 in ``../shared/seeds/hcpo_paper.txt``: after the maps and
+The MAGPO paper's SMAX rows (``magpo_table1_smax.csv``, win rates) are its Table 1's SMAX block, read the same way.
+The HCPO SMAX rows are read back from the HCPO paper's Table 2 in ``../shared/seeds/hcpo_paper.txt``: after the maps and
 their difficulty, each algorithm's ``win%(std)`` for every map, algorithm after algorithm.
 """
 
@@ -72,6 +73,29 @@ def test_the_coordsum_rows_are_algorithms_md_section_5s() -> None:
     for task in ("3x10", "3x30"):
         means = [float(v) for v in re.search(rf"^{task}: ([\d. /]+);?$", text, re.M).group(1).rstrip(".").split(" / ")]
         assert {alg: rows[(f"coordsum/{task}", alg)] for alg in order} == dict(zip(order, means, strict=True))
+
+
+MAGPO_SMAX_MAPS = "2s3z 3s5z 3s5z_vs_3s6z 3s_vs_5z 6h_vs_8z 10m_vs_11m 5m_vs_6m smacv2_5_units smacv2_10_units 27m_vs_30m"
+
+
+def test_the_smax_rows_are_table_1s() -> None:
+    """Table 1's SMAX block: its column header ends ``... MAPPO`` before the maps (the caption sits between the suite's
+    name and its maps), then each algorithm's ``mean ± std`` for every map, as in the other suites."""
+    text = " ".join(PAPER.read_text().split())
+    head = f"MAPPO {MAGPO_SMAX_MAPS}"
+    maps = MAGPO_SMAX_MAPS.split()
+    cells = re.findall(r"(-?\d+\.\d+) ± (\d+\.\d+)", text[text.index(head) + len(head) :])[: len(TABLE_ALGORITHMS) * len(maps)]
+    published = {
+        (f"smax/{task}", alg): (float(cells[i * len(maps) + j][0]), float(cells[i * len(maps) + j][1]))
+        for i, alg in enumerate(TABLE_ALGORITHMS)
+        for j, task in enumerate(maps)
+    }
+    assert published[("smax/10m_vs_11m", "magpo")] == (0.98, 0.02) and published[("smax/10m_vs_11m", "rec_mappo")] == (0.39, 0.07)  # by eye
+    rows = read_csv("magpo_table1_smax.csv")
+    assert {(row["task"], row["algorithm"]) for row in rows} == set(published) and len(rows) == len(published)
+    for row in rows:
+        assert (float(row["mean"]), float(row["std"])) == published[(row["task"], row["algorithm"])], row
+        assert (row["seeds"], row["frames"]) == ("10", "20000000") and row["source"].startswith("MAGPO paper Table 1")
 
 
 HCPO_TABLE_2_ALGORITHMS = ("hcpo", "happo", "hatrpo", "haa2c", "a2po", "maven")
