@@ -37,18 +37,19 @@ from hcmarl.modules.marl import MARLModule
 from hcmarl.optim import GradientStep
 
 
-def one_update(module: MARLModule, batch: TensorDictBase, optimizers: Sequence[torch.optim.Optimizer]) -> None:
-    """One iteration's update from ``batch``'s copy, seeded as every measured update is."""
-    rollout = batch.clone()
-    torch.manual_seed(1)
+def one_update(module: MARLModule, rollout: TensorDictBase, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """One iteration's update on ``rollout`` (which it writes advantages into: pass a copy)."""
     module.compute_advantages(rollout)
     module.update_roles(rollout, [GradientStep(optimizer) for optimizer in optimizers])
 
 
 def count_flops(module: MARLModule, batch: TensorDictBase, optimizers: Sequence[torch.optim.Optimizer]) -> int:
-    """The floating-point operations of the matrix products in one update (forward and backward), by ``FlopCounterMode``."""
+    """The floating-point operations of the matrix products in one update on a copy of ``batch`` (forward and backward),
+    by ``FlopCounterMode``."""
+    rollout = batch.clone()
+    torch.manual_seed(1)
     with FlopCounterMode(display=False) as counter:
-        one_update(module, batch, optimizers)
+        one_update(module, rollout, optimizers)
     return counter.get_total_flops()
 
 
@@ -79,8 +80,10 @@ def main(argv: list[str] | None = None) -> float:
     optimizers = module.configure_optimizers()
     seconds = []
     for _ in range(args.updates + 1):
+        rollout = batch.clone()
+        torch.manual_seed(1)
         start = time.perf_counter()
-        one_update(module, batch, optimizers)
+        one_update(module, rollout, optimizers)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds[1:])
     print(f"{args.recipe} {' '.join(overrides)}: median update {median:.4f} s over {args.updates}")
