@@ -39,9 +39,14 @@ pytestmark = pytest.mark.skipif(not PAPER.exists(), reason=f"{PAPER} is absent (
 def table_1(family: str) -> dict[tuple[str, str], tuple[float, float]]:
     """(hcmarl task, algorithm) -> (mean, std) of one suite's block of the paper's Table 1."""
     suite, names = SUITES[family]
+    return table_1_block(f"{suite} {names}", family, names.split())
+
+
+def table_1_block(head: str, family: str, tasks: list[str]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(``family``/task, algorithm) -> (mean, std) of the Table 1 cells after ``head`` in the paper's text: each
+    algorithm's ``mean ± std`` for every task of ``tasks``, algorithm after algorithm."""
     text = " ".join(PAPER.read_text().split())
-    start = text.index(f"{suite} {names}") + len(suite) + len(names) + 1
-    tasks = names.split()
+    start = text.index(head) + len(head)
     cells = re.findall(r"(-?\d+\.\d+) ± (\d+\.\d+)", text[start:])[: len(TABLE_ALGORITHMS) * len(tasks)]
     return {
         (f"{family}/{task}", alg): (float(cells[i * len(tasks) + j][0]), float(cells[i * len(tasks) + j][1]))
@@ -81,15 +86,7 @@ MAGPO_SMAX_MAPS = "2s3z 3s5z 3s5z_vs_3s6z 3s_vs_5z 6h_vs_8z 10m_vs_11m 5m_vs_6m 
 def test_the_smax_rows_are_table_1s() -> None:
     """Table 1's SMAX block: its column header ends ``... MAPPO`` before the maps (the caption sits between the suite's
     name and its maps), then each algorithm's ``mean ± std`` for every map, as in the other suites."""
-    text = " ".join(PAPER.read_text().split())
-    head = f"MAPPO {MAGPO_SMAX_MAPS}"
-    maps = MAGPO_SMAX_MAPS.split()
-    cells = re.findall(r"(-?\d+\.\d+) ± (\d+\.\d+)", text[text.index(head) + len(head) :])[: len(TABLE_ALGORITHMS) * len(maps)]
-    published = {
-        (f"smax/{task}", alg): (float(cells[i * len(maps) + j][0]), float(cells[i * len(maps) + j][1]))
-        for i, alg in enumerate(TABLE_ALGORITHMS)
-        for j, task in enumerate(maps)
-    }
+    published = table_1_block(f"MAPPO {MAGPO_SMAX_MAPS}", "smax", MAGPO_SMAX_MAPS.split())
     assert published[("smax/10m_vs_11m", "magpo")] == (0.98, 0.02) and published[("smax/10m_vs_11m", "rec_mappo")] == (0.39, 0.07)  # by eye
     rows = read_csv("magpo_table1_smax.csv")
     assert {(row["task"], row["algorithm"]) for row in rows} == set(published) and len(rows) == len(published)
