@@ -23,7 +23,7 @@ import torch
 from hcmarl.advantages import MinibatchAdvantageNorm, normalize_minibatch_advantage
 from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.nn.distributions import detach_distribution, map_distribution, select_agents
-from hcmarl.optim import GradientStep, run_minibatches
+from hcmarl.optim import GradientStep, run_minibatches, take_rows
 
 Distribution = torch.distributions.Distribution
 
@@ -71,7 +71,7 @@ def evaluate_actions(dist: Distribution, action: torch.Tensor, anchor: Distribut
 
 def index_distribution(dist: Distribution, idx: torch.Tensor) -> Distribution:
     """The samples ``idx`` of a distribution over a batch (the first dimension), e.g. an anchor's minibatch."""
-    return map_distribution(dist, lambda t: t[idx])
+    return map_distribution(dist, lambda t: take_rows(t, idx))
 
 
 Evaluate = Callable[[torch.Tensor], Evaluation]
@@ -99,10 +99,10 @@ class SurrogateBatch:
     def __getitem__(self, idx: torch.Tensor) -> SurrogateBatch:
         """The samples ``idx`` (a minibatch)."""
         return SurrogateBatch(
-            self.old_log_prob[idx],
-            self.advantage[idx],
-            None if self.factor is None else self.factor[idx],
-            None if self.kl_weight is None else self.kl_weight[idx],
+            take_rows(self.old_log_prob, idx),
+            take_rows(self.advantage, idx),
+            None if self.factor is None else take_rows(self.factor, idx),
+            None if self.kl_weight is None else take_rows(self.kl_weight, idx),
         )
 
 
@@ -367,7 +367,7 @@ class Distill:
         """
 
         def minibatch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            loss = soft_target_cross_entropy(target_probs[idx], predict(idx).logits).mean()
+            loss = soft_target_cross_entropy(take_rows(target_probs, idx), predict(idx).logits).mean()
             step(loss, self.max_grad_norm)
             return {"cross_entropy": loss.detach()}
 

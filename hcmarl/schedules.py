@@ -16,7 +16,7 @@ from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE
 from hcmarl.nn.actors import select_agent
 from hcmarl.nn.distributions import select_agents
-from hcmarl.optim import GradientStep
+from hcmarl.optim import GradientStep, take_rows
 
 Distribution = torch.distributions.Distribution
 Policy = Callable[..., Distribution]  # policy(td) for every agent, policy(td, agent=i) for agent i alone (``Actor.forward``)
@@ -55,7 +55,7 @@ class Schedule(ABC):
 def evaluate_minibatch(policy: Policy, batch: TensorDictBase, idx: torch.Tensor, anchor: Distribution | None, agent: int | None = None) -> Evaluation:
     """The policy on the samples ``idx`` of ``batch`` with the anchor at the same samples: for all agents, or for
     ``agent`` alone when ``batch`` and ``anchor`` hold that agent's column only (``select_agent``)."""
-    minibatch = batch[idx]
+    minibatch = take_rows(batch, idx)
     dist = policy(minibatch) if agent is None else policy(minibatch, agent=agent)
     return evaluate_actions(dist, minibatch.get(ACTION), None if anchor is None else index_distribution(anchor, idx))
 

@@ -21,7 +21,7 @@ from hcmarl.guided import GuidedClip, GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB, VALUE_TARGET
 from hcmarl.nn.distributions import detach_distribution, map_distribution
 from hcmarl.nn.guider import permuted_forward
-from hcmarl.optim import GradientStep, run_minibatches
+from hcmarl.optim import GradientStep, run_minibatches, take_rows
 from hcmarl.roles.conductor import Conductor
 from hcmarl.roles.critic import Critic
 from hcmarl.roles.guider import Guider
@@ -176,12 +176,12 @@ class JointGuidedStage:
             if rule.agent_order == "random" and steps_done[0] % rule.minibatches == 0:  # a new epoch
                 order[0] = torch.randperm(n_agents, device=idx.device)
             steps_done[0] += 1
-            minibatch = batch[idx]
+            minibatch = take_rows(batch, idx)
             advantage = minibatch.get(ADVANTAGE)
             if rule.advantage_norm == "minibatch":
                 advantage = normalize_minibatch_advantage(advantage, rule.lanes)
             action, data = minibatch.get(ACTION), SurrogateBatch(minibatch.get(LOG_PROB), advantage)
-            guider_dist, value = permuted_forward(guider.network, minibatch, None if start_state is None else start_state[idx], order[0])
+            guider_dist, value = permuted_forward(guider.network, minibatch, None if start_state is None else take_rows(start_state, idx), order[0])
             log_prob = guider_dist.log_prob(action)
             if learner is None:
                 guider_eval = Evaluation(log_prob, guider_dist.entropy(), guider_dist)

@@ -23,7 +23,7 @@ from hcmarl.constraints import Constraint, Evaluate, Evaluation, SurrogateBatch,
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.nn.distributions import DIVERGENCES, detach_distribution, distribution_like, distribution_parameters
-from hcmarl.optim import GradientStep
+from hcmarl.optim import GradientStep, take_rows
 
 Distribution = torch.distributions.Distribution
 
@@ -197,7 +197,11 @@ class TrustRegion(Constraint):
         def mean_kl(new: Distribution, idx: torch.Tensor | None = None) -> torch.Tensor:
             """Mean divergence (KL by default) of ``new`` from pi_old over the samples ``idx`` of the batch (None: all),
             ``new`` evaluated on those samples."""
-            old, w = (old_dist, kl_weight) if idx is None else (index_distribution(old_dist, idx), None if kl_weight is None else kl_weight[idx])
+            old, w = (
+                (old_dist, kl_weight)
+                if idx is None
+                else (index_distribution(old_dist, idx), None if kl_weight is None else take_rows(kl_weight, idx))
+            )
             kl = self.divergence(old, new)
             return kl.mean() if w is None else (w * kl).mean()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from hcmarl.advantages import ValueLoss, ValueNorm, value_loss
+from hcmarl.optim import take_rows
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,6 @@ class ValueFit:
 
     def minibatch_loss(self, prediction: torch.Tensor, targets: ValueTargets, idx: torch.Tensor) -> torch.Tensor:
         """The mean loss of ``prediction`` on the samples ``idx`` of ``targets``."""
-        old = None if targets.old_prediction is None else targets.old_prediction[idx]
-        loss = value_loss(prediction, targets.target[idx], self.loss, self.huber_delta, old, self.clip_value).mean()
+        old = None if targets.old_prediction is None else take_rows(targets.old_prediction, idx)
+        loss = value_loss(prediction, take_rows(targets.target, idx), self.loss, self.huber_delta, old, self.clip_value).mean()
         return loss if self.scale == 1.0 else self.scale * loss

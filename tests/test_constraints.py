@@ -21,7 +21,7 @@ from hcmarl.constraints import ClipPPO, Evaluation, SurrogateBatch, clip_ppo_obj
 from hcmarl.errors import ConfigError
 from hcmarl.modules import Learner
 from hcmarl.nn import GRUActor
-from hcmarl.optim import GradientStep, minibatch_indices
+from hcmarl.optim import GradientStep, minibatch_indices, take_rows
 from hcmarl.schedules import Simultaneous
 
 
@@ -185,6 +185,21 @@ def test_minibatch_indices_partition(batch_size: int, minibatches: int) -> None:
         assert all(p.numel() > 0 for p in pieces)
         assert max(p.numel() for p in pieces) - min(p.numel() for p in pieces) <= 1
         assert sorted(torch.cat(pieces).tolist()) == list(range(batch_size))
+
+
+def test_take_rows_equals_indexing_with_nested_batch_dimensions() -> None:
+    """``take_rows`` gives ``data[idx]`` exactly: a tensor, and a TensorDict whose nested TensorDict has an extra batch
+    dimension (agents), with repeated and reordered rows."""
+    g = torch.Generator().manual_seed(0)
+    agents = TensorDict({"obs": torch.randn(9, 3, 4, generator=g), "mask": torch.rand(9, 3, 2, generator=g) > 0.5}, [9, 3])
+    data = TensorDict({"state": torch.randn(9, 5, generator=g), "agents": agents}, [9])
+    idx = torch.tensor([4, 0, 8, 4, 2])
+    rows = take_rows(data, idx)
+    expected = data[idx]
+    assert rows.batch_size == (5,) and rows["agents"].batch_size == (5, 3)
+    for key in [("state",), ("agents", "obs"), ("agents", "mask")]:
+        assert torch.equal(rows[key], expected[key]), key
+    assert torch.equal(take_rows(data["state"], idx), data["state"][idx])
 
 
 @pytest.mark.parametrize("minibatches", [0, -1, 11])

@@ -85,6 +85,28 @@ def test_agent_linear_init_is_orthogonal(n_groups: int) -> None:
     assert torch.all(layer.bias == 0)
 
 
+def test_agent_mlp_equals_each_agent_alone_in_value_and_gradient() -> None:
+    """All agents at once (agent-major activations) give each agent's own MLP on its own input, ``agent=i``, and the
+    same parameter gradients, for inputs with two leading dimensions."""
+    torch.manual_seed(5)
+    mlp = AgentMLP(4, [8, 6], 3, n_groups=N_AGENTS, activation="relu")
+    with torch.no_grad():
+        for module in mlp.modules():
+            if isinstance(module, AgentLinear):
+                module.bias.normal_()
+    x = torch.randn(2, 5, N_AGENTS, 4)
+    together = mlp(x)
+    assert together.shape == (2, 5, N_AGENTS, 3)
+    together.square().sum().backward()
+    grads = [p.grad.clone() for p in mlp.parameters()]
+    mlp.zero_grad()
+    alone = torch.stack([mlp(x[..., i : i + 1, :], agent=i).squeeze(-2) for i in range(N_AGENTS)], dim=-2)
+    alone.square().sum().backward()
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-6)
+    for got, expected in zip(grads, [p.grad for p in mlp.parameters()], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_agent_mlp_per_agent_parameters_are_independent() -> None:
     torch.manual_seed(3)
     mlp = AgentMLP(4, [8, 8], 2, n_groups=N_AGENTS)

@@ -45,6 +45,10 @@ class AgentLinear(nn.Module):
             return x @ self.weight[group] + self.bias[group]
         return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
 
+    def agent_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Every group's map on agent-major input ``[n_groups, M, in]`` -> ``[n_groups, M, out]`` (one batched matmul)."""
+        return torch.bmm(x, self.weight) + self.bias.unsqueeze(-2)
+
 
 class AgentMLP(nn.Sequential):
     """An MLP over the last dimension whose layers are ``AgentLinear`` (agents on dimension -2); ``agent`` as ``AgentLinear``'s."""
@@ -67,9 +71,17 @@ class AgentMLP(nn.Sequential):
         super().__init__(*layers)
 
     def forward(self, x: torch.Tensor, agent: int | None = None) -> torch.Tensor:
+        """With one parameter set per agent and every agent at once, the hidden activations stay agent-major
+        (``[N, M, features]``, ``AgentLinear.agent_major``): one layout change in and one out, not two per layer."""
+        if agent is not None or self[0].n_groups == 1:
+            for layer in self:
+                x = layer(x, agent) if isinstance(layer, AgentLinear) else layer(x)
+            return x
+        leading, n_agents = x.shape[:-2], x.shape[-2]
+        x = x.movedim(-2, 0).reshape(n_agents, -1, x.shape[-1])
         for layer in self:
-            x = layer(x, agent) if isinstance(layer, AgentLinear) else layer(x)
-        return x
+            x = layer.agent_major(x) if isinstance(layer, AgentLinear) else layer(x)
+        return x.reshape(n_agents, *leading, x.shape[-1]).movedim(0, -2)
 
 
 class RMSNorm(nn.Module):

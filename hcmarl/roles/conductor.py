@@ -30,7 +30,7 @@ from hcmarl.keys import (
     STATE,
 )
 from hcmarl.nn.conductor import ConductorNetwork, LocalConductors
-from hcmarl.optim import GradientStep
+from hcmarl.optim import GradientStep, take_rows
 
 ExecutionMode = Literal["local", "local_argmax", "shared_seed", "central", "random", "none"]
 EXECUTION_MODES: tuple[str, ...] = get_args(ExecutionMode)
@@ -183,8 +183,8 @@ class Conductor(nn.Module):
         instruction = batch.get(INSTRUCTION).unsqueeze(-1)  # the conductor is one "agent": [B, 1]
 
         def evaluate(idx: torch.Tensor) -> Evaluation:
-            dist = Categorical(logits=self.network(batch[idx]).logits.unsqueeze(-2))  # batch [b, 1]
-            return Evaluation(dist.log_prob(instruction[idx]), dist.entropy(), dist)
+            dist = Categorical(logits=self.network(take_rows(batch, idx)).logits.unsqueeze(-2))  # batch [b, 1]
+            return Evaluation(dist.log_prob(take_rows(instruction, idx)), dist.entropy(), dist)
 
         data = SurrogateBatch(batch.get(CONDUCTOR_LOG_PROB).unsqueeze(-1), batch.get(CONDUCTOR_ADVANTAGE).unsqueeze(-1))
         metrics = self.constraint.update(evaluate, data, step)
@@ -217,10 +217,10 @@ class Conductor(nn.Module):
         """
         if not self.learns:
             return {}
-        batch = batch.select(STATE, OBSERVATION)
+        batch = batch.select(*self.local.in_keys)  # what the distillation indexes
         n_agents = batch.get(OBSERVATION).shape[-2]
         target = central_probs.unsqueeze(-2).expand(-1, n_agents, -1)  # [B, N, K]
-        return self.distill.update(lambda idx: self.local(batch[idx]), target, step)
+        return self.distill.update(lambda idx: self.local(take_rows(batch, idx)), target, step)
 
     @torch.no_grad()
     def diagnostics(self, batch: TensorDictBase, central_probs: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from hcmarl.errors import check_init_args
 from hcmarl.keys import VALUE_TARGET
 from hcmarl.nn.critics import InstructionCritic, ValueNetwork
 from hcmarl.nn.recurrent_critics import RecurrentValue
-from hcmarl.optim import GradientStep, check_minibatches, run_minibatches
+from hcmarl.optim import GradientStep, check_minibatches, run_minibatches, take_rows
 from hcmarl.value_fit import ValueFit
 
 
@@ -175,7 +175,7 @@ class Critic(nn.Module):
         targets = fit.targets(returns, lambda: self.network(batch))
 
         def minibatch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            loss = fit.minibatch_loss(self.network(batch[idx]), targets, idx)
+            loss = fit.minibatch_loss(self.network(take_rows(batch, idx)), targets, idx)
             step(loss if self.vf_coef == 1.0 else self.vf_coef * loss, self.max_grad_norm)
             return {"value_loss": loss.detach()}
 

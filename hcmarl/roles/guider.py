@@ -30,7 +30,7 @@ from hcmarl.guided import GuidedClip, GuidedImitation
 from hcmarl.keys import ACTION, ADVANTAGE, LOG_PROB
 from hcmarl.nn.distributions import map_distribution
 from hcmarl.nn.guider import GuiderNetwork
-from hcmarl.optim import GradientStep, check_minibatches
+from hcmarl.optim import GradientStep, check_minibatches, take_rows
 from hcmarl.roles.learner import Learner
 from hcmarl.schedules import Simultaneous
 from hcmarl.value_fit import ValueFit
@@ -211,8 +211,8 @@ class Guider(nn.Module):
         batch = batch.select(*self.network.in_keys, ACTION, strict=False)  # what evaluate indexes (actions: teacher forcing)
 
         def evaluate(idx: torch.Tensor) -> Evaluation:
-            dist, _ = self.network(batch[idx], None if start_state is None else start_state[idx])
-            return evaluate_actions(dist, action[idx], None if anchor is None else index_distribution(anchor, idx))
+            dist, _ = self.network(take_rows(batch, idx), None if start_state is None else take_rows(start_state, idx))
+            return evaluate_actions(dist, take_rows(action, idx), None if anchor is None else index_distribution(anchor, idx))
 
         if isinstance(self.constraint, GuidedClip):
             raise TypeError("a GuidedClip guider is updated in MAGPO's joint loop (hcmarl.stages.JointGuidedStage), not alone")
