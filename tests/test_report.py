@@ -279,6 +279,7 @@ def test_report_writes_every_file_it_promises(fixture_runs: Path, tmp_path: Path
         assert f"]({image})" in page  # relative links beside the page
     assert "alg_b on coordsum/3x30, seed 2" in page and "**20.00 (0.00)**" in page
     assert "**3.50 (0.71)**" in page  # alg_b on 3x30 without its short seed 2
+    assert "## Final performance (HCPO protocol)" in page  # runs without an absolute metric keep the median table
 
     # the export reads back into the same tables
     again = tmp_path / "again"

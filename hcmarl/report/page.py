@@ -76,12 +76,15 @@ def report_page(
         file, export_notes = marl_eval
         lines += [f"Raw results in marl-eval's JSON layout: `{file}`.", ""]
         lines += [*[f"- {n}" for n in export_notes], ""] if export_notes else []
+    if set(score_rules.values()) != {"absolute"}:  # runs all under the magpo protocol: the median is no one's score
+        lines += [
+            "## Final performance (HCPO protocol)",
+            "",
+            f"Per seed, the median of its last {last} evaluations; mean (std over seeds) per task and algorithm, the best in bold.",
+            "",
+            hcpo_table,
+        ]
     lines += [
-        "## Final performance (HCPO protocol)",
-        "",
-        f"Per seed, the median of its last {last} evaluations; mean (std over seeds) per task and algorithm, the best in bold.",
-        "",
-        hcpo_table,
         "## Aggregate over tasks (MAGPO protocol)",
         "",
         f"{_score_sentence(score_rules, last)}, min-max normalised per task (bounds below); interquartile mean (IQM, rliable's "
