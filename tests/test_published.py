@@ -69,7 +69,9 @@ def test_the_report_sets_each_score_beside_its_published_value(tmp_path: Path) -
     assert f"| coordsum/3x10 | mappo | {ours} | 107.44 ± 0.34 | 10 | 20,000,000 | MAGPO paper Table 1 |" in page
     assert "| coordsum/3x10 | magpo | - | | | 107.97 ± 0.04 | 10 | 20,000,000 | MAGPO paper Table 1 |" in page
     assert "- coordsum/3x30: published values, but no run here" in page
-    assert "HCPO protocol" not in page  # every run scored by its absolute metric: no median-of-the-last table
+    # every run scored by its absolute metric: the per-task table shows that score, not the median of the last ten
+    assert "HCPO protocol" not in page
+    assert f"| coordsum/3x10 | eval/return | **{statistics.fmean(absolute):.2f} ({statistics.stdev(absolute):.2f})** |" in page
 
 
 def test_report_command_refuses_a_missing_file_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -98,6 +98,7 @@ def report(
         runs,
         notes,
         hcpo_table(hcpo_scores(runs, metrics, last), metrics),
+        hcpo_table(scores, metrics),
         last,
         agg,
         curve_images,

@@ -47,6 +47,7 @@ def report_page(
     runs: Sequence[Run],
     notes: Sequence[str],
     hcpo_table: str,
+    score_table: str,
     last: int,
     agg: Aggregate,
     curve_images: Mapping[str, Path],
@@ -57,6 +58,8 @@ def report_page(
 ) -> str:
     """The page's Markdown; images are given as paths in the page's folder and linked by file name.
 
+    ``hcpo_table``: per task, each seed's median of its last ``last`` evaluations; ``score_table``: the aggregate's
+    per-seed scores, not normalised (shown instead where every task is scored by the absolute metric);
     ``score_rules``: per task, ``absolute`` or ``final`` (the aggregate's per-seed score); ``marl_eval``: the
     marl-eval file written and the export's notes; ``published``: the table of published values beside the runs'
     scores (:func:`hcmarl.report.published.published_table`) and the published tasks no run has."""
@@ -76,7 +79,15 @@ def report_page(
         file, export_notes = marl_eval
         lines += [f"Raw results in marl-eval's JSON layout: `{file}`.", ""]
         lines += [*[f"- {n}" for n in export_notes], ""] if export_notes else []
-    if set(score_rules.values()) != {"absolute"}:  # runs all under the magpo protocol: the median is no one's score
+    if set(score_rules.values()) == {"absolute"}:  # every run under the magpo protocol: the median is no one's score
+        lines += [
+            "## Final performance (MAGPO protocol)",
+            "",
+            f"{_score_sentence(score_rules, last)}; mean (std over seeds) per task and algorithm, the best in bold.",
+            "",
+            score_table,
+        ]
+    else:
         lines += [
             "## Final performance (HCPO protocol)",
             "",
