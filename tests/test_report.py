@@ -26,7 +26,7 @@ from hcmarl.report.stats import (
     minmax_normalise,
     probability_of_improvement,
 )
-from hcmarl.report.tables import aggregate, final_scores, hcpo_scores, hcpo_table, magpo_scores, score_rules
+from hcmarl.report.tables import aggregate, final_scores, hcpo_scores, magpo_scores, score_rules, scores_table
 
 FRAMES_PER_EPOCH = 100
 
@@ -198,7 +198,7 @@ def test_hcpo_table_medians_by_hand(fixture_runs: Path) -> None:
     # seed 0: last ten of 0..11 are 2..11 -> median 6.5; seed 1: 4, 6, 8, 10, 12, 13, 14, 15, 16, 22 -> (12 + 13) / 2
     np.testing.assert_allclose(scores["coordsum/3x10"]["alg_a"], [6.5, 12.5])
     np.testing.assert_allclose(scores["coordsum/3x10"]["alg_b"], [20.0, 20.0])
-    table = hcpo_table(scores, metrics)
+    table = scores_table(scores, metrics)
     assert f"9.50 ({math.sqrt(((6.5 - 9.5) ** 2 + (12.5 - 9.5) ** 2) / 1):.2f})" in table  # mean 9.5, sample std 4.24
     assert "**20.00 (0.00)**" in table and "**3.50 (0.71)**" in table
     np.testing.assert_allclose(hcpo_scores(runs, metrics, last=3)["coordsum/3x10"]["alg_a"], [10.0, 16.0])

@@ -13,7 +13,7 @@ from hcmarl.report.plots import Band, iqm_plot, learning_curves
 from hcmarl.report.published import published_table, read_published, unmatched
 from hcmarl.report.runs import write_export
 from hcmarl.report.stats import CONFIDENCE, RESAMPLES
-from hcmarl.report.tables import LAST_EVALUATIONS, aggregate, hcpo_scores, hcpo_table, magpo_scores, score_rules
+from hcmarl.report.tables import LAST_EVALUATIONS, aggregate, hcpo_scores, magpo_scores, score_rules, scores_table
 
 PAGE = "report.md"
 
@@ -97,8 +97,8 @@ def report(
         [str(p) for p in paths],
         runs,
         notes,
-        hcpo_table(hcpo_scores(runs, metrics, last), metrics),
-        hcpo_table(scores, metrics),
+        scores_table(hcpo_scores(runs, metrics, last), metrics),
+        scores_table(scores, metrics),
         last,
         agg,
         curve_images,

@@ -1,7 +1,7 @@
 """The two papers' result tables as Markdown (ALGORITHMS.md section 6).
 
 - HCPO: per seed, the median of the last ten evaluations; mean (std) over seeds; one row per
-  task, one column per algorithm.
+  task, one column per algorithm (:func:`scores_table`, which also tabulates any other per-seed score).
 - MAGPO: each seed's final score (its final evaluation, its absolute metric, or HCPO's median: :func:`magpo_scores`),
   min-max normalised per task; IQM with a stratified bootstrap 95% interval per algorithm; probability of
   improvement for each pair of algorithms (Agarwal et al. 2021).
@@ -87,7 +87,7 @@ def _number(value: float, metric: str) -> str:
     return f"{value:.3f}" if metric.endswith("win_rate") else f"{value:.2f}"
 
 
-def hcpo_table(scores: Scores, metrics: Mapping[str, str]) -> str:
+def scores_table(scores: Scores, metrics: Mapping[str, str]) -> str:
     """Markdown: one row per task, one ``mean (std)`` column per algorithm, the best mean in bold.
 
     The std is the sample std over seeds (ddof 1); a cell with fewer seeds than the table's most
