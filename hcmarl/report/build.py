@@ -13,7 +13,15 @@ from hcmarl.report.plots import Band, iqm_plot, learning_curves
 from hcmarl.report.published import published_table, read_published, unmatched
 from hcmarl.report.runs import write_export
 from hcmarl.report.stats import CONFIDENCE, RESAMPLES
-from hcmarl.report.tables import LAST_EVALUATIONS, aggregate, hcpo_scores, magpo_scores, score_rules, scores_table
+from hcmarl.report.tables import (
+    LAST_EVALUATIONS,
+    aggregate,
+    hcpo_scores,
+    magpo_scores,
+    score_rules,
+    scored_by_absolute_metric,
+    scores_table,
+)
 
 PAGE = "report.md"
 
@@ -97,8 +105,7 @@ def report(
         [str(p) for p in paths],
         runs,
         notes,
-        scores_table(hcpo_scores(runs, metrics, last), metrics),
-        scores_table(scores, metrics),
+        scores_table(scores if scored_by_absolute_metric(rules) else hcpo_scores(runs, metrics, last), metrics),
         last,
         agg,
         curve_images,

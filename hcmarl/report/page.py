@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hcmarl.report.runs import Run
-from hcmarl.report.tables import Aggregate, aggregate_tables
+from hcmarl.report.tables import Aggregate, aggregate_tables, scored_by_absolute_metric
 
 
 def _seeds_summary(runs: Sequence[Run]) -> list[str]:
@@ -46,8 +46,7 @@ def report_page(
     sources: Sequence[str],
     runs: Sequence[Run],
     notes: Sequence[str],
-    hcpo_table: str,
-    score_table: str,
+    final_table: str,
     last: int,
     agg: Aggregate,
     curve_images: Mapping[str, Path],
@@ -58,8 +57,8 @@ def report_page(
 ) -> str:
     """The page's Markdown; images are given as paths in the page's folder and linked by file name.
 
-    ``hcpo_table``: per task, each seed's median of its last ``last`` evaluations; ``score_table``: the aggregate's
-    per-seed scores, not normalised (shown instead where every task is scored by the absolute metric);
+    ``final_table``: per task, each seed's median of its last ``last`` evaluations, or its absolute metric where every
+    task is scored by it (``scored_by_absolute_metric``);
     ``score_rules``: per task, ``absolute`` or ``final`` (the aggregate's per-seed score); ``marl_eval``: the
     marl-eval file written and the export's notes; ``published``: the table of published values beside the runs'
     scores (:func:`hcmarl.report.published.published_table`) and the published tasks no run has."""
@@ -79,22 +78,18 @@ def report_page(
         file, export_notes = marl_eval
         lines += [f"Raw results in marl-eval's JSON layout: `{file}`.", ""]
         lines += [*[f"- {n}" for n in export_notes], ""] if export_notes else []
-    if set(score_rules.values()) == {"absolute"}:  # every run under the magpo protocol: the median is no one's score
-        lines += [
-            "## Final performance (MAGPO protocol)",
-            "",
-            f"{_score_sentence(score_rules, last)}; mean (std over seeds) per task and algorithm, the best in bold.",
-            "",
-            score_table,
-        ]
-    else:
-        lines += [
-            "## Final performance (HCPO protocol)",
-            "",
-            f"Per seed, the median of its last {last} evaluations; mean (std over seeds) per task and algorithm, the best in bold.",
-            "",
-            hcpo_table,
-        ]
+    protocol, score = (
+        ("MAGPO", _score_sentence(score_rules, last))
+        if scored_by_absolute_metric(score_rules)
+        else ("HCPO", f"Per seed, the median of its last {last} evaluations")
+    )
+    lines += [
+        f"## Final performance ({protocol} protocol)",
+        "",
+        f"{score}; mean (std over seeds) per task and algorithm, the best in bold.",
+        "",
+        final_table,
+    ]
     lines += [
         "## Aggregate over tasks (MAGPO protocol)",
         "",

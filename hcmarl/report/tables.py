@@ -69,6 +69,12 @@ def score_rules(runs: Sequence[Run], metrics: Mapping[str, str], score: str = "a
     return {t: "absolute" if all(metrics[t] in r.absolute for r in runs if r.task == t) else "final" for t in tasks}
 
 
+def scored_by_absolute_metric(rules: Mapping[str, str]) -> bool:
+    """Whether every task's score is the absolute metric (all runs under the magpo protocol): the page's per-task table
+    then shows that score, since the median of the last evaluations is no one's score there."""
+    return set(rules.values()) == {"absolute"}
+
+
 def magpo_scores(runs: Sequence[Run], metrics: Mapping[str, str], rules: Mapping[str, str], last: int = LAST_EVALUATIONS) -> Scores:
     """Per-seed scores of the MAGPO aggregate, by ``rules[task]`` (:func:`score_rules`; ``median`` of the last ``last``)."""
     by_rule = {rule: [r for r in runs if rules[r.task] == rule] for rule in set(rules.values())}
