@@ -34,6 +34,24 @@ from hcmarl.evaluation import protocol_for
 from hcmarl.keys import EPISODE_RETURN, REWARD
 
 RANK_SEED_STRIDE = 100_003
+EVALUATION_SEED_STRIDE = 1_000_003  # evaluation seed x stride + iterations done: one seed per evaluation
+
+
+@contextmanager
+def evaluation_random_stream(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside this block torch's global generators (the CPU's, and ``device``'s where it is a GPU) start from
+    ``seed``; after it they are as they were before it.
+
+    An evaluation's sampled actions (the ``magpo`` protocol's, a conductor's sampled instructions) come from torch's
+    global generators, which training samples from too. Run inside this block, an evaluation neither consumes
+    training's random numbers (a seed trains the same parameters whatever its evaluation cadence) nor draws from
+    where training left them. ``device`` is this rank's (the root device of the trainer's strategy)."""
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.default_generator.manual_seed(seed)
+        for gpu in gpus:
+            torch.cuda.default_generators[gpu].manual_seed(seed)
+        yield
 
 
 def iterations_for(total_frames: int, num_envs: int, rollout_steps: int, world_size: int = 1) -> int:
@@ -300,17 +318,20 @@ class OnPolicyDataModule(L.LightningDataModule):
     def evaluate(self, policy: Policy, rounds: int = 1) -> TensorDict:
         """``rounds`` batches of ``protocol.episodes`` episodes, one per env, with ``policy``: returns, lengths, and
         the env's wins and episode metrics (``EnvInfo.metrics``), each of the env's first episode. Each batch continues
-        the evaluation envs' random stream, so the batches are different episodes."""
+        the evaluation envs' random stream, so the batches are different episodes. The policy's sampled actions draw
+        from a stream of their own (``evaluation_random_stream``), so evaluating leaves training's random numbers as
+        they were."""
         info = self._env_info()
         batches = []
-        for _ in range(rounds):
-            rollout = rollout_first_episodes(self._policy_env(self.eval_env), policy, info.max_steps)
-            returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
-            out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
-            done = rollout.get(("next", "done"))
-            for name in ("win",) * info.has_win + info.metrics:
-                out.set(name, first_episode_end(rollout.get(("next", name)), done))
-            batches.append(out)
+        with evaluation_random_stream(self._eval_seed() * EVALUATION_SEED_STRIDE + self.iterations_done, self._device()):
+            for _ in range(rounds):
+                rollout = rollout_first_episodes(self._policy_env(self.eval_env), policy, info.max_steps)
+                returns, lengths = episode_returns(rollout.get(("next", REWARD)), rollout.get(("next", "done")))
+                out = TensorDict({"return": returns, "length": lengths}, batch_size=returns.shape)
+                done = rollout.get(("next", "done"))
+                for name in ("win",) * info.has_win + info.metrics:
+                    out.set(name, first_episode_end(rollout.get(("next", name)), done))
+                batches.append(out)
         return torch.cat(batches) if rounds > 1 else batches[0]
 
     @torch.no_grad()

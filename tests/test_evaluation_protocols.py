@@ -16,6 +16,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from hcmarl.datamodules import OnPolicyDataModule
+from hcmarl.datamodules.onpolicy import evaluation_random_stream
 from hcmarl.errors import ConfigError
 from hcmarl.evaluation import Evaluation, check_evaluation_actions, median_of_last, protocol_for
 from hcmarl.modules.cli import build_cli
@@ -98,6 +99,33 @@ def test_python_fit_refuses_deterministic_eval_against_the_hcpo_preset_before_tr
     with pytest.raises(ConfigError, match="model.deterministic_eval=false conflicts with data.protocol hcpo"):
         trainer.fit(model, datamodule=data)
     assert data.frames == 0
+
+
+def test_sampled_evaluations_leave_training_as_without_them(run_cli, tmp_path: Path) -> None:
+    """An evaluation's sampled actions draw from a random stream of their own: a seed trains the same parameters
+    whether it is evaluated after every iteration or never during training."""
+    sampled = ["--model.deterministic_eval", "false", "--seed_everything", "5", "--data.total_frames", "128"]
+    run_cli("fit", "mappo/coordsum_3x10", *sampled, "--data.eval_every", "1")
+    run_cli("fit", "mappo/coordsum_3x10", *sampled, "--data.eval_every", "1000")
+    every, never = run_dirs(tmp_path)
+    assert len((every / "evaluations.jsonl").read_text().splitlines()) == 4
+    assert not (never / "evaluations.jsonl").exists() or not (never / "evaluations.jsonl").read_text().strip()
+    trained = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for run in (every, never)]
+    assert trained[0].keys() == trained[1].keys()
+    assert all(torch.equal(trained[0][key], trained[1][key]) for key in trained[0])
+
+
+def test_the_evaluation_stream_is_its_seeds_and_leaves_torchs_state_as_it_was() -> None:
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    with evaluation_random_stream(7, torch.device("cpu")):
+        first = torch.rand(5)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(3)  # training moves on
+    with evaluation_random_stream(7, torch.device("cpu")):
+        assert torch.equal(torch.rand(5), first)
+    with evaluation_random_stream(8, torch.device("cpu")):
+        assert not torch.equal(torch.rand(5), first)
 
 
 def test_unknown_protocol_names_the_choices() -> None:
@@ -231,7 +259,7 @@ def test_magpo_protocol_run_records_every_evaluation_and_scores_the_best(run_cli
         "--data.protocol",
         "magpo",
         "--seed_everything",
-        "3",
+        "2",
         "--data.total_frames",
         "192",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
