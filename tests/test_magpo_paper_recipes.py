@@ -62,9 +62,17 @@ CODE_DEFAULTS: dict[str, Any] = {
 }
 """The official code's values the rows do not set, identical in every system's config (``CONFIG_FILES``) and code."""
 TERMINAL_ENDS = f"{CODE} rec_magpo.py and every system's GAE: done = timestep.last(), so every episode end is terminal"
-SABLE_PAPER = {"norm": "rms", "feed_forward": "swiglu", "feed_forward_init": "zeros", "positional_encoding": "timestep", "retention_gate": "source"}
+SABLE_PAPER = {
+    "norm": "rms",
+    "feed_forward": "swiglu",
+    "feed_forward_init": "zeros",
+    "positional_encoding": "timestep",
+    "retention_gate": "source",
+    "retention_head_norm": "mava",
+}
 """Mava's Sable (``hcmarl.nn.sable.PAPER_SETTINGS`` less the sizes): RMSNorm, SwiGLU zero-initialised as Mava does (it then
-never trains), the timestep encoding, the gate on the key/value input."""
+never trains), the timestep encoding, the gate on the key/value input, and Mava's GroupNorm of the retention heads'
+outputs (``MultiScaleRetention``: ``nn.GroupNorm(num_groups=n_head)`` on each head's row of channels)."""
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,10 @@ def reference_retention(
                 if episode_n == 0:
                     acc += kappa[head] ** (tn + 1) * (q[e, n, head] @ state[e, head])
                 out[e, n, head] = acc
-    y = layer.group_norm(out.reshape(b * length, h * d)).view(b, length, h * d)
+    if layer.head_norm == "mava":  # GroupNorm(H, d) on each head's row of d channels (test_sable_parts checks it by hand)
+        y = layer.group_norm(out.reshape(b * length * h, d)).view(b, length, h * d)
+    else:  # GroupNorm(H, E) on each token's H x d channels
+        y = layer.group_norm(out.reshape(b * length, h * d)).view(b, length, h * d)
     return layer.out(torch.nn.functional.silu(layer.gate(query if layer.gate_input == "query" else source)) * y)
 
 

@@ -111,7 +111,7 @@ def test_the_paper_guider_has_the_papers_parts() -> None:
     assert sum(isinstance(m, RMSNorm) for m in modules) == 5 + 2 + 3  # embeddings and heads, encoder block, decoder block
     assert not any(isinstance(m, FeedForward) for m in modules) and sum(isinstance(m, SwiGLU) for m in modules) == 2
     assert all(torch.equal(p, torch.zeros_like(p)) for m in modules if isinstance(m, SwiGLU) for p in m.parameters())
-    assert all(m.gate_input == "source" for m in modules if isinstance(m, MultiScaleRetention))
+    assert all(m.gate_input == "source" and m.head_norm == "mava" for m in modules if isinstance(m, MultiScaleRetention))
     assert guider.positional_encoding == "timestep"
     assert guider.initial_state(2, torch.device("cpu")).shape == (2, 1 * 3 * 1 * 64 * 64 + 1)  # retention states, then the timestep
     assert SableGuider.paper(n_heads=2).n_heads == 2  # any setting can be overridden
@@ -122,7 +122,7 @@ def test_defaults_keep_the_first_sable() -> None:
     guider.build(DISCRETE)
     modules = list(guider.modules())
     assert not any(isinstance(m, (RMSNorm, SwiGLU)) for m in modules)
-    assert all(m.gate_input == "query" for m in modules if isinstance(m, MultiScaleRetention))
+    assert all(m.gate_input == "query" and m.head_norm == "per_head" for m in modules if isinstance(m, MultiScaleRetention))
     assert guider.initial_state(2, torch.device("cpu")).shape == (2, 1, 3, 1, 64, 64)
 
 
@@ -134,15 +134,48 @@ def test_settings_are_checked() -> None:
         SableGuider(feed_forward_init="zeros")  # a GELU feed-forward: zeros are the SwiGLU's (Mava's) only
     with pytest.raises(Exception, match="even embed_dim"):
         SableGuider(embed_dim=5, n_heads=1, positional_encoding="timestep")
+    with pytest.raises(Exception, match="model.guider.network.retention_head_norm"):
+        SableGuider(retention_head_norm="layer")
+    with pytest.raises(Exception, match="retention_head_norm: mava splits each head.s 6 channels into n_heads=4 groups"):
+        SableGuider(embed_dim=24, n_heads=4, retention_head_norm="mava")
 
 
+def mava_head_norm(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Mava's norm of the retention heads' outputs by hand: ``y`` ``[..., H, d]``; each head's d channels in H groups of
+    d / H, each group minus its mean over its biased standard deviation (eps 1e-6), then the affine ``[d]`` shared by
+    the heads (Mava: ``GroupNorm(num_groups=H)`` on ``y.reshape(-1, d)``)."""
+    heads = y.shape[-2]
+    groups = y.unflatten(-1, (heads, -1))  # [..., H, H groups, d / H]
+    mean = groups.mean(-1, keepdim=True)
+    variance = ((groups - mean) ** 2).mean(-1, keepdim=True)
+    return ((groups - mean) / torch.sqrt(variance + 1e-6)).flatten(-2) * weight + bias
+
+
+def test_mava_head_norm_normalises_groups_within_each_head_with_one_shared_affine(float64) -> None:
+    torch.manual_seed(3)
+    embed, heads = 16, 2
+    layer = MultiScaleRetention(embed, heads, gate="source", head_norm="mava")
+    assert {n: tuple(p.shape) for n, p in layer.group_norm.named_parameters()} == {"weight": (8,), "bias": (8,)}  # [d], shared
+    with torch.no_grad():
+        layer.group_norm.weight.normal_()
+        layer.group_norm.bias.normal_()
+    y = torch.randn(3, heads, 5, embed // heads) * 2.0 + 0.5  # [B, H, L, d]: the heads' outputs
+    gate = torch.randn(3, 5, embed)
+    normed = mava_head_norm(y.transpose(1, 2), layer.group_norm.weight, layer.group_norm.bias).flatten(-2)
+    assert torch.allclose(layer._output(gate, y), layer.out(nn.functional.silu(gate) * normed), atol=1e-12)
+    per_head = MultiScaleRetention(embed, heads, gate="source")
+    per_head.load_state_dict({k: v for k, v in layer.state_dict().items() if not k.startswith("group_norm")}, strict=False)
+    assert not torch.allclose(per_head._output(gate, y), layer._output(gate, y), atol=1e-3)  # RetNet's per-head norm differs
+
+
+@pytest.mark.parametrize("head_norm", ["per_head", "mava"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_source_gated_retention_with_positions_equals_its_definition(float64, causal: bool) -> None:
+def test_source_gated_retention_with_positions_equals_its_definition(float64, causal: bool, head_norm: str) -> None:
     """Cross-retention (query and source differ) with the gate on the source and a position added to both inputs, against
     the token-pair loop; and the position and the gate's input each change the output."""
     torch.manual_seed(2)
     n_agents, steps, heads, embed = 2, 4, 2, 8
-    layer = MultiScaleRetention(embed, heads, gate="source")
+    layer = MultiScaleRetention(embed, heads, gate="source", head_norm=head_norm)
     kappa = head_decays(heads, 0.8)
     is_init = torch.tensor([[False, False, True, False], [True, False, False, False]])
     query, source = torch.randn(2, steps * n_agents, embed), torch.randn(2, steps * n_agents, embed)

@@ -44,6 +44,8 @@ import torch
 from torch import nn
 
 GateInput = Literal["query", "source"]
+HeadNorm = Literal["per_head", "mava"]
+MAVA_GROUP_NORM_EPS = 1e-6  # Flax's GroupNorm default, which Mava's retention keeps
 
 
 def timestep_encoding(timestep: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -175,26 +177,40 @@ class MultiScaleRetention(nn.Module):
     """Gated multi-scale retention (RetNet's MSR): ``(swish(g W_g) * GroupNorm(heads)) W_o``.
 
     Keys are scaled by ``d_k^-1/2``; each head has its own decay (``head_decays``), carried in
-    the masks. The query and key/value inputs may differ (the decoder's cross-retention). The GroupNorm over heads is
-    computed as a LayerNorm over each head's d channels followed by GroupNorm's per-channel affine (the same equation).
+    the masks. The query and key/value inputs may differ (the decoder's cross-retention). The norm of the heads'
+    outputs (``head_norm``) is RetNet's GroupNorm over heads (``per_head``: each head's d channels normalised, a
+    per-channel affine ``[E]``, eps 1e-5), computed as a LayerNorm over each head's d channels followed by the affine;
+    or Mava's (``mava``, the MAGPO paper's code): each head's d outputs as one row, split into H groups of d / H
+    channels, each group normalised, an affine ``[d]`` shared by the heads, eps 1e-6 (``GroupNorm(H, d)`` on rows of
+    d). With one head the two differ only in eps.
     The gate's input ``g`` is the query input (``gate="query"``) or the key/value input (``gate="source"``, as Mava's
     Sable, whose gate reads its ``key``). A ``position`` ``[B, L, E]`` (or ``[B, 1, E]`` for every token), if given, is
     added to the query and key/value inputs before anything reads them (Mava's timestep encoding).
     """
 
-    def __init__(self, embed_dim: int, n_heads: int, gate: GateInput = "query") -> None:
+    def __init__(self, embed_dim: int, n_heads: int, gate: GateInput = "query", head_norm: HeadNorm = "per_head") -> None:
         super().__init__()
         if gate not in ("query", "source"):
             raise ValueError(f"unknown retention gate input {gate!r}; choose query or source")
+        if head_norm not in ("per_head", "mava"):
+            raise ValueError(f"unknown retention head_norm {head_norm!r}; choose per_head or mava")
         self.n_heads = n_heads
         self.head_dim = embed_dim // n_heads
+        if head_norm == "mava" and self.head_dim % n_heads:
+            raise ValueError(
+                f"head_norm mava splits each head's {self.head_dim} channels into {n_heads} groups: choose n_heads dividing embed_dim / n_heads"
+            )
         self.gate_input = gate
+        self.head_norm = head_norm
         self.query = nn.Linear(embed_dim, embed_dim, bias=False)
         self.key = nn.Linear(embed_dim, embed_dim, bias=False)
         self.value = nn.Linear(embed_dim, embed_dim, bias=False)
         self.gate = nn.Linear(embed_dim, embed_dim, bias=False)
         self.out = nn.Linear(embed_dim, embed_dim, bias=False)
-        self.group_norm = nn.GroupNorm(n_heads, embed_dim)
+        if head_norm == "per_head":
+            self.group_norm = nn.GroupNorm(n_heads, embed_dim)
+        else:
+            self.group_norm = nn.GroupNorm(n_heads, self.head_dim, eps=MAVA_GROUP_NORM_EPS)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, L, d]
@@ -228,11 +244,13 @@ class MultiScaleRetention(nn.Module):
 
     def _output(self, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(swish(gate) * GroupNorm_heads(y)) W_o`` for the heads' outputs ``y`` ``[B, H, L, d]`` and the gate input
-        ``gate = query W_g`` ``[B, L, E]``: GroupNorm_heads(y) = LayerNorm over each head's d channels, then the
-        per-channel weight and bias."""
+        ``gate = query W_g`` ``[B, L, E]``: GroupNorm_heads(y) as ``head_norm`` says (class docstring); ``per_head`` is a
+        LayerNorm over each head's d channels, then the per-channel weight and bias."""
         norm = self.group_norm
         y = y.transpose(1, 2)  # [B, L, H, d]
-        if self.n_heads == 1:
+        if self.head_norm == "mava":
+            y = norm(y.reshape(-1, self.head_dim)).view(y.shape)
+        elif self.n_heads == 1:
             y = nn.functional.layer_norm(y, (self.head_dim,), norm.weight, norm.bias, norm.eps)
         else:
             y = nn.functional.layer_norm(y, (self.head_dim,), None, None, norm.eps)

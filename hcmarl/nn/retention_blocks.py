@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from hcmarl.nn.layers import RMSNorm, SwiGLU
-from hcmarl.nn.retention import GateInput, MultiScaleRetention, RetentionMasks
+from hcmarl.nn.retention import GateInput, HeadNorm, MultiScaleRetention, RetentionMasks
 from hcmarl.nn.transformer import FeedForward
 
 Norm = Literal["layer", "rms"]
@@ -45,8 +45,9 @@ def make_feed_forward(kind: FeedForwardKind, dim: int, zero_init: bool = False) 
 class RetentionEncoderBlock(nn.Module):
     """Sable's encoder layer: x <- Norm(x + Retention(x; full)); x <- Norm(x + FF(x)).
 
-    ``norm``, ``feed_forward`` (``zero_feed_forward``: ``SwiGLU``'s ``zero_init``) and ``gate`` as the module docstring's;
-    the defaults are LayerNorm, GELU and the query."""
+    ``norm``, ``feed_forward`` (``zero_feed_forward``: ``SwiGLU``'s ``zero_init``) and ``gate`` as the module docstring's,
+    ``head_norm`` the retention's (``MultiScaleRetention``); the defaults are LayerNorm, GELU, the query and RetNet's
+    per-head GroupNorm."""
 
     def __init__(
         self,
@@ -56,9 +57,10 @@ class RetentionEncoderBlock(nn.Module):
         feed_forward: FeedForwardKind = "gelu",
         gate: GateInput = "query",
         zero_feed_forward: bool = False,
+        head_norm: HeadNorm = "per_head",
     ) -> None:
         super().__init__()
-        self.retention = MultiScaleRetention(embed_dim, n_heads, gate)
+        self.retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm)
         self.norm1 = make_norm(norm, embed_dim)
         self.feed_forward = make_feed_forward(feed_forward, embed_dim, zero_feed_forward)
         self.norm2 = make_norm(norm, embed_dim)
@@ -89,11 +91,12 @@ class RetentionDecoderBlock(nn.Module):
         feed_forward: FeedForwardKind = "gelu",
         gate: GateInput = "query",
         zero_feed_forward: bool = False,
+        head_norm: HeadNorm = "per_head",
     ) -> None:
         super().__init__()
-        self.self_retention = MultiScaleRetention(embed_dim, n_heads, gate)
+        self.self_retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm)
         self.norm1 = make_norm(norm, embed_dim)
-        self.cross_retention = MultiScaleRetention(embed_dim, n_heads, gate)
+        self.cross_retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm)
         self.norm2 = make_norm(norm, embed_dim)
         self.feed_forward = make_feed_forward(feed_forward, embed_dim, zero_feed_forward)
         self.norm3 = make_norm(norm, embed_dim)

@@ -21,6 +21,7 @@ from hcmarl.nn.guider import AgentTokenGuider, reshape_distribution, shifted_act
 from hcmarl.nn.layers import RMSNorm
 from hcmarl.nn.retention import (
     GateInput,
+    HeadNorm,
     RetentionMasks,
     episode_timesteps,
     head_decays,
@@ -42,7 +43,7 @@ FeedForwardInit = Literal["default", "zeros"]
 
 # The MAGPO paper's Sable (the official code's SableNetwork and its network config: 1 block, embed 64, 1 head, decay
 # scaling 0.8, timestep positional encoding; RMSNorm and a zero-initialised SwiGLU in its blocks; the retention's gate
-# reads its key/value input). ``SableGuider.paper`` builds it; docs/algorithms/magpo.md, "The paper's Sable".
+# reads its key/value input and its heads' outputs go through Mava's GroupNorm). ``SableGuider.paper`` builds it; docs/algorithms/magpo.md, "The paper's Sable".
 PAPER_SETTINGS: dict[str, Any] = {
     "embed_dim": 64,
     "n_blocks": 1,
@@ -53,6 +54,7 @@ PAPER_SETTINGS: dict[str, Any] = {
     "feed_forward_init": "zeros",
     "positional_encoding": "timestep",
     "retention_gate": "source",
+    "retention_head_norm": "mava",
 }
 
 
@@ -92,6 +94,10 @@ class SableGuider(AgentTokenGuider):
         retention_gate: what the retention's output gate reads: ``query`` or ``source`` (the key/value input, the
             paper's code); they differ in the decoder's cross-retention, whose query is the encoding and whose
             key/value is the action stream.
+        retention_head_norm: the norm of the retention heads' outputs: ``per_head`` (RetNet's GroupNorm over heads) or
+            ``mava`` (the paper's code: each head's channels in H groups, an affine shared by the heads, eps 1e-6;
+            ``hcmarl.nn.retention.MultiScaleRetention``). With one head they differ only in eps; with H heads ``mava``
+            needs H to divide ``embed_dim / H``.
         **kwargs: ``embed_dim``, ``n_blocks``, ``n_heads``, ``agent_id``, ``log_std_init`` of ``AgentTokenGuider``.
     """
 
@@ -109,6 +115,7 @@ class SableGuider(AgentTokenGuider):
         feed_forward_init: FeedForwardInit = "default",
         positional_encoding: PositionalEncoding = "none",
         retention_gate: GateInput = "query",
+        retention_head_norm: HeadNorm = "per_head",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -122,11 +129,17 @@ class SableGuider(AgentTokenGuider):
             ("feed_forward_init", feed_forward_init, FeedForwardInit),
             ("positional_encoding", positional_encoding, PositionalEncoding),
             ("retention_gate", retention_gate, GateInput),
+            ("retention_head_norm", retention_head_norm, HeadNorm),
         ):
             if value not in get_args(choices):
                 raise ConfigError(f"model.guider.network.{name} must be one of {', '.join(get_args(choices))}; got {value!r}")
         if feed_forward_init == "zeros" and feed_forward != "swiglu":
             raise ConfigError("model.guider.network.feed_forward_init: zeros applies to feed_forward: swiglu only")
+        if retention_head_norm == "mava" and (self.embed_dim // self.n_heads) % self.n_heads:
+            raise ConfigError(
+                f"model.guider.network.retention_head_norm: mava splits each head's {self.embed_dim // self.n_heads} channels "
+                f"into n_heads={self.n_heads} groups: choose n_heads dividing embed_dim / n_heads, or retention_head_norm: per_head"
+            )
         if positional_encoding == "timestep" and self.embed_dim % 2:
             raise ConfigError(f"model.guider.network.positional_encoding: timestep needs an even embed_dim, got {self.embed_dim}")
         self.decay_scaling = decay_scaling
@@ -136,12 +149,13 @@ class SableGuider(AgentTokenGuider):
         self.feed_forward_init = feed_forward_init
         self.positional_encoding = positional_encoding
         self.retention_gate = retention_gate
+        self.retention_head_norm = retention_head_norm
         self.head_dim = self.embed_dim // self.n_heads
 
     @classmethod
     def paper(cls, **overrides: Any) -> SableGuider:
         """The MAGPO paper's Sable: ``PAPER_SETTINGS`` (1 block, embed 64, 1 head, decay_scaling 0.8, RMSNorm, a
-        zero-initialised SwiGLU, the timestep encoding, the gate on the key/value input), with ``overrides`` (any
+        zero-initialised SwiGLU, the timestep encoding, the gate on the key/value input, Mava's GroupNorm), with ``overrides`` (any
         argument of ``SableGuider``, e.g. ``feed_forward_init="default"`` for a SwiGLU that trains). ``chunk_steps``
         stays ``auto``: the paper's one chunk per rollout (``chunk_steps=None``) gives the same outputs, slower."""
         return cls(**{**PAPER_SETTINGS, **overrides})
@@ -152,6 +166,7 @@ class SableGuider(AgentTokenGuider):
             "feed_forward": self.feed_forward,
             "gate": self.retention_gate,
             "zero_feed_forward": self.feed_forward_init == "zeros",
+            "head_norm": self.retention_head_norm,
         }
         self.encoder = nn.ModuleList(RetentionEncoderBlock(self.embed_dim, self.n_heads, **settings) for _ in range(self.n_blocks))
         self.decoder = nn.ModuleList(RetentionDecoderBlock(self.embed_dim, self.n_heads, **settings) for _ in range(self.n_blocks))
