@@ -43,7 +43,8 @@ FeedForwardInit = Literal["default", "zeros"]
 
 # The MAGPO paper's Sable (the official code's SableNetwork and its network config: 1 block, embed 64, 1 head, decay
 # scaling 0.8, timestep positional encoding; RMSNorm and a zero-initialised SwiGLU in its blocks; the retention's gate
-# reads its key/value input and its heads' outputs go through Mava's GroupNorm). ``SableGuider.paper`` builds it; docs/algorithms/magpo.md, "The paper's Sable".
+# reads its key/value input and its heads' outputs go through Mava's GroupNorm). ``SableGuider.paper`` builds it;
+# docs/algorithms/magpo.md, "The paper's Sable".
 PAPER_SETTINGS: dict[str, Any] = {
     "embed_dim": 64,
     "n_blocks": 1,
