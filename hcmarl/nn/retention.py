@@ -247,7 +247,8 @@ class MultiScaleRetention(nn.Module):
         ``gate = query W_g`` ``[B, L, E]``: GroupNorm_heads(y) as ``head_norm`` says (class docstring), computed as
         LayerNorms without affine over each group's channels (``per_head``: a head's d; ``mava``: d / H), then the
         affine (``per_head``: ``[E]``, each head its own part; ``mava``: ``[d]``, shared by the heads). With one head
-        both are one LayerNorm over d with its affine. (``nn.GroupNorm`` itself measured 2-2.6x slower on CPU.)"""
+        both are one LayerNorm over d with its affine. (Faster than ``nn.GroupNorm`` on CPU but for groups of 2 channels:
+        docs/algorithms/magpo.md, "The paper's Sable".)"""
         norm = self.group_norm
         y = y.transpose(1, 2)  # [B, L, H, d]
         if self.head_norm == "mava" and self.n_heads > 1:  # H groups of d / H within each head (as fast as one layer_norm)
