@@ -36,6 +36,7 @@ from hcmarl.evaluation import check_evaluation_actions
 from hcmarl.modules.base_config import config_files, with_base
 from hcmarl.modules.checkpoint_check import check_checkpoint
 from hcmarl.modules.trainer import HcmarlTrainer
+from hcmarl.provenance import software_versions
 
 
 def _interval_placeholder(eval_every: int | None) -> int:
@@ -195,7 +196,8 @@ class HcmarlCLI(LightningCLI):
 
     def _final_evaluation(self) -> None:
         """Score the run by its evaluation protocol (``EvaluationRecorder.final_evaluation``), print the score and
-        write it into ``final_eval.json`` in the run folder, with the scored evaluation's means and episodes."""
+        write it into ``final_eval.json`` in the run folder, with the scored evaluation's means and episodes and the
+        software that trained the run (``hcmarl.provenance``)."""
         from hcmarl.modules.evaluation import EvaluationRecorder, evaluation_metrics
 
         recorder = next(c for c in self.trainer.callbacks if isinstance(c, EvaluationRecorder))
@@ -216,6 +218,7 @@ class HcmarlCLI(LightningCLI):
             "score_rule": score.rule,
             "score_frames": score.frames,
             "episodes": evaluation.episodes,
+            "software": software_versions(self.datamodule.env_name),
         }
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "final_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")

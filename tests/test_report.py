@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -286,6 +287,39 @@ def test_report_writes_every_file_it_promises(fixture_runs: Path, tmp_path: Path
     report([out / "runs.csv"], again, resamples=100)
     strip = lambda text: text.split("\n", 3)[3]  # noqa: E731 (the sources line differs)
     assert strip((again / "report.md").read_text()) == strip(page)
+
+
+def _record_software(folder: Path, software: object) -> None:
+    (folder / "final_eval.json").write_text(json.dumps({"frames": 2400, "protocol": "hcmarl", "software": software}))
+
+
+def test_page_lists_the_software_of_each_run_from_its_latest_version(fixture_runs: Path, tmp_path: Path) -> None:
+    old, new = {"hcmarl": "0.1.0 (git 0123456789ab)", "torch": "2.12.0"}, {"hcmarl": "0.1.0 (git ba9876543210)", "torch": "2.13.0"}
+    _record_software(fixture_runs / "alg_a/coordsum_3x10/seed0/version_0", new)
+    _record_software(fixture_runs / "alg_a/coordsum_3x10/seed1/version_0", old)  # resumed: version 1 finished it
+    _record_software(fixture_runs / "alg_a/coordsum_3x10/seed1/version_1", new)
+    _record_software(fixture_runs / "alg_a/coordsum_3x30/seed1/version_0", old)
+    report([fixture_runs], tmp_path / "out", resamples=100)
+    page = (tmp_path / "out" / "report.md").read_text()
+    section = page.split("## Software\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| coordsum")]
+    assert rows == [
+        "| coordsum/3x10 | alg_a | 0, 1 | hcmarl 0.1.0 (git ba9876543210), torch 2.13.0 |",
+        "| coordsum/3x10 | alg_b | 0, 1 | not recorded |",
+        "| coordsum/3x30 | alg_a | 0 | not recorded |",
+        "| coordsum/3x30 | alg_a | 1 | hcmarl 0.1.0 (git 0123456789ab), torch 2.12.0 |",
+        "| coordsum/3x30 | alg_b | 0, 1 | not recorded |",
+    ]
+
+
+def test_page_says_when_no_run_recorded_its_software_and_refuses_a_malformed_record(fixture_runs: Path, tmp_path: Path) -> None:
+    report([fixture_runs], tmp_path / "out", resamples=100)
+    page = (tmp_path / "out" / "report.md").read_text()
+    assert "## Software" not in page and "Software: not recorded by any of these runs" in page
+    folder = fixture_runs / "alg_b/coordsum_3x30/seed0/version_0"
+    _record_software(folder, {"torch": 2.13})
+    with pytest.raises(RunDataError, match=r"version_0/final_eval.json: 'software' is \{\"torch\": 2.13\}, not an object of name -> version"):
+        discover([fixture_runs])
 
 
 def test_report_command_on_an_empty_folder_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

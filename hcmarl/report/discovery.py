@@ -17,7 +17,7 @@ from hcmarl.report.runs import METRIC_ALIASES, Run, RunPart, read_export, read_f
 
 def _merge(parts: Iterable[RunPart]) -> list[Run]:
     """One run per (algorithm, task, seed): its parts in version order, a later point replacing an earlier one at
-    equal frames; sorted by task, algorithm and seed."""
+    equal frames (and the latest absolute metric and software record the run's); sorted by task, algorithm and seed."""
     merged: dict[tuple[str, str, int], Run] = {}
     for part in sorted(parts, key=lambda p: p.order):
         run = merged.setdefault(part.key, Run(*part.key, curves={}))
@@ -27,6 +27,7 @@ def _merge(parts: Iterable[RunPart]) -> list[Run]:
         run.curves = {m: sorted(p.items()) for m, p in points.items()}
         run.sources.append(part.source)
         run.absolute = part.absolute or run.absolute
+        run.software = part.software or run.software
     return sorted(merged.values(), key=lambda r: (r.task, r.algorithm, r.seed))
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from hcmarl.errors import RunDataError
 from hcmarl.report.marl_eval_rules import ELAPSED, PERCENT, STEP_COUNT, STEP_KEY, is_number, load_marl_eval, problems, run_seed
-from hcmarl.report.runs import FINAL_EVAL, RETURN, WIN_RATE, Run, folder_identity, read_config, relabel, run_folders
+from hcmarl.report.runs import FINAL_EVAL, RETURN, WIN_RATE, Run, folder_identity, read_config, read_final_eval, relabel, run_folders
 
 EVALUATIONS = "evaluations.jsonl"
 DEPLOYED = "eval"
@@ -183,17 +183,6 @@ def _read_evaluations(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def _read_final(folder: Path) -> dict[str, Any] | None:
-    path = folder / FINAL_EVAL
-    if not path.exists():
-        return None
-    try:
-        final = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunDataError(f"{path} is not valid JSON ({err})") from None
-    return final if isinstance(final, dict) else None
-
-
 def _records(paths: Sequence[str | Path], labels: Mapping[str, str]) -> tuple[dict[tuple[str, str, int], _Record], list[str]]:
     """Every run folder's record (versions merged: a later evaluation at equal frames replaces an earlier one; the
     latest ``final_eval.json`` counts), its algorithm relabelled by ``labels``, and notes on folders without
@@ -216,7 +205,7 @@ def _records(paths: Sequence[str | Path], labels: Mapping[str, str]) -> tuple[di
             continue
         record = records.setdefault(key, _Record((config.get("data") or {}).get("env_kwargs") or {}, {}, None))
         record.evaluations |= {int(line["frames"]): line for line in _read_evaluations(folder / EVALUATIONS)}
-        record.final = _read_final(folder) or record.final
+        record.final = read_final_eval(folder) or record.final
     return records, notes
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hcmarl.provenance import describe
 from hcmarl.report.runs import Run
 from hcmarl.report.tables import Aggregate, aggregate_tables, scored_by_absolute_metric
+
+NOT_RECORDED = "runs of hcmarl before it recorded the software, W&B exports and marl-eval files carry none"
 
 
 def _seeds_summary(runs: Sequence[Run]) -> list[str]:
@@ -21,6 +24,29 @@ def _seeds_summary(runs: Sequence[Run]) -> list[str]:
         seeds = ", ".join(str(r.seed) for r in sorted(group, key=lambda r: r.seed))
         rows.append(f"| {task} | {alg} | {seeds} | {max(r.last_frames for r in group):,.0f} | {evaluations} |")
     return rows
+
+
+def _software_lines(runs: Sequence[Run]) -> list[str]:
+    """The software each run was trained with: a table row per task, algorithm and record with the seeds it ran, or
+    one sentence when no run recorded its software."""
+    if not any(run.software for run in runs):
+        return [f"Software: not recorded by any of these runs ({NOT_RECORDED}).", ""]
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for run in runs:
+        groups.setdefault((run.task, run.algorithm, describe(run.software) if run.software else "not recorded"), []).append(run.seed)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], min(item[1])))
+    rows = [f"| {task} | {alg} | {', '.join(map(str, sorted(seeds)))} | {software} |" for (task, alg, software), seeds in ordered]
+    return [
+        "## Software",
+        "",
+        f"What trained each run, as its `final_eval.json` records it (the versions of hcmarl, its git commit, python, torch "
+        f"and the env family's packages); 'not recorded': {NOT_RECORDED}.",
+        "",
+        "| task | algorithm | seeds | software |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _score_sentence(rules: Mapping[str, str], last: int) -> str:
@@ -78,6 +104,7 @@ def report_page(
         file, export_notes = marl_eval
         lines += [f"Raw results in marl-eval's JSON layout: `{file}`.", ""]
         lines += [*[f"- {n}" for n in export_notes], ""] if export_notes else []
+    lines += _software_lines(runs)
     protocol, score = (
         ("MAGPO", _score_sentence(score_rules, last))
         if scored_by_absolute_metric(score_rules)
@@ -107,7 +134,8 @@ def report_page(
             "## Beside published results",
             "",
             f"{_score_sentence(score_rules, last)}, not normalised: mean (sample std) over seeds, the seeds and the frames reached, beside "
-            "the published value with the seeds and frames its source states. Budgets and protocols may differ: compare with care.",
+            "the published value with the seeds and frames its source states. Budgets, protocols and environment versions may differ "
+            "(the runs' software is listed above): compare with care.",
             "",
             table,
             *[f"- {m}" for m in missing],

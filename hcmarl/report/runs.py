@@ -76,6 +76,9 @@ class Run:
     absolute: dict[str, float] = field(default_factory=dict)
     """metric -> the run's absolute metric (Mava's: the best parameters re-evaluated over ten times the
     evaluation episodes), the mean over those episodes; empty when the run has none."""
+    software: dict[str, str] = field(default_factory=dict)
+    """name -> version of the software that finished the run (``hcmarl.provenance``, from its ``final_eval.json``);
+    empty when not recorded (runs of hcmarl before it recorded them, exports, marl-eval files)."""
 
     @property
     def label(self) -> str:
@@ -209,6 +212,7 @@ class RunPart:
     source: str
     absolute: dict[str, float] = field(default_factory=dict)
     imported: bool = False  # read from a marl-eval file
+    software: dict[str, str] = field(default_factory=dict)
 
 
 def _relative_name(folder: Path, root: Path) -> str:
@@ -258,9 +262,8 @@ def _episode_means(episodes: Mapping[str, Sequence[float]]) -> dict[str, float]:
     return means
 
 
-def _folder_absolute(folder: Path) -> dict[str, float]:
-    """The absolute metric of a run folder whose ``final_eval.json`` was made by the ``magpo`` protocol (the
-    means of its per-episode values); empty for other protocols and for older files without episodes."""
+def read_final_eval(folder: Path) -> dict[str, Any]:
+    """A run folder's ``final_eval.json`` (empty when the run has none yet)."""
     path = folder / FINAL_EVAL
     if not path.exists():
         return {}
@@ -268,17 +271,35 @@ def _folder_absolute(folder: Path) -> dict[str, float]:
         final = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise RunDataError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(final, dict) or final.get("protocol") != "magpo" or not (final.get("episodes") or {}).get("eval"):
+    if not isinstance(final, dict):
+        raise RunDataError(f"{path} holds {type(final).__name__}, not the object of results hcmarl fit writes")
+    return final
+
+
+def _absolute(final: Mapping[str, Any]) -> dict[str, float]:
+    """The absolute metric of a ``final_eval.json`` made by the ``magpo`` protocol (the means of its per-episode
+    values); empty for other protocols and for older files without episodes."""
+    if final.get("protocol") != "magpo" or not (final.get("episodes") or {}).get("eval"):
         return {}
     return _episode_means(final["episodes"]["eval"])
 
 
+def _software(final: Mapping[str, Any], path: Path) -> dict[str, str]:
+    """The software record of a ``final_eval.json`` (``hcmarl.provenance``); empty in files from before it."""
+    record = final.get("software") or {}
+    if not isinstance(record, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in record.items()):
+        raise RunDataError(f"{path / FINAL_EVAL}: 'software' is {json.dumps(record)[:60]}, not an object of name -> version strings")
+    return record
+
+
 def read_folder(folder: Path, root: Path) -> RunPart:
-    """One version folder of a run (its ``metrics.csv`` curves, identity and absolute metric), unmerged."""
+    """One version folder of a run (its ``metrics.csv`` curves, identity, absolute metric and software), unmerged."""
     with open(folder / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     key, order = folder_identity(folder, root, read_config(folder))
-    return RunPart(key, order, curves_from_rows(rows, str(folder / "metrics.csv")), str(folder), _folder_absolute(folder))
+    final = read_final_eval(folder)
+    points = curves_from_rows(rows, str(folder / "metrics.csv"))
+    return RunPart(key, order, points, str(folder), _absolute(final), software=_software(final, folder))
 
 
 def read_export(path: Path) -> list[RunPart]:
