@@ -69,10 +69,13 @@ SABLE_PAPER = {
     "positional_encoding": "timestep",
     "retention_gate": "source",
     "retention_head_norm": "mava",
+    "mava_details": True,
 }
 """Mava's Sable (``hcmarl.nn.sable.PAPER_SETTINGS`` less the sizes): RMSNorm, SwiGLU zero-initialised as Mava does (it then
-never trains), the timestep encoding, the gate on the key/value input, and Mava's GroupNorm of the retention heads'
-outputs (``MultiScaleRetention``: ``nn.GroupNorm(num_groups=n_head)`` on each head's row of channels)."""
+never trains), the timestep encoding, the gate on the key/value input, Mava's GroupNorm of the retention heads'
+outputs (``MultiScaleRetention``: ``nn.GroupNorm(num_groups=n_head)`` on each head's row of channels), and Mava's layers
+(``SimpleRetention``'s N(0, 1/E^2) weights and unscaled keys, orthogonal embeddings and heads, no observation bias, tanh
+GELU, the encoder's input norm before every block)."""
 
 
 @dataclass(frozen=True)

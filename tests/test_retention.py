@@ -39,7 +39,7 @@ def reference_retention(
     b, length, _ = query.shape
     h, d = layer.n_heads, layer.head_dim
     q = layer.query(query).view(b, length, h, d)
-    k = layer.key(source).view(b, length, h, d) * d**-0.5
+    k = layer.key(source).view(b, length, h, d) * (d**-0.5 if layer.scale_keys else 1.0)  # Mava's keys are unscaled
     v = layer.value(source).view(b, length, h, d)
     out = torch.zeros(b, length, h, d, dtype=q.dtype)
     for e in range(b):

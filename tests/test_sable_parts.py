@@ -168,14 +168,15 @@ def test_mava_head_norm_normalises_groups_within_each_head_with_one_shared_affin
     assert not torch.allclose(per_head._output(gate, y), layer._output(gate, y), atol=1e-3)  # RetNet's per-head norm differs
 
 
+@pytest.mark.parametrize("scale_keys", [True, False], ids=["scaled-keys", "mava-keys"])
 @pytest.mark.parametrize("head_norm", ["per_head", "mava"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_source_gated_retention_with_positions_equals_its_definition(float64, causal: bool, head_norm: str) -> None:
+def test_source_gated_retention_with_positions_equals_its_definition(float64, causal: bool, head_norm: str, scale_keys: bool) -> None:
     """Cross-retention (query and source differ) with the gate on the source and a position added to both inputs, against
-    the token-pair loop; and the position and the gate's input each change the output."""
+    the token-pair loop (keys scaled by d^-1/2 or, as Mava's, not); and the position and the gate's input each change the output."""
     torch.manual_seed(2)
     n_agents, steps, heads, embed = 2, 4, 2, 8
-    layer = MultiScaleRetention(embed, heads, gate="source", head_norm=head_norm)
+    layer = MultiScaleRetention(embed, heads, gate="source", head_norm=head_norm, scale_keys=scale_keys)
     kappa = head_decays(heads, 0.8)
     is_init = torch.tensor([[False, False, True, False], [True, False, False, False]])
     query, source = torch.randn(2, steps * n_agents, embed), torch.randn(2, steps * n_agents, embed)
@@ -189,6 +190,68 @@ def test_source_gated_retention_with_positions_equals_its_definition(float64, ca
     assert not torch.allclose(out, layer(query, source, decay, masks, state)[0], atol=1e-3)
     layer.gate_input = "query"
     assert not torch.allclose(out, layer(query, source, decay, masks, state, position=position)[0], atol=1e-3)
+
+
+def _orthogonal_with_gain(weight: torch.Tensor, gain: float) -> bool:
+    """Whether ``weight`` ``[out, in]`` is ``gain`` times a matrix with orthonormal rows or columns (the shorter side)."""
+    gram = weight @ weight.T if weight.shape[0] <= weight.shape[1] else weight.T @ weight
+    return torch.allclose(gram, gain**2 * torch.eye(gram.shape[0]), atol=1e-5 * max(gain**2, 1e-2))
+
+
+@pytest.mark.parametrize("info", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+def test_mava_details_are_mavas_layers_and_initialisation(info: EnvInfo) -> None:
+    """Mava's SableNetwork (liyheng/MAGPO d2ac38b, mava/networks/sable_network.py and retention.py): retention weights from
+    N(0, 1/E^2); orthogonal embeddings and heads (gain sqrt(2), output layers 0.01) with zero biases; no observation
+    bias, an action-embedding bias for continuous actions only; Flax's tanh GELU; unscaled keys."""
+    torch.manual_seed(0)
+    guider = SableGuider.paper(embed_dim=128, n_blocks=2, n_heads=2)
+    guider.build(info)
+    retentions = [m for m in guider.modules() if isinstance(m, MultiScaleRetention)]
+    assert len(retentions) == 2 * 3 and not any(m.scale_keys for m in retentions)
+    for retention in retentions:
+        for projection in (retention.query, retention.key, retention.value, retention.gate, retention.out):
+            assert abs(projection.weight.std().item() * 128 - 1.0) < 0.05 and abs(projection.weight.mean().item()) < 1e-3
+    hidden = [guider.observation_embedding[1], guider.action_embedding[0], guider.value_head[0], guider.action_head[0]]
+    assert all(_orthogonal_with_gain(layer.weight, math.sqrt(2.0)) for layer in hidden)
+    assert _orthogonal_with_gain(guider.value_head[3].weight, 0.01) and _orthogonal_with_gain(guider.action_head[3].weight, 0.01)
+    assert guider.observation_embedding[1].bias is None
+    assert (guider.action_embedding[0].bias is None) == info.categorical
+    biases = [layer.bias for layer in [*hidden, guider.value_head[3], guider.action_head[3]] if layer.bias is not None]
+    assert len(biases) == 4 + (not info.categorical) and all(torch.equal(b, torch.zeros_like(b)) for b in biases)
+    gelus = [m for m in guider.modules() if isinstance(m, nn.GELU)]
+    assert len(gelus) == 4 and all(g.approximate == "tanh" for g in gelus)
+    default = SableGuider.paper(embed_dim=128, n_blocks=2, n_heads=2, mava_details=False)
+    default.build(info)
+    assert all(m.scale_keys for m in default.modules() if isinstance(m, MultiScaleRetention))
+    assert default.observation_embedding[1].bias is not None and all(g.approximate == "none" for g in default.modules() if isinstance(g, nn.GELU))
+    assert abs(default.encoder[0].retention.out.weight.std().item() * 128 - 1.0) > 1.0  # PyTorch's init: std (3 E)^-1/2
+
+
+@pytest.mark.parametrize("mava_details", [True, False])
+def test_mava_details_normalise_every_encoder_blocks_input(float64, mava_details: bool) -> None:
+    """Mava's encoder: x <- block(norm(x)) for every block, one input norm shared by the blocks (the first norm is the
+    embedding's); without mava_details the blocks follow one another directly."""
+    torch.manual_seed(5)
+    guider = SableGuider.paper(embed_dim=16, n_blocks=3, n_heads=2, mava_details=mava_details, feed_forward_init="default")
+    guider.build(DISCRETE)
+    with torch.no_grad():
+        for p in guider.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    is_init = torch.tensor([[True, False, False], [False, True, False]])
+    x = torch.randn(2, 3 * DISCRETE.n_agents, 16)
+    state = torch.randn(2, 3, 2, 8, 8)
+    masks = retention_masks(is_init, DISCRETE.n_agents, guider.kappa)
+    encoded, _ = guider.encode(x, masks, state, carry=False)
+    expected = x
+    for j, block in enumerate(guider.encoder):
+        block_input = guider.encoder_norm(expected) if mava_details and j > 0 else expected
+        expected, _ = block(block_input, masks, state[:, j], False)
+    assert torch.allclose(encoded, expected, atol=1e-12)
+    other = x
+    for j, block in enumerate(guider.encoder):
+        renormalise = j > 0 and not mava_details  # the other structure
+        other, _ = block(guider.encoder_norm(other) if renormalise else other, masks, state[:, j], False)
+    assert not torch.allclose(encoded, other, atol=1e-3)  # it gives other encodings
 
 
 def paper_guider(info: EnvInfo, small: bool, **overrides) -> SableGuider:

@@ -176,7 +176,7 @@ def with_next_observations(masks: RetentionMasks, n_agents: int, kappa: torch.Te
 class MultiScaleRetention(nn.Module):
     """Gated multi-scale retention (RetNet's MSR): ``(swish(g W_g) * GroupNorm(heads)) W_o``.
 
-    Keys are scaled by ``d_k^-1/2``; each head has its own decay (``head_decays``), carried in
+    Keys are scaled by ``d_k^-1/2`` (RetNet's; ``scale_keys=False``: unscaled, as Mava's); each head has its own decay (``head_decays``), carried in
     the masks. The query and key/value inputs may differ (the decoder's cross-retention). The norm of the heads'
     outputs (``head_norm``) is RetNet's GroupNorm over heads (``per_head``: each head's d channels normalised, a
     per-channel affine ``[E]``, eps 1e-5), computed as a LayerNorm over each head's d channels followed by the affine;
@@ -188,7 +188,7 @@ class MultiScaleRetention(nn.Module):
     added to the query and key/value inputs before anything reads them (Mava's timestep encoding).
     """
 
-    def __init__(self, embed_dim: int, n_heads: int, gate: GateInput = "query", head_norm: HeadNorm = "per_head") -> None:
+    def __init__(self, embed_dim: int, n_heads: int, gate: GateInput = "query", head_norm: HeadNorm = "per_head", scale_keys: bool = True) -> None:
         super().__init__()
         if gate not in ("query", "source"):
             raise ValueError(f"unknown retention gate input {gate!r}; choose query or source")
@@ -202,6 +202,7 @@ class MultiScaleRetention(nn.Module):
             )
         self.gate_input = gate
         self.head_norm = head_norm
+        self.scale_keys = scale_keys
         self.query = nn.Linear(embed_dim, embed_dim, bias=False)
         self.key = nn.Linear(embed_dim, embed_dim, bias=False)
         self.value = nn.Linear(embed_dim, embed_dim, bias=False)
@@ -229,11 +230,19 @@ class MultiScaleRetention(nn.Module):
         return self.query(query), self.gate(query) if self.gate_input == "query" else None
 
     def source_projection(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(d_k^-1/2 source W_k, source W_v)``, ``[B, L, E]`` each (the scale folded into W_k, a ``[E, E]`` product).
+        """``(d_k^-1/2 source W_k, source W_v)``, ``[B, L, E]`` each (the scale folded into W_k, a ``[E, E]`` product;
+        without ``scale_keys``, Mava's, the keys are not scaled).
 
         (One product of the concatenated weights, here and in ``query_projection``, measured slower to train: its
         outputs are strided views.)"""
-        return nn.functional.linear(source, self.key.weight * self.head_dim**-0.5), self.value(source)
+        keys = nn.functional.linear(source, self.key.weight * self.head_dim**-0.5) if self.scale_keys else self.key(source)
+        return keys, self.value(source)
+
+    def initialise_as_mava(self) -> None:
+        """Mava's initialisation (``SimpleRetention`` and ``MultiScaleRetention``): every projection, W_q, W_k, W_v, W_g
+        and W_o, drawn from N(0, 1 / E^2)."""
+        for projection in (self.query, self.key, self.value, self.gate, self.out):
+            nn.init.normal_(projection.weight, std=1.0 / projection.in_features)
 
     def projections(self, query: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k, v ``[B, H, L, d]`` (k scaled by d_k^-1/2) and the gate input's ``g W_g`` ``[B, L, E]``."""

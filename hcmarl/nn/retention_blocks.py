@@ -46,8 +46,8 @@ class RetentionEncoderBlock(nn.Module):
     """Sable's encoder layer: x <- Norm(x + Retention(x; full)); x <- Norm(x + FF(x)).
 
     ``norm``, ``feed_forward`` (``zero_feed_forward``: ``SwiGLU``'s ``zero_init``) and ``gate`` as the module docstring's,
-    ``head_norm`` the retention's (``MultiScaleRetention``); the defaults are LayerNorm, GELU, the query and RetNet's
-    per-head GroupNorm."""
+    ``head_norm`` and ``scale_keys`` the retention's (``MultiScaleRetention``); the defaults are LayerNorm, GELU, the query
+    and RetNet's per-head GroupNorm and key scale."""
 
     def __init__(
         self,
@@ -58,9 +58,10 @@ class RetentionEncoderBlock(nn.Module):
         gate: GateInput = "query",
         zero_feed_forward: bool = False,
         head_norm: HeadNorm = "per_head",
+        scale_keys: bool = True,
     ) -> None:
         super().__init__()
-        self.retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm)
+        self.retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm, scale_keys)
         self.norm1 = make_norm(norm, embed_dim)
         self.feed_forward = make_feed_forward(feed_forward, embed_dim, zero_feed_forward)
         self.norm2 = make_norm(norm, embed_dim)
@@ -92,11 +93,12 @@ class RetentionDecoderBlock(nn.Module):
         gate: GateInput = "query",
         zero_feed_forward: bool = False,
         head_norm: HeadNorm = "per_head",
+        scale_keys: bool = True,
     ) -> None:
         super().__init__()
-        self.self_retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm)
+        self.self_retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm, scale_keys)
         self.norm1 = make_norm(norm, embed_dim)
-        self.cross_retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm)
+        self.cross_retention = MultiScaleRetention(embed_dim, n_heads, gate, head_norm, scale_keys)
         self.norm2 = make_norm(norm, embed_dim)
         self.feed_forward = make_feed_forward(feed_forward, embed_dim, zero_feed_forward)
         self.norm3 = make_norm(norm, embed_dim)

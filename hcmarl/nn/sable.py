@@ -22,6 +22,7 @@ from hcmarl.nn.layers import RMSNorm
 from hcmarl.nn.retention import (
     GateInput,
     HeadNorm,
+    MultiScaleRetention,
     RetentionMasks,
     episode_timesteps,
     head_decays,
@@ -43,7 +44,8 @@ FeedForwardInit = Literal["default", "zeros"]
 
 # The MAGPO paper's Sable (the official code's SableNetwork and its network config: 1 block, embed 64, 1 head, decay
 # scaling 0.8, timestep positional encoding; RMSNorm and a zero-initialised SwiGLU in its blocks; the retention's gate
-# reads its key/value input and its heads' outputs go through Mava's GroupNorm). ``SableGuider.paper`` builds it;
+# reads its key/value input and its heads' outputs go through Mava's GroupNorm; Mava's initialisations, unscaled keys,
+# bias-free observation embedding, tanh GELU and input norm before every encoder block). ``SableGuider.paper`` builds it;
 # docs/algorithms/magpo.md, "The paper's Sable".
 PAPER_SETTINGS: dict[str, Any] = {
     "embed_dim": 64,
@@ -56,6 +58,7 @@ PAPER_SETTINGS: dict[str, Any] = {
     "positional_encoding": "timestep",
     "retention_gate": "source",
     "retention_head_norm": "mava",
+    "mava_details": True,
 }
 
 
@@ -99,6 +102,13 @@ class SableGuider(AgentTokenGuider):
             ``mava`` (the paper's code: each head's channels in H groups, an affine shared by the heads, eps 1e-6;
             ``hcmarl.nn.retention.MultiScaleRetention``). With one head they differ only in eps; with H heads ``mava``
             needs H to divide ``embed_dim / H``.
+        mava_details: the official code's details outside the parts above (Mava's ``SableNetwork``, the paper's): every
+            retention projection (W_q, W_k, W_v, W_g, W_o) drawn from N(0, 1 / E^2) and the keys not scaled by
+            d_k^-1/2; the embeddings' and heads' hidden layers orthogonal with gain sqrt(2), the value head's output
+            layer with gain 0.01, their biases zero; no bias in the observation embedding (nor in the action
+            embedding for discrete actions); GELU's tanh approximation (Flax's ``nn.gelu``) in the embeddings and heads;
+            and the encoder's input norm applied again before every encoder block (one norm shared by the blocks).
+            False: PyTorch's initialisations, scaled keys, exact GELU, the input norm once (hcmarl's first Sable).
         **kwargs: ``embed_dim``, ``n_blocks``, ``n_heads``, ``agent_id``, ``log_std_init`` of ``AgentTokenGuider``.
     """
 
@@ -117,6 +127,7 @@ class SableGuider(AgentTokenGuider):
         positional_encoding: PositionalEncoding = "none",
         retention_gate: GateInput = "query",
         retention_head_norm: HeadNorm = "per_head",
+        mava_details: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -151,6 +162,7 @@ class SableGuider(AgentTokenGuider):
         self.positional_encoding = positional_encoding
         self.retention_gate = retention_gate
         self.retention_head_norm = retention_head_norm
+        self.mava_details = mava_details
         self.head_dim = self.embed_dim // self.n_heads
 
     @classmethod
@@ -168,6 +180,7 @@ class SableGuider(AgentTokenGuider):
             "gate": self.retention_gate,
             "zero_feed_forward": self.feed_forward_init == "zeros",
             "head_norm": self.retention_head_norm,
+            "scale_keys": not self.mava_details,
         }
         self.encoder = nn.ModuleList(RetentionEncoderBlock(self.embed_dim, self.n_heads, **settings) for _ in range(self.n_blocks))
         self.decoder = nn.ModuleList(RetentionDecoderBlock(self.embed_dim, self.n_heads, **settings) for _ in range(self.n_blocks))
@@ -181,6 +194,32 @@ class SableGuider(AgentTokenGuider):
             self.action_head[2] = RMSNorm(e)
             self.add_module("encoder_norm", RMSNorm(e))
             self.add_module("decoder_norm", RMSNorm(e))
+        if self.mava_details:
+            self.use_mava_layers()
+
+    def use_mava_layers(self) -> None:
+        """Mava's embeddings, heads and retention initialisation (``mava_details``; the norms stay as ``norm`` made
+        them): bias-free observation embedding (and discrete action embedding), tanh GELU, orthogonal hidden layers
+        with gain sqrt(2) and the value head's output layer with gain 0.01, zero biases, retention weights from N(0, 1 / E^2)."""
+        observation = self.observation_embedding[1]
+        assert isinstance(observation, nn.Linear)
+        self.observation_embedding[1] = nn.Linear(observation.in_features, self.embed_dim, bias=False)
+        self.action_embedding[0] = nn.Linear(self.action_dim + 1, self.embed_dim, bias=not self.categorical)
+        for stack in (self.observation_embedding, self.action_embedding, self.value_head, self.action_head):
+            for i, layer in enumerate(stack):
+                if isinstance(layer, nn.GELU):
+                    stack[i] = nn.GELU(approximate="tanh")
+        root2 = math.sqrt(2.0)
+        gains = [(self.observation_embedding[1], root2), (self.action_embedding[0], root2), (self.value_head[0], root2)]
+        gains += [(self.action_head[0], root2), (self.value_head[3], 0.01), (self.action_head[3], 0.01)]
+        for layer, gain in gains:
+            assert isinstance(layer, nn.Linear)
+            nn.init.orthogonal_(layer.weight, gain=gain)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        for module in self.modules():
+            if isinstance(module, MultiScaleRetention):
+                module.initialise_as_mava()
 
     @property
     def decoder_blocks(self) -> Sequence[RetentionDecoderBlock]:
@@ -220,6 +259,8 @@ class SableGuider(AgentTokenGuider):
         timestep encodings ``position`` (None without the encoding)."""
         states = []
         for j, block in enumerate(self.encoder):
+            if j > 0 and self.mava_details:  # Mava normalises every block's input with the encoder's input norm
+                x = self.encoder_norm(x)
             x, next_state = block(x, masks, state[:, j], carry, position)
             states.append(next_state)
         return x, torch.stack(states, dim=1) if carry else None
