@@ -158,6 +158,8 @@ def expected(recipe: str, rows: dict[tuple[str, str, str], dict[str, str]]) -> l
         if alg != "mat":
             checks.append(Check(f"{g}.network.init_args.decay_scaling", number(row["decay_scaling_factor"]), f"{src}: decay_scaling_factor"))
             checks += [Check(f"{g}.network.init_args.{k}", v, f"{default}: Mava's Sable ({k})") for k, v in SABLE_PAPER.items()]
+        else:
+            checks.append(Check(f"{g}.network.init_args.mava_details", True, f"{CODE} mava/networks/mat_network.py, attention.py: Mava's MAT layers"))
         if alg in ("magpo", "ctds"):
             lr_ = "model.learner.init_args"
             checks += [

@@ -192,41 +192,6 @@ def test_source_gated_retention_with_positions_equals_its_definition(float64, ca
     assert not torch.allclose(out, layer(query, source, decay, masks, state, position=position)[0], atol=1e-3)
 
 
-def _orthogonal_with_gain(weight: torch.Tensor, gain: float) -> bool:
-    """Whether ``weight`` ``[out, in]`` is ``gain`` times a matrix with orthonormal rows or columns (the shorter side)."""
-    gram = weight @ weight.T if weight.shape[0] <= weight.shape[1] else weight.T @ weight
-    return torch.allclose(gram, gain**2 * torch.eye(gram.shape[0]), atol=1e-5 * max(gain**2, 1e-2))
-
-
-@pytest.mark.parametrize("info", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
-def test_mava_details_are_mavas_layers_and_initialisation(info: EnvInfo) -> None:
-    """Mava's SableNetwork (liyheng/MAGPO d2ac38b, mava/networks/sable_network.py and retention.py): retention weights from
-    N(0, 1/E^2); orthogonal embeddings and heads (gain sqrt(2), output layers 0.01) with zero biases; no observation
-    bias, an action-embedding bias for continuous actions only; Flax's tanh GELU; unscaled keys."""
-    torch.manual_seed(0)
-    guider = SableGuider.paper(embed_dim=128, n_blocks=2, n_heads=2)
-    guider.build(info)
-    retentions = [m for m in guider.modules() if isinstance(m, MultiScaleRetention)]
-    assert len(retentions) == 2 * 3 and not any(m.scale_keys for m in retentions)
-    for retention in retentions:
-        for projection in (retention.query, retention.key, retention.value, retention.gate, retention.out):
-            assert abs(projection.weight.std().item() * 128 - 1.0) < 0.05 and abs(projection.weight.mean().item()) < 1e-3
-    hidden = [guider.observation_embedding[1], guider.action_embedding[0], guider.value_head[0], guider.action_head[0]]
-    assert all(_orthogonal_with_gain(layer.weight, math.sqrt(2.0)) for layer in hidden)
-    assert _orthogonal_with_gain(guider.value_head[3].weight, 0.01) and _orthogonal_with_gain(guider.action_head[3].weight, 0.01)
-    assert guider.observation_embedding[1].bias is None
-    assert (guider.action_embedding[0].bias is None) == info.categorical
-    biases = [layer.bias for layer in [*hidden, guider.value_head[3], guider.action_head[3]] if layer.bias is not None]
-    assert len(biases) == 4 + (not info.categorical) and all(torch.equal(b, torch.zeros_like(b)) for b in biases)
-    gelus = [m for m in guider.modules() if isinstance(m, nn.GELU)]
-    assert len(gelus) == 4 and all(g.approximate == "tanh" for g in gelus)
-    default = SableGuider.paper(embed_dim=128, n_blocks=2, n_heads=2, mava_details=False)
-    default.build(info)
-    assert all(m.scale_keys for m in default.modules() if isinstance(m, MultiScaleRetention))
-    assert default.observation_embedding[1].bias is not None and all(g.approximate == "none" for g in default.modules() if isinstance(g, nn.GELU))
-    assert abs(default.encoder[0].retention.out.weight.std().item() * 128 - 1.0) > 1.0  # PyTorch's init: std (3 E)^-1/2
-
-
 @pytest.mark.parametrize("mava_details", [True, False])
 def test_mava_details_normalise_every_encoder_blocks_input(float64, mava_details: bool) -> None:
     """Mava's encoder: x <- block(norm(x)) for every block, one input norm shared by the blocks (the first norm is the

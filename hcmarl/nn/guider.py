@@ -8,10 +8,11 @@ memory carried across steps).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, cast
 
 import torch
 from tensordict import TensorDictBase
@@ -22,7 +23,8 @@ from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ACTION_MASK, AGENT_INSTRUCTION, OBSERVATION
 from hcmarl.nn.actors import observation_features
 from hcmarl.nn.distributions import diagonal_gaussian, map_distribution, masked_categorical
-from hcmarl.nn.transformer import DecoderBlock, EncoderBlock
+from hcmarl.nn.layers import FLAX_NORM_EPS
+from hcmarl.nn.transformer import DecoderBlock, EncoderBlock, FeedForward
 
 Distribution = torch.distributions.Distribution
 
@@ -73,6 +75,23 @@ def shifted_action_tokens(action: torch.Tensor, action_dim: int, categorical: bo
     tokens[:, 0, 0] = 1.0
     tokens[:, 1:, 1:] = features[:, :-1]
     return tokens
+
+
+def flax_dense_init_(layer: nn.Module, gain: float) -> None:
+    """Flax's ``Dense(kernel_init=orthogonal(gain))`` as Mava builds its layers: an orthogonal weight times ``gain``, a
+    zero bias (if the layer has one)."""
+    assert isinstance(layer, nn.Linear)
+    nn.init.orthogonal_(layer.weight, gain=gain)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def use_tanh_gelu(*stacks: nn.Sequential) -> None:
+    """Replace every ``nn.GELU`` of ``stacks`` by its tanh approximation, Flax's ``nn.gelu`` (``approximate=True``)."""
+    for stack in stacks:
+        for i, layer in enumerate(stack):
+            if isinstance(layer, nn.GELU):
+                stack[i] = nn.GELU(approximate="tanh")
 
 
 class AgentTokenGuider(GuiderNetwork):
@@ -133,6 +152,22 @@ class AgentTokenGuider(GuiderNetwork):
     @abstractmethod
     def build_blocks(self) -> None:
         """Create ``self.encoder`` and ``self.decoder``."""
+
+    def use_mava_embeddings_and_heads(self, observation_bias: bool) -> None:
+        """Mava's embeddings and heads (its ``SableNetwork`` and MAT, liyheng/MAGPO d2ac38b ``mava/networks``; their
+        norms stay as built): the observation embedding's linear layer with a bias (MAT) or without (Sable), the action
+        embedding's with a bias for continuous actions only; the hidden layers orthogonal with gain sqrt(2), the value
+        and action heads' output layers with gain 0.01, biases zero (``flax_dense_init_``); Flax's tanh GELU."""
+        observation = self.observation_embedding[1]
+        assert isinstance(observation, nn.Linear)
+        self.observation_embedding[1] = nn.Linear(observation.in_features, self.embed_dim, bias=observation_bias)
+        self.action_embedding[0] = nn.Linear(self.action_dim + 1, self.embed_dim, bias=not self.categorical)
+        use_tanh_gelu(self.observation_embedding, self.action_embedding, self.value_head, self.action_head)
+        root2 = math.sqrt(2.0)
+        for layer in (self.observation_embedding[1], self.action_embedding[0], self.value_head[0], self.action_head[0]):
+            flax_dense_init_(layer, root2)
+        for layer in (self.value_head[3], self.action_head[3]):
+            flax_dense_init_(layer, 0.01)
 
     _agent_order: torch.Tensor | None = None  # set by ``agent_order``: the order the tokens are read in (None: 0..N-1)
 
@@ -221,13 +256,43 @@ class MATGuider(AgentTokenGuider):
 
     Encoder: ``n_blocks`` of self-attention over all agents of a step. Decoder: ``n_blocks`` of
     ``DecoderBlock`` on the shifted action stream (a start token, then a_0 .. a_{N-2}): causal
-    self-attention, then each agent's encoding querying the actions before it. Arguments as
-    ``AgentTokenGuider``.
+    self-attention, then each agent's encoding querying the actions before it.
+
+    Args:
+        mava_details: the official MAGPO code's MAT (Mava's ``mava/networks/mat_network.py`` and ``attention.py``,
+            liyheng/MAGPO d2ac38b): every attention projection (query, key, value, output) orthogonal with gain 0.01,
+            the feed-forward's layers with gains sqrt(2) and 0.01, Mava's embeddings and heads
+            (``use_mava_embeddings_and_heads``, the observation embedding with its bias), every bias zero, Flax's tanh
+            GELU and LayerNorm eps 1e-6. False: PyTorch's initialisations, exact GELU, eps 1e-5.
+        **kwargs: as ``AgentTokenGuider``.
     """
+
+    def __init__(self, mava_details: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mava_details = mava_details
 
     def build_blocks(self) -> None:
         self.encoder = nn.ModuleList(EncoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
         self.decoder = nn.ModuleList(DecoderBlock(self.embed_dim, self.n_heads) for _ in range(self.n_blocks))
+        if self.mava_details:
+            self.use_mava_layers()
+
+    def use_mava_layers(self) -> None:
+        """Mava's MAT initialisation and details (``mava_details``)."""
+        self.use_mava_embeddings_and_heads(observation_bias=True)
+        for module in self.modules():
+            if isinstance(module, nn.MultiheadAttention):
+                for projection in module.in_proj_weight.chunk(3):  # W_q, W_k, W_v: each Mava's own Dense
+                    nn.init.orthogonal_(projection, gain=0.01)
+                flax_dense_init_(module.out_proj, 0.01)
+                assert module.in_proj_bias is not None
+                nn.init.zeros_(module.in_proj_bias)
+            elif isinstance(module, FeedForward):
+                flax_dense_init_(module[0], math.sqrt(2.0))
+                flax_dense_init_(module[2], 0.01)
+                use_tanh_gelu(module)
+            elif isinstance(module, nn.LayerNorm):
+                module.eps = FLAX_NORM_EPS
 
     @property
     def decoder_blocks(self) -> Sequence[DecoderBlock]:

@@ -84,6 +84,10 @@ class AgentMLP(nn.Sequential):
         return x.reshape(n_agents, *leading, x.shape[-1]).movedim(0, -2)
 
 
+FLAX_NORM_EPS = 1e-6
+"""Flax's eps of ``LayerNorm``, ``RMSNorm`` and ``GroupNorm``, which Mava keeps in its Sable and MAT."""
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation over the last dimension: ``x / sqrt(mean(x^2) + eps) * g``.
 
@@ -91,7 +95,7 @@ class RMSNorm(nn.Module):
     ``SableNetwork`` uses Flax's ``nn.RMSNorm``, whose ``eps`` is 1e-6, the default here).
     """
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, eps: float = FLAX_NORM_EPS) -> None:
         super().__init__()
         self.dim = dim
         self.eps = eps

@@ -43,9 +43,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from hcmarl.nn.layers import FLAX_NORM_EPS
+
 GateInput = Literal["query", "source"]
 HeadNorm = Literal["per_head", "mava"]
-MAVA_GROUP_NORM_EPS = 1e-6  # Flax's GroupNorm default, which Mava's retention keeps
 
 
 def timestep_encoding(timestep: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -211,7 +212,7 @@ class MultiScaleRetention(nn.Module):
         if head_norm == "per_head":
             self.group_norm = nn.GroupNorm(n_heads, embed_dim)
         else:
-            self.group_norm = nn.GroupNorm(n_heads, self.head_dim, eps=MAVA_GROUP_NORM_EPS)
+            self.group_norm = nn.GroupNorm(n_heads, self.head_dim, eps=FLAX_NORM_EPS)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # [B, H, L, d]

@@ -198,25 +198,10 @@ class SableGuider(AgentTokenGuider):
             self.use_mava_layers()
 
     def use_mava_layers(self) -> None:
-        """Mava's embeddings, heads and retention initialisation (``mava_details``; the norms stay as ``norm`` made
-        them): bias-free observation embedding (and discrete action embedding), tanh GELU, orthogonal hidden layers
-        with gain sqrt(2) and the value head's output layer with gain 0.01, zero biases, retention weights from N(0, 1 / E^2)."""
-        observation = self.observation_embedding[1]
-        assert isinstance(observation, nn.Linear)
-        self.observation_embedding[1] = nn.Linear(observation.in_features, self.embed_dim, bias=False)
-        self.action_embedding[0] = nn.Linear(self.action_dim + 1, self.embed_dim, bias=not self.categorical)
-        for stack in (self.observation_embedding, self.action_embedding, self.value_head, self.action_head):
-            for i, layer in enumerate(stack):
-                if isinstance(layer, nn.GELU):
-                    stack[i] = nn.GELU(approximate="tanh")
-        root2 = math.sqrt(2.0)
-        gains = [(self.observation_embedding[1], root2), (self.action_embedding[0], root2), (self.value_head[0], root2)]
-        gains += [(self.action_head[0], root2), (self.value_head[3], 0.01), (self.action_head[3], 0.01)]
-        for layer, gain in gains:
-            assert isinstance(layer, nn.Linear)
-            nn.init.orthogonal_(layer.weight, gain=gain)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+        """Mava's Sable initialisation (``mava_details``; the norms stay as ``norm`` made them): Mava's embeddings and heads
+        (``use_mava_embeddings_and_heads``, the observation embedding without a bias) and retention weights from
+        N(0, 1 / E^2) (``MultiScaleRetention.initialise_as_mava``)."""
+        self.use_mava_embeddings_and_heads(observation_bias=False)
         for module in self.modules():
             if isinstance(module, MultiScaleRetention):
                 module.initialise_as_mava()
