@@ -116,6 +116,7 @@ class HcmarlCLI(LightningCLI):
             print(dm.protocol.describe(iterations_for(dm.total_frames, dm.num_envs, dm.rollout_steps, ranks)))
         self._continue_run_folder()
         self._prepare_run()
+        self._software = software_versions(dm.env_name)  # the code this process imported, not the checkout's at the end
 
     def before_validate(self) -> None:
         self._prepare_run()
@@ -197,7 +198,7 @@ class HcmarlCLI(LightningCLI):
     def _final_evaluation(self) -> None:
         """Score the run by its evaluation protocol (``EvaluationRecorder.final_evaluation``), print the score and
         write it into ``final_eval.json`` in the run folder, with the scored evaluation's means and episodes and the
-        software that trained the run (``hcmarl.provenance``)."""
+        software that trained the run (``hcmarl.provenance``, recorded when fit began)."""
         from hcmarl.modules.evaluation import EvaluationRecorder, evaluation_metrics
 
         recorder = next(c for c in self.trainer.callbacks if isinstance(c, EvaluationRecorder))
@@ -218,7 +219,7 @@ class HcmarlCLI(LightningCLI):
             "score_rule": score.rule,
             "score_frames": score.frames,
             "episodes": evaluation.episodes,
-            "software": software_versions(self.datamodule.env_name),
+            "software": self._software,
         }
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "final_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -67,7 +67,16 @@ def test_family_packages_are_their_pip_extras() -> None:
             assert sorted(packages) == _extra_packages(FAMILY_EXTRAS.get(family, family)), family
 
 
-def test_a_run_records_its_software_in_final_eval(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_records_its_software_in_final_eval(run_cli, tmp_path: Path) -> None:
     run_cli("fit", "mappo/coordsum_3x10", "--data.total_frames", "64")
     (run_dir,) = run_dirs(tmp_path)
     assert final_eval(run_dir)["software"] == software_versions("coordsum/3x10")
+
+
+def test_the_software_is_recorded_when_training_begins(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record names the code the process imported: taken before training, not from the checkout at the end (a
+    long run's checkout may have moved on)."""
+    monkeypatch.setattr("hcmarl.modules.cli.software_versions", lambda env: {"checkpoint_written": str(any(tmp_path.rglob("last.ckpt")))})
+    run_cli("fit", "mappo/coordsum_3x10", "--data.total_frames", "64")
+    (run_dir,) = run_dirs(tmp_path)
+    assert final_eval(run_dir)["software"] == {"checkpoint_written": "False"}
