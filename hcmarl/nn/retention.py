@@ -177,8 +177,8 @@ def with_next_observations(masks: RetentionMasks, n_agents: int, kappa: torch.Te
 class MultiScaleRetention(nn.Module):
     """Gated multi-scale retention (RetNet's MSR): ``(swish(g W_g) * GroupNorm(heads)) W_o``.
 
-    Keys are scaled by ``d_k^-1/2`` (RetNet's; ``scale_keys=False``: unscaled, as Mava's); each head has its own decay (``head_decays``), carried in
-    the masks. The query and key/value inputs may differ (the decoder's cross-retention). The norm of the heads'
+    Keys are scaled by ``d_k^-1/2`` (RetNet's; ``scale_keys=False``: unscaled, as Mava's); each head has its own decay
+    (``head_decays``), carried in the masks. The query and key/value inputs may differ (the decoder's cross-retention). The norm of the heads'
     outputs (``head_norm``) is RetNet's GroupNorm over heads (``per_head``: each head's d channels normalised, a
     per-channel affine ``[E]``, eps 1e-5), computed as a LayerNorm over each head's d channels followed by the affine;
     or Mava's (``mava``, the MAGPO paper's code): each head's d outputs as one row, split into H groups of d / H
@@ -246,7 +246,7 @@ class MultiScaleRetention(nn.Module):
             nn.init.normal_(projection.weight, std=1.0 / projection.in_features)
 
     def projections(self, query: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v ``[B, H, L, d]`` (k scaled by d_k^-1/2) and the gate input's ``g W_g`` ``[B, L, E]``."""
+        """q, k, v ``[B, H, L, d]`` (k scaled by d_k^-1/2 if ``scale_keys``) and the gate input's ``g W_g`` ``[B, L, E]``."""
         (q, gate), (k, v) = self.query_projection(query), self.source_projection(source)
         if gate is None:
             gate = self.gate(source)
