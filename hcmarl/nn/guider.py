@@ -284,9 +284,7 @@ class MATGuider(AgentTokenGuider):
             if isinstance(module, nn.MultiheadAttention):
                 for projection in module.in_proj_weight.chunk(3):  # W_q, W_k, W_v: each Mava's own Dense
                     nn.init.orthogonal_(projection, gain=0.01)
-                flax_dense_init_(module.out_proj, 0.01)
-                assert module.in_proj_bias is not None
-                nn.init.zeros_(module.in_proj_bias)
+                flax_dense_init_(module.out_proj, 0.01)  # in_proj_bias starts at zero in PyTorch too
             elif isinstance(module, FeedForward):
                 flax_dense_init_(module[0], math.sqrt(2.0))
                 flax_dense_init_(module[2], 0.01)
