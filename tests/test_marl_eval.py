@@ -16,9 +16,10 @@ import yaml
 
 from hcmarl.errors import RunDataError
 from hcmarl.modules.cli import main
+from hcmarl.provenance import describe
 from hcmarl.report import report
 from hcmarl.report.discovery import discover
-from hcmarl.report.marl_eval import hcmarl_task, marl_eval_export, marl_eval_names, read_marl_eval, write_marl_eval
+from hcmarl.report.marl_eval import hcmarl_task, marl_eval_export, marl_eval_names, read_marl_eval, software_file, write_marl_eval
 from hcmarl.report.tables import absolute_scores, score_rules
 
 Evaluation = tuple[int, list[float], list[bool] | None]
@@ -337,3 +338,37 @@ def test_report_command_writes_marl_eval_json(tmp_path: Path, capsys: pytest.Cap
     assert str(out / "ours.json") in capsys.readouterr().out
     (run,) = read_marl_eval(out / "ours.json")
     assert (run.algorithm, run.task, run.seed) == ("mappo", "coordsum/3x10", 0)
+
+
+def test_the_runs_software_travels_in_a_file_beside_the_marl_eval_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    folders = [make_run(tmp_path / "runs", rng, "magpo", "smax/3m", seed, wins=True) for seed in (0, 1)]
+    record = {"hcmarl": "0.1.0 (git 0123456789ab)", "python": "3.11.7", "torch": "2.13.0+cpu", "jaxmarl": "0.2.0"}
+    final = folders[0] / "final_eval.json"
+    final.write_text(json.dumps(json.loads(final.read_text()) | {"software": record}))  # seed 1: a run from before the record
+    file, _ = write_marl_eval([tmp_path / "runs"], tmp_path / "out" / "results.json")
+    beside = software_file(file)
+    assert beside == tmp_path / "out" / "results.software.json"
+    assert json.loads(beside.read_text()) == {"smax": {"3m": {"magpo": {"seed_0": record}}}}
+    assert "software" not in json.dumps(json.loads(file.read_text()))  # the marl-eval file keeps marl-eval's layout
+    runs = sorted(read_marl_eval(file), key=lambda r: r.seed)
+    assert [r.software for r in runs] == [record, {}]
+
+    report([file], tmp_path / "page", resamples=20)  # the page from the file alone lists what trained each run
+    page = (tmp_path / "page" / "report.md").read_text()
+    assert f"| smax/3m | magpo | 0 | {describe(record)} |" in page
+    assert "| smax/3m | magpo | 1 | not recorded |" in page
+
+    runs, notes = discover([file, beside])  # a shell glob gives both: the records are not read as runs
+    assert len(runs) == 2 and notes == [f"{beside}: the software records of a marl-eval file, read with that file, not as runs"]
+
+    final.write_text(json.dumps({k: v for k, v in json.loads(final.read_text()).items() if k != "software"}))
+    write_marl_eval([tmp_path / "runs"], file)
+    assert not beside.exists()  # no run recorded any: a stale file is removed, not left to mislabel the runs
+
+    beside.write_text(json.dumps({"smax": {"3m": {"magpo": {"seed_0": {"torch": 2}}}}}))
+    with pytest.raises(RunDataError, match="results.software.json, smax/3m/magpo/seed_0: 'software' is"):
+        read_marl_eval(file)
+    beside.write_text(json.dumps({"smax": ["3m"]}))
+    with pytest.raises(RunDataError, match="is not laid out as"):
+        read_marl_eval(file)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from hcmarl.errors import RunDataError
-from hcmarl.report.marl_eval import read_marl_eval
+from hcmarl.report.marl_eval import SOFTWARE_SUFFIX, read_marl_eval
 from hcmarl.report.runs import METRIC_ALIASES, Run, RunPart, read_export, read_folder, relabel, run_folders
 
 
@@ -34,7 +34,7 @@ def _merge(parts: Iterable[RunPart]) -> list[Run]:
 def _imported_parts(path: Path) -> list[RunPart]:
     """The runs of a marl-eval JSON file as unmerged parts."""
     return [
-        RunPart((r.algorithm, r.task, r.seed), (str(path), i), {m: dict(c) for m, c in r.curves.items()}, r.sources[0], r.absolute, True)
+        RunPart((r.algorithm, r.task, r.seed), (str(path), i), {m: dict(c) for m, c in r.curves.items()}, r.sources[0], r.absolute, True, r.software)
         for i, r in enumerate(read_marl_eval(path))
     ]
 
@@ -61,15 +61,18 @@ def discover(paths: Sequence[str | Path], labels: Mapping[str, str] | None = Non
     """Every run under ``paths``: folders searched for ``metrics.csv``, export ``.csv`` files, marl-eval ``.json`` files,
     each algorithm named in ``labels`` given its label (:func:`~hcmarl.report.runs.relabel`).
 
-    Returns the runs (sorted by task, algorithm, seed) and notes on what was left out:
-    folders whose logs hold no evaluation.
+    Returns the runs (sorted by task, algorithm, seed) and notes on what was left out: folders whose logs hold no
+    evaluation, and the software records of marl-eval files given as paths (they are read with their file).
     """
     parts: list[RunPart] = []
+    notes = []
     for given in paths:
         path = Path(given)
         if not path.exists():
             raise RunDataError(f"{path} does not exist; give run folders (written by hcmarl fit), an exported .csv or a marl-eval .json")
-        if path.is_file() and path.suffix.lower() == ".json":
+        if path.name.endswith(SOFTWARE_SUFFIX):
+            notes.append(f"{path}: the software records of a marl-eval file, read with that file, not as runs")
+        elif path.is_file() and path.suffix.lower() == ".json":
             parts.extend(_imported_parts(path))
         elif path.is_file() and path.name != "metrics.csv":
             parts.extend(read_export(path))
@@ -83,7 +86,7 @@ def discover(paths: Sequence[str | Path], labels: Mapping[str, str] | None = Non
     _place_imported(parts)
     for part, key in zip(parts, relabel([p.key for p in parts], labels or {}), strict=True):
         part.key = key
-    notes = [f"{p.source}: no evaluation logged, left out" for p in parts if not p.points]
+    notes += [f"{p.source}: no evaluation logged, left out" for p in parts if not p.points]
     runs = _merge(p for p in parts if p.points)
     if not runs:
         raise RunDataError(f"no evaluation in any run found in {', '.join(str(p) for p in paths)}: train longer than data.eval_every iterations")

@@ -26,6 +26,11 @@ and BenchMARL release raw results. One file holds::
   every algorithm on every task the same number of runs, every run the same number of steps, and every
   step the same metrics; algorithm names must not contain commas.
 
+marl-eval has no place for the software that trained a run, so :func:`write_marl_eval` keeps each run's record
+(``hcmarl.provenance``, from its ``final_eval.json``) in a file beside, ``<name>.software.json``
+(:func:`software_file`), laid out as the runs are (``{environment: {task: {algorithm: {run: {name: version}}}}}``), and
+:func:`read_marl_eval` reads it back when it is there.
+
 Names (:func:`marl_eval_names`, :func:`hcmarl_task`) follow Mava's ``env_name`` and ``task_name`` (its
 ``mava/configs/env`` files, which the MAGPO code keeps) where the task is the same; other families keep their
 hcmarl name, which for VMAS is also BenchMARL's.
@@ -42,12 +47,25 @@ from typing import Any
 
 from hcmarl.errors import RunDataError
 from hcmarl.report.marl_eval_rules import ELAPSED, PERCENT, STEP_COUNT, STEP_KEY, is_number, load_marl_eval, problems, run_seed
-from hcmarl.report.runs import FINAL_EVAL, RETURN, WIN_RATE, Run, folder_identity, read_config, read_final_eval, relabel, run_folders
+from hcmarl.report.runs import (
+    FINAL_EVAL,
+    RETURN,
+    WIN_RATE,
+    Run,
+    folder_identity,
+    read_config,
+    read_final_eval,
+    read_software,
+    relabel,
+    run_folders,
+)
 
 EVALUATIONS = "evaluations.jsonl"
 DEPLOYED = "eval"
 """The evaluation prefix of the deployed policy: the one exported (``eval/guider``, ``eval/central``... are not)."""
 ABSOLUTE = "absolute_metrics"
+SOFTWARE_SUFFIX = ".software.json"
+"""The name ending of the file beside a marl-eval file that keeps its runs' software records (:func:`software_file`)."""
 
 COORDSUM_TASKS = {"3x10": "3x10-30-v0", "3x30": "3x30-50-v0", "5x20": "5x20-80-v0", "8x15": "8x15-100-v0"}
 """hcmarl's CoordSum tasks -> the MAGPO code's ``task_name`` of the same task (agents x actions - target)."""
@@ -133,12 +151,43 @@ def _step_order(key: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def software_file(path: str | Path) -> Path:
+    """The file beside the marl-eval file ``path`` that keeps its runs' software records: ``x.json`` -> ``x.software.json``."""
+    path = Path(path)
+    return path.with_name(path.stem + SOFTWARE_SUFFIX)
+
+
+def _read_software_file(path: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
+    """``(environment, task, algorithm, run) -> software record`` from the file beside the marl-eval file ``path``
+    (keys lower-cased as the runs' are); empty when there is none."""
+    beside = software_file(path)
+    if not beside.exists():
+        return {}
+    try:
+        data = json.loads(beside.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDataError(f"{beside} is not valid JSON ({err}); it should hold the software records of {path.name}'s runs") from None
+    records = {}
+    try:
+        for env, tasks in data.items():
+            for task, algorithms in tasks.items():
+                for algorithm, seeds in algorithms.items():
+                    for run_key, record in seeds.items():
+                        names = (env, task, algorithm, run_key)
+                        records[tuple(n.lower() for n in names)] = read_software(record, f"{beside}, {'/'.join(names)}")
+    except AttributeError:
+        raise RunDataError(f"{beside} is not laid out as {{environment: {{task: {{algorithm: {{run: {{name: version}}}}}}}}}}") from None
+    return records
+
+
 def read_marl_eval(path: Path) -> list[Run]:
     """The runs of a marl-eval file: per run, ``eval/return`` and ``eval/win_rate`` curves of (``step_count``, mean
-    over the list) points, and the absolute metric's means in :attr:`Run.absolute`.
+    over the list) points, the absolute metric's means in :attr:`Run.absolute`, and the software record kept beside
+    the file (:func:`software_file`) in :attr:`Run.software` where there is one.
 
     Tasks are named by :func:`hcmarl_task` and algorithms lower-cased, so published runs share tables with hcmarl's.
     """
+    software = _read_software_file(path)
     runs = []
     for env, tasks in load_marl_eval(path).items():
         for task, algorithms in tasks.items():
@@ -148,7 +197,8 @@ def read_marl_eval(path: Path) -> list[Run]:
                     assert seed is not None  # load_marl_eval refuses a run key without a seed
                     curves, absolute = _run_curves(run)
                     source = f"{path} ({env}/{task}/{algorithm}/{run_key})"
-                    runs.append(Run(algorithm, hcmarl_task(env, task), seed, curves, [source], absolute))
+                    record = software.get((env, task, algorithm, run_key), {})
+                    runs.append(Run(algorithm, hcmarl_task(env, task), seed, curves, [source], absolute, record))
     return runs
 
 
@@ -242,6 +292,28 @@ def _run_entry(record: _Record, label: str) -> tuple[dict[str, Any], list[str]]:
     return entry, notes
 
 
+def _export(paths: Sequence[str | Path], labels: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """:func:`marl_eval_export`'s data and notes, and the runs' software records laid out as the data's runs."""
+    records, notes = _records(paths, labels)
+    if not records:
+        raise RunDataError(
+            f"no hcmarl run folder with {EVALUATIONS} in {', '.join(str(p) for p in paths)}: the marl-eval export "
+            f"needs each evaluation's episodes, which hcmarl fit writes into {EVALUATIONS}"
+        )
+    data: dict[str, Any] = {}
+    software: dict[str, Any] = {}
+    for (algorithm, task, seed), record in sorted(records.items()):
+        env, env_task = marl_eval_names(task, record.env_kwargs)
+        entry, entry_notes = _run_entry(record, f"{algorithm} on {task}, seed {seed}")
+        name = algorithm.lower().replace(", ", "; ").replace(",", ";")
+        data.setdefault(env, {}).setdefault(env_task, {}).setdefault(name, {})[f"seed_{seed}"] = entry
+        if (record.final or {}).get("software"):
+            software.setdefault(env, {}).setdefault(env_task, {}).setdefault(name, {})[f"seed_{seed}"] = record.final["software"]
+        notes += entry_notes
+    notes += [f"breaks marl-eval's rules: {p}" for p in problems(data)]
+    return data, software, notes
+
+
 def marl_eval_export(paths: Sequence[str | Path], labels: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """The marl-eval data of the hcmarl run folders under ``paths``, and notes for the caller; ``labels`` renames
     algorithms as :func:`~hcmarl.report.runs.relabel` does.
@@ -256,28 +328,21 @@ def marl_eval_export(paths: Sequence[str | Path], labels: Mapping[str, str] | No
     Notes name folders left out, runs whose ``absolute_metrics`` repeats their last evaluation, and each way the
     data breaks marl-eval's rules (such as a seed with fewer evaluations than the others).
     """
-    records, notes = _records(paths, labels or {})
-    if not records:
-        raise RunDataError(
-            f"no hcmarl run folder with {EVALUATIONS} in {', '.join(str(p) for p in paths)}: the marl-eval export "
-            f"needs each evaluation's episodes, which hcmarl fit writes into {EVALUATIONS}"
-        )
-    data: dict[str, Any] = {}
-    for (algorithm, task, seed), record in sorted(records.items()):
-        env, env_task = marl_eval_names(task, record.env_kwargs)
-        entry, entry_notes = _run_entry(record, f"{algorithm} on {task}, seed {seed}")
-        name = algorithm.lower().replace(", ", "; ").replace(",", ";")
-        data.setdefault(env, {}).setdefault(env_task, {}).setdefault(name, {})[f"seed_{seed}"] = entry
-        notes += entry_notes
-    notes += [f"breaks marl-eval's rules: {p}" for p in problems(data)]
+    data, _, notes = _export(paths, labels or {})
     return data, notes
 
 
 def write_marl_eval(paths: Sequence[str | Path], file: str | Path, labels: Mapping[str, str] | None = None) -> tuple[Path, list[str]]:
-    """Write :func:`marl_eval_export` of ``paths`` (algorithms renamed by ``labels``) to ``file`` (JSON); returns the
+    """Write :func:`marl_eval_export` of ``paths`` (algorithms renamed by ``labels``) to ``file`` (JSON), and the runs'
+    software records beside it (:func:`software_file`; a stale one removed when no run recorded any); returns the
     file and the export's notes."""
-    data, notes = marl_eval_export(paths, labels)
+    data, software, notes = _export(paths, labels or {})
     path = Path(file)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
+    beside = software_file(path)
+    if software:
+        beside.write_text(json.dumps(software, indent=1) + "\n")
+    else:
+        beside.unlink(missing_ok=True)
     return path, notes

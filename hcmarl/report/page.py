@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hcmarl.provenance import describe
+from hcmarl.report.marl_eval import software_file
 from hcmarl.report.runs import Run
 from hcmarl.report.tables import Aggregate, aggregate_tables, scored_by_absolute_metric
 
-NOT_RECORDED = "runs of hcmarl before it recorded the software, W&B exports and marl-eval files carry none"
+NOT_RECORDED = "runs of hcmarl before it recorded the software, W&B exports and marl-eval files without a software file beside them carry none"
 
 
 def _seeds_summary(runs: Sequence[Run]) -> list[str]:
@@ -102,7 +103,9 @@ def report_page(
         lines += ["Left out:", "", *[f"- {n}" for n in notes], ""]
     if marl_eval is not None:
         file, export_notes = marl_eval
-        lines += [f"Raw results in marl-eval's JSON layout: `{file}`.", ""]
+        beside = software_file(file)
+        kept = f" (the runs' software records beside it: `{beside}`)" if beside.exists() else ""
+        lines += [f"Raw results in marl-eval's JSON layout: `{file}`{kept}.", ""]
         lines += [*[f"- {n}" for n in export_notes], ""] if export_notes else []
     lines += _software_lines(runs)
     protocol, score = (

@@ -284,11 +284,11 @@ def _absolute(final: Mapping[str, Any]) -> dict[str, float]:
     return _episode_means(final["episodes"]["eval"])
 
 
-def _software(final: Mapping[str, Any], path: Path) -> dict[str, str]:
-    """The software record of a ``final_eval.json`` (``hcmarl.provenance``); empty in files from before it."""
-    record = final.get("software") or {}
+def read_software(record: Any, where: str) -> dict[str, str]:
+    """A software record (``hcmarl.provenance``: name -> version) read from ``where``, checked; ``None`` is empty."""
+    record = record or {}
     if not isinstance(record, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in record.items()):
-        raise RunDataError(f"{path / FINAL_EVAL}: 'software' is {json.dumps(record)[:60]}, not an object of name -> version strings")
+        raise RunDataError(f"{where}: 'software' is {json.dumps(record)[:60]}, not an object of name -> version strings")
     return record
 
 
@@ -299,7 +299,7 @@ def read_folder(folder: Path, root: Path) -> RunPart:
     key, order = folder_identity(folder, root, read_config(folder))
     final = read_final_eval(folder)
     points = curves_from_rows(rows, str(folder / "metrics.csv"))
-    return RunPart(key, order, points, str(folder), _absolute(final), software=_software(final, folder))
+    return RunPart(key, order, points, str(folder), _absolute(final), software=read_software(final.get("software"), str(folder / FINAL_EVAL)))
 
 
 def read_export(path: Path) -> list[RunPart]:
