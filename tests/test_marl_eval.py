@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hcmarl.errors import RunDataError
+from hcmarl.errors import ConfigError, RunDataError
 from hcmarl.modules.cli import main
 from hcmarl.provenance import describe
 from hcmarl.report import report
@@ -372,3 +372,16 @@ def test_the_runs_software_travels_in_a_file_beside_the_marl_eval_file(tmp_path:
     beside.write_text(json.dumps({"smax": ["3m"]}))
     with pytest.raises(RunDataError, match="is not laid out as"):
         read_marl_eval(file)
+
+
+def test_labels_of_imported_runs_leave_the_export_of_the_run_folders_alone(tmp_path: Path) -> None:
+    make_run(tmp_path / "runs", np.random.default_rng(10), "mappo", "coordsum/3x10", 0, wins=False)
+    published = tmp_path / "published.json"
+    published.write_text(json.dumps(mava_file()))
+    out = tmp_path / "report"
+    labels = {"rec_magpo": "magpo (published)", "mappo": "mappo (ours)"}
+    report([tmp_path / "runs", published], out, resamples=20, marl_eval=out / "ours.json", labels=labels)
+    assert "| task | metric | magpo (published) | mappo (ours) |" in (out / "report.md").read_text()
+    assert sorted(json.loads((out / "ours.json").read_text())["coordsum"]["3x10-30-v0"]) == ["mappo (ours)"]
+    with pytest.raises(ConfigError, match="--label 'rec_mappo': no run has that algorithm"):
+        report([tmp_path / "runs", published], out, resamples=20, marl_eval=out / "ours.json", labels={"rec_mappo": "mappo"})

@@ -236,7 +236,9 @@ def _read_evaluations(path: Path) -> list[dict[str, Any]]:
 def _records(paths: Sequence[str | Path], labels: Mapping[str, str]) -> tuple[dict[tuple[str, str, int], _Record], list[str]]:
     """Every run folder's record (versions merged: a later evaluation at equal frames replaces an earlier one; the
     latest ``final_eval.json`` counts), its algorithm relabelled by ``labels``, and notes on folders without
-    ``evaluations.jsonl``."""
+    ``evaluations.jsonl``. Labels of algorithms that no run folder has are skipped: a report's labels may name the
+    runs of its ``.csv`` and marl-eval paths, which the export does not write (``hcmarl report`` checks every label
+    against all of its runs first)."""
     found = []
     for given in paths:
         path = Path(given)
@@ -245,7 +247,8 @@ def _records(paths: Sequence[str | Path], labels: Mapping[str, str]) -> tuple[di
                 config = read_config(folder)
                 key, order = folder_identity(folder, root, config)
                 found.append((order, key, folder, config))
-    keys = relabel([key for _, key, _, _ in found], labels)
+    algorithms = {key[0] for _, key, _, _ in found}
+    keys = relabel([key for _, key, _, _ in found], {name: label for name, label in labels.items() if name in algorithms})
     found = [(order, key, folder, config) for (order, _, folder, config), key in zip(found, keys, strict=True)]
     records: dict[tuple[str, str, int], _Record] = {}
     notes = []
