@@ -310,8 +310,9 @@ def _export(paths: Sequence[str | Path], labels: Mapping[str, str]) -> tuple[dic
         entry, entry_notes = _run_entry(record, f"{algorithm} on {task}, seed {seed}")
         name = algorithm.lower().replace(", ", "; ").replace(",", ";")
         data.setdefault(env, {}).setdefault(env_task, {}).setdefault(name, {})[f"seed_{seed}"] = entry
-        if (record.final or {}).get("software"):
-            software.setdefault(env, {}).setdefault(env_task, {}).setdefault(name, {})[f"seed_{seed}"] = record.final["software"]
+        run_software = read_software((record.final or {}).get("software"), f"{FINAL_EVAL} of {algorithm} on {task}, seed {seed}")
+        if run_software:
+            software.setdefault(env, {}).setdefault(env_task, {}).setdefault(name, {})[f"seed_{seed}"] = run_software
         notes += entry_notes
     notes += [f"breaks marl-eval's rules: {p}" for p in problems(data)]
     return data, software, notes
