@@ -150,6 +150,19 @@ def test_failed_run_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monke
     assert "hcmarl: error: 2 of 2 runs failed" in err and str(tmp_path.resolve() / "mappo/coordsum_3x10/seed0/fit.log") in err
 
 
+def test_a_damaged_final_eval_is_one_clear_error(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
+    (run,) = expand_grid("mappo/coordsum_3x10", [0], [], tmp_path, frames=64)
+    damaged = run.folder / "version_0" / "final_eval.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text('{"frames": 64')  # cut off mid-write
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0", "--frames", "64", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"hcmarl: error: {damaged}" in err and "is not valid JSON" in err and "Traceback" not in err
+    assert fake_fit == []
+
+
 def test_a_real_sweep_trains_then_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     argv = ["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0", "--frames", "64", "--out", str(tmp_path / "sweep"), "--", *TINY_FIT]
     main(argv)

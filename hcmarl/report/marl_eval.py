@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from hcmarl.errors import RunDataError
+from hcmarl.report.json_text import parse_json
 from hcmarl.report.marl_eval_rules import ELAPSED, PERCENT, STEP_COUNT, STEP_KEY, is_number, load_marl_eval, problems, run_seed
 from hcmarl.report.runs import (
     FINAL_EVAL,
@@ -163,10 +164,7 @@ def _read_software_file(path: Path) -> dict[tuple[str, str, str, str], dict[str,
     beside = software_file(path)
     if not beside.exists():
         return {}
-    try:
-        data = json.loads(beside.read_text())
-    except json.JSONDecodeError as err:
-        raise RunDataError(f"{beside} is not valid JSON ({err}); it should hold the software records of {path.name}'s runs") from None
+    data = parse_json(beside.read_text(), beside, f"; it should hold the software records of {path.name}'s runs")
     records = {}
     try:
         for env, tasks in data.items():
@@ -221,10 +219,7 @@ def _read_evaluations(path: Path) -> list[dict[str, Any]]:
         if not text.strip():
             continue
         where = f"{path}, line {number}"
-        try:
-            line = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RunDataError(f"{where} is not valid JSON ({err})") from None
+        line = parse_json(text, where)
         frames = line.get("frames") if isinstance(line, dict) else None
         episodes = (line.get("episodes") or {}).get(DEPLOYED) if isinstance(line, dict) else None
         if not is_number(frames) or not isinstance(episodes, dict) or not episodes.get("return"):

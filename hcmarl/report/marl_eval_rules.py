@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hcmarl.errors import RunDataError
+from hcmarl.report.json_text import parse_json
 
 STEP_COUNT = "step_count"
 ELAPSED = "elapsed_time"
@@ -202,10 +203,7 @@ def problems(data: Any) -> Iterator[str]:
 def load_marl_eval(path: Path) -> dict[str, Any]:
     """A marl-eval JSON file with its keys lower-cased (as marl-eval reads it), checked against :func:`problems`;
     the first problem raises ``RunDataError`` naming the file, the key path and the rule."""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunDataError(f"{path} is not valid JSON ({err})") from None
+    data = parse_json(path.read_text(), path)
     try:
         data = _lower_keys(data, "")
     except RunDataError as err:

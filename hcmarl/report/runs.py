@@ -52,6 +52,7 @@ import numpy as np
 import yaml
 
 from hcmarl.errors import ConfigError, RunDataError
+from hcmarl.report.json_text import parse_json
 
 RETURN, WIN_RATE = "eval/return", "eval/win_rate"
 METRIC_ALIASES = {"return": RETURN, "win_rate": WIN_RATE}
@@ -267,10 +268,7 @@ def read_final_eval(folder: Path) -> dict[str, Any]:
     path = folder / FINAL_EVAL
     if not path.exists():
         return {}
-    try:
-        final = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunDataError(f"{path} is not valid JSON ({err})") from None
+    final = parse_json(path.read_text(), path)
     if not isinstance(final, dict):
         raise RunDataError(f"{path} holds {type(final).__name__}, not the object of results hcmarl fit writes")
     return final
