@@ -34,7 +34,7 @@ import yaml
 
 from hcmarl.errors import ConfigError, SweepError
 from hcmarl.recipes import RECIPES_DIR
-from hcmarl.report.runs import FINAL_EVAL, read_final_eval, version_dirs
+from hcmarl.report.runs import read_final_eval, version_dirs
 
 RESERVED = ("seed_everything", "data.total_frames", "ckpt_path", "config", "trainer.logger")
 """Keys the sweep sets itself: ``--seeds``, ``--frames``, resumption, ``--config``, the run folders."""
@@ -129,7 +129,7 @@ class SweepRun:
 
     def finished_frames(self) -> int | None:
         """The most frames any version's ``final_eval.json`` reports, None if none finished."""
-        done = [read_final_eval(v).get("frames", 0) for v in version_dirs(self.folder) if (v / FINAL_EVAL).exists()]
+        done = [final.get("frames", 0) for v in version_dirs(self.folder) if (final := read_final_eval(v))]
         return max(done) if done else None
 
     def last_checkpoint(self) -> Path | None:

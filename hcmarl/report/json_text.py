@@ -1,6 +1,6 @@
 """Reading the JSON that run folders and results files hold: one parse whose failure is a :class:`RunDataError`
-naming where the text came from (a file, or a file's line), so a damaged file stops ``hcmarl report`` with that
-name and not a traceback."""
+naming where the text came from (a file, or a file's line), so a damaged file stops ``hcmarl report`` or
+``hcmarl sweep`` with that name and not a traceback."""
 
 from __future__ import annotations
 
