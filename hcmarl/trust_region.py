@@ -23,6 +23,7 @@ from hcmarl.constraints import Constraint, Evaluate, Evaluation, SurrogateBatch,
 from hcmarl.distributed import all_reduce_mean
 from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.nn.distributions import DIVERGENCES, detach_distribution, distribution_like, distribution_parameters
+from hcmarl.nn.gru_replay import replay_by_autograd
 from hcmarl.optim import GradientStep, take_rows
 
 Distribution = torch.distributions.Distribution
@@ -181,6 +182,7 @@ class TrustRegion(Constraint):
         return (ratio if data.factor is None else data.factor * ratio) * data.advantage
 
     @sdpa_kernel(SDPBackend.MATH)  # Fisher-vector products differentiate twice: only SDPA's math kernel has a double backward
+    @replay_by_autograd()  # and only GRU replays recorded by autograd, not GRUReplay's own backward
     def update(self, evaluate: Evaluate, data: SurrogateBatch, step: GradientStep) -> dict[str, torch.Tensor]:
         """One trust-region step; ``data.factor`` weights the surrogate's samples, ``data.kl_weight`` the KL's.
 

@@ -45,6 +45,14 @@ class AgentLinear(nn.Module):
             return x @ self.weight[group] + self.bias[group]
         return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
 
+    def group_parameters(self, agent: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight ``[Gw, in, out]`` and bias ``[Gw, out]`` that ``forward(x, agent)`` reads: every group's
+        (Gw = n_groups) when each agent has its own and ``agent`` is None, else the one group's (Gw = 1)."""
+        if agent is None and self.n_groups > 1:
+            return self.weight, self.bias
+        group = 0 if self.n_groups == 1 or agent is None else agent
+        return self.weight[group : group + 1], self.bias[group : group + 1]
+
     def agent_major(self, x: torch.Tensor) -> torch.Tensor:
         """Every group's map on agent-major input ``[n_groups, M, in]`` -> ``[n_groups, M, out]`` (one batched matmul)."""
         return torch.bmm(x, self.weight) + self.bias.unsqueeze(-2)
