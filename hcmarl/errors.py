@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import signal
 from collections.abc import Callable
 from typing import Any
+
+STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
+"""``hcmarl fit``'s exit code when SIGTERM stopped it after a finished iteration and its checkpoint (the shell's
+128 + signal number); ``hcmarl sweep`` reads it as a run to continue, not a failure."""
 
 
 class HcmarlError(Exception):

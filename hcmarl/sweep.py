@@ -8,7 +8,9 @@ The grid is the cartesian product of every ``--set`` key's values, times the see
 the last part of the dotted name unless two keys share it), which ``hcmarl report <out>`` reads
 back. Each run is ``python -m hcmarl.modules.cli fit ...`` in its own process with one torch thread
 (``OMP_NUM_THREADS=1``), ``--parallel`` at a time, its output appended to ``fit.log`` beside its
-versions. The sweep is resumable: a run whose ``final_eval.json`` (in any version) reports at least
+versions. A run counts as trained only when its ``final_eval.json`` reports the requested frames; one that
+SIGTERM stopped (exit code ``STOPPED_BY_SIGTERM``) is reported as stopped, and the sweep ends with an error
+naming it. The sweep is resumable: a run whose ``final_eval.json`` (in any version) reports at least
 the requested frames is skipped, a run with a ``last.ckpt`` continues from it in the same version
 (its ``metrics.csv`` continued after the checkpoint's iteration), and the others start afresh in a
 new version. The run folders need the CSV logger of recipes/base.yaml.
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from hcmarl.errors import ConfigError, SweepError
+from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, SweepError
 from hcmarl.recipes import RECIPES_DIR
 from hcmarl.report.runs import read_final_eval, version_dirs
 
@@ -210,7 +212,8 @@ def expand_grid(config: str, seeds: Sequence[int], sets: Sequence[tuple[str, lis
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one run: ``skipped`` (already finished), ``finished`` or ``failed``."""
+    """What became of one run: ``skipped`` (already finished), ``finished``, ``stopped`` (by SIGTERM, to be
+    continued) or ``failed``."""
 
     run: SweepRun
     status: str
@@ -232,15 +235,22 @@ def run_one(run: SweepRun, extra: Sequence[str]) -> Outcome:
     with open(log, "a") as f:
         code = subprocess.run(run.command(extra), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     elapsed = time.monotonic() - started
+    if code == STOPPED_BY_SIGTERM:
+        say(f"STOPPED {run.name} by SIGTERM after {elapsed:.0f} s; its log says how far it got: {log}")
+        return Outcome(run, "stopped", log)
     if code != 0:
         say(f"FAILED {run.name} (exit code {code} after {elapsed:.0f} s); log: {log}")
+        return Outcome(run, "failed", log)
+    reached = run.finished_frames()
+    if reached is None or reached < run.frames:
+        say(f"FAILED {run.name}: it exited 0 after {elapsed:.0f} s but no final_eval.json reports {run.frames:,} frames; log: {log}")
         return Outcome(run, "failed", log)
     say(f"done   {run.name} in {elapsed:.0f} s")
     return Outcome(run, "finished", log)
 
 
 def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -> list[Outcome]:
-    """Run the grid ``parallel`` at a time; raises :class:`SweepError` naming the logs of failed runs."""
+    """Run the grid ``parallel`` at a time; raises :class:`SweepError` naming the logs of failed and stopped runs."""
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: give at least 1")
     cores = os.cpu_count() or 1
@@ -253,8 +263,17 @@ def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -
     with ThreadPoolExecutor(parallel) as pool:
         outcomes = list(pool.map(lambda r: run_one(r, extra), runs))
     failed = [o for o in outcomes if o.status == "failed"]
+    stopped = [o for o in outcomes if o.status == "stopped"]
+    problems = []
     if failed:
-        raise SweepError(f"{len(failed)} of {len(runs)} runs failed; see their logs: {', '.join(str(o.log) for o in failed)}")
+        problems.append(f"{len(failed)} of {len(runs)} runs failed; see their logs: {', '.join(str(o.log) for o in failed)}")
+    if stopped:
+        problems.append(
+            f"{len(stopped)} of {len(runs)} runs were stopped by SIGTERM before their last frame "
+            f"({', '.join(o.run.name for o in stopped)}); run the same hcmarl sweep again to continue them from their last.ckpt"
+        )
+    if problems:
+        raise SweepError("; ".join(problems))
     return outcomes
 
 

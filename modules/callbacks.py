@@ -1,5 +1,5 @@
-"""Lightning callbacks: a progress bar in frames, a throughput meter for ``hcmarl bench``, and episode
-videos for ``--render``."""
+"""Lightning callbacks: a progress bar in frames, a report of a run stopped by SIGTERM, a throughput meter for
+``hcmarl bench``, and episode videos for ``--render``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
 
 from hcmarl.datamodules.protocols import require_policy_source
@@ -73,6 +74,33 @@ class FramesProgressBar(ProgressBar):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class SigtermReport(Callback):
+    """Says how far a run stopped by SIGTERM got and how to continue it.
+
+    On SIGTERM Lightning finishes the running iteration, saves its checkpoint and raises ``SIGTERMException``
+    (a ``SystemExit`` with code 0); :func:`hcmarl.modules.cli.main` turns it into exit code
+    ``STOPPED_BY_SIGTERM``. An evaluation cut short leaves that iteration unsaved, so the frames reported as
+    saved are those of the last checkpoint written, not the datamodule's count.
+    """
+
+    def __init__(self) -> None:
+        self.saved_frames: int | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.saved_frames = onpolicy_data(trainer).frames
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not (isinstance(exception, SIGTERMException) and trainer.is_global_zero):
+            return
+        data = onpolicy_data(trainer)
+        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback is not None else ""  # type: ignore[attr-defined]
+        if self.saved_frames is None or not last:
+            tail = "no checkpoint was written, so the run starts afresh when run again"
+        else:
+            tail = f"{last} holds {self.saved_frames:,} frames: add --ckpt_path {last} to the same command to continue (hcmarl sweep does so itself)"
+        print(f"hcmarl: stopped by SIGTERM after {data.frames:,} of {data.total_frames:,} frames; {tail}", file=sys.stderr, flush=True)
 
 
 class ThroughputMeter(Callback):

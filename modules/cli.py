@@ -29,9 +29,10 @@ import yaml
 from jsonargparse import ActionYesNo, set_parsing_settings
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hcmarl.datamodules.onpolicy import OnPolicyDataModule, iterations_for
-from hcmarl.errors import ConfigError, HcmarlError
+from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, HcmarlError
 from hcmarl.evaluation import check_evaluation_actions
 from hcmarl.modules.base_config import config_files, with_base
 from hcmarl.modules.checkpoint_check import check_checkpoint
@@ -236,7 +237,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
     """The CLI object (``run=False`` only parses and instantiates, for tests and Python use)."""
     from hcmarl.datamodules import OnPolicyDataModule
     from hcmarl.modules import MARLModule
-    from hcmarl.modules.callbacks import FramesProgressBar
+    from hcmarl.modules.callbacks import FramesProgressBar, SigtermReport
     from hcmarl.modules.evaluation import EvaluationRecorder
 
     # recipes write ${data.env}, not ${fit.data.env}: interpolation is relative to the subcommand
@@ -251,7 +252,12 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HcmarlCLI:
             "log_every_n_steps": 1,
             "num_sanity_val_steps": 0,
             "enable_model_summary": False,
-            "callbacks": [FramesProgressBar(), ModelCheckpoint(save_on_train_epoch_end=True, save_last=True), EvaluationRecorder()],
+            "callbacks": [
+                FramesProgressBar(),
+                ModelCheckpoint(save_on_train_epoch_end=True, save_last=True),
+                EvaluationRecorder(),
+                SigtermReport(),
+            ],
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hcmarl"}},
         },
         save_config_kwargs={"overwrite": True},
@@ -333,7 +339,8 @@ def print_help(args: list[str] | None) -> None:
 def main(args: list[str] | None = None) -> None:
     """Console entry point: ``report`` and ``sweep`` go to their own parsers, the rest to the Lightning CLI.
 
-    Errors a user can fix print one line and exit with code 2.
+    Errors a user can fix print one line and exit with code 2; a fit stopped by SIGTERM (``SigtermReport`` says
+    how far it got) exits with ``STOPPED_BY_SIGTERM``.
     """
     torch.set_float32_matmul_precision("high")
     quiet_third_party()
@@ -351,6 +358,8 @@ def main(args: list[str] | None = None) -> None:
             sweep_main(argv[1:])
         else:
             build_cli(args)
+    except SIGTERMException:
+        sys.exit(STOPPED_BY_SIGTERM)
     except Exception as err:
         cause = user_error(err)
         if cause is None:

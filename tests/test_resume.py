@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import TINY, final_eval, recipe
 
+from hcmarl.errors import STOPPED_BY_SIGTERM
 from hcmarl.modules.cli import main
 
 FRAMES_PER_ITERATION = 4 * 8  # TINY: 4 envs x 8 steps
@@ -27,14 +28,16 @@ from lightning.pytorch.callbacks import Callback
 
 
 class KillAt(Callback):
-    """kill -9 the process at the end of iteration ``epoch``: after its rows are logged, before its checkpoint."""
+    """Send ``signal`` (kill -9 unless told) to the process at the end of iteration ``epoch``: after its rows are
+    logged, before its checkpoint."""
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, epoch: int, signal: str = "SIGKILL") -> None:
         self.epoch = epoch
+        self.signal = signal
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # ModelCheckpoint saves after the other callbacks
         if trainer.current_epoch == self.epoch:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, self.signal))
 '''
 
 
@@ -50,6 +53,31 @@ def column(rows: list[dict[str, str]], key: str, where: str) -> list[float]:
 
 def fit(*overrides: str) -> None:
     main(["fit", "--config", recipe("mappo/coordsum_3x10"), *TINY, *overrides])
+
+
+def test_a_run_stopped_by_sigterm_says_so_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM during iteration 5: Lightning finishes it and saves its checkpoint; hcmarl then names the frames
+    and the checkpoint, writes no final_eval.json, and exits 143 (not 0, which would read as finished)."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    stopped = subprocess.run(
+        [sys.executable, "-m", "hcmarl.modules.cli", "fit", "--config", recipe("mappo/coordsum_3x10"), *TINY]
+        + ["--data.total_frames", str(10 * FRAMES_PER_ITERATION), "--trainer.enable_progress_bar", "false"]
+        + ["--trainer.callbacks+=killer.KillAt", "--trainer.callbacks.epoch=5", "--trainer.callbacks.signal=SIGTERM"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert stopped.returncode == STOPPED_BY_SIGTERM == 143, stopped.stderr[-3000:]
+    run_dir = tmp_path / RUNS / "version_0"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 5  # iteration 5 ran to its end and was saved
+    frames = 6 * FRAMES_PER_ITERATION
+    message = f"hcmarl: stopped by SIGTERM after {frames} of {10 * FRAMES_PER_ITERATION} frames; {ckpt.relative_to(tmp_path)} holds {frames} frames"
+    assert message in stopped.stderr and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert not (run_dir / "final_eval.json").exists()
 
 
 def test_a_run_killed_and_resumed_is_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -119,6 +147,7 @@ def test_the_run_folder_guard_lets_a_resume_in_and_keeps_a_new_run_out(
 
 RESUME_W_AND_B = """
 from pathlib import Path
+from hcmarl.errors import STOPPED_BY_SIGTERM
 from hcmarl.modules.cli import main
 base = ["fit", "--config", {recipe!r}, *{tiny!r}, "--trainer.logger", "hcmarl.modules.loggers.WandbLogger",
         "--trainer.logger.init_args.save_dir", "wb"]

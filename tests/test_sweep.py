@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import hcmarl.sweep as sweep
-from hcmarl.errors import ConfigError
+from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError
 from hcmarl.modules.cli import main
 from hcmarl.sweep import check_extra, expand_grid, parse_seeds, parse_set
 
@@ -84,15 +84,27 @@ def _checkpoint(folder: Path, version: int) -> Path:
     return path
 
 
+def _argument(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+def _write_final_eval(cmd: list[str], frames: int) -> None:
+    """What a fit run writes at its end: final_eval.json in the run folder its command names."""
+    logger = "--trainer.logger.init_args."
+    folder = Path(_argument(cmd, logger + "save_dir")) / _argument(cmd, logger + "name")
+    _finished(folder, int(_argument(cmd, logger + "version")), frames)
+
+
 @pytest.fixture
 def fake_fit(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Replace the training subprocess: record each command and succeed."""
+    """Replace the training subprocess: record each command and succeed, writing the requested frames' final_eval.json."""
     commands: list[list[str]] = []
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the sweep gives each run one thread whatever the caller has
 
     def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
         commands.append(cmd)
         assert kwargs["env"]["OMP_NUM_THREADS"] == "1"
+        _write_final_eval(cmd, int(_argument(cmd, "--data.total_frames")))
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(sweep.subprocess, "run", run)
@@ -148,6 +160,31 @@ def test_failed_run_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monke
     err = capsys.readouterr().err
     assert "exceeds the 1 CPU cores" in err
     assert "hcmarl: error: 2 of 2 runs failed" in err and str(tmp_path.resolve() / "mappo/coordsum_3x10/seed0/fit.log") in err
+
+
+def test_a_run_stopped_by_sigterm_or_short_of_its_frames_is_not_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Seed 0 is stopped by SIGTERM (exit 143, no final_eval.json), seed 1 exits 0 but its final_eval.json is
+    short of the frames, seed 2 finishes: the sweep names the first two and exits 2."""
+
+    def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+        seed = _argument(cmd, "--seed_everything")
+        if seed == "0":
+            return subprocess.CompletedProcess(cmd, STOPPED_BY_SIGTERM)
+        _write_final_eval(cmd, 32 if seed == "1" else 64)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0-2", "--frames", "64", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "STOPPED mappo/coordsum_3x10/seed0 by SIGTERM" in captured.out
+    assert "FAILED mappo/coordsum_3x10/seed1: it exited 0" in captured.out and "no final_eval.json reports 64 frames" in captured.out
+    assert "done   mappo/coordsum_3x10/seed2" in captured.out and " trained, " not in captured.out
+    assert "1 of 3 runs failed; see their logs: " + str(tmp_path.resolve() / "mappo/coordsum_3x10/seed1/fit.log") in captured.err
+    assert "1 of 3 runs were stopped by SIGTERM before their last frame (mappo/coordsum_3x10/seed0); run the same hcmarl sweep again" in captured.err
 
 
 def test_a_damaged_final_eval_is_one_clear_error(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
