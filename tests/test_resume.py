@@ -147,7 +147,6 @@ def test_the_run_folder_guard_lets_a_resume_in_and_keeps_a_new_run_out(
 
 RESUME_W_AND_B = """
 from pathlib import Path
-from hcmarl.errors import STOPPED_BY_SIGTERM
 from hcmarl.modules.cli import main
 base = ["fit", "--config", {recipe!r}, *{tiny!r}, "--trainer.logger", "hcmarl.modules.loggers.WandbLogger",
         "--trainer.logger.init_args.save_dir", "wb"]
