@@ -46,6 +46,10 @@ class SweepError(HcmarlError, RuntimeError):
     """Runs of an ``hcmarl sweep`` failed; the message names their log files."""
 
 
+class SweepStopped(SweepError):
+    """SIGTERM stopped an ``hcmarl sweep`` and the runs it had under way; the CLI exits with ``STOPPED_BY_SIGTERM``."""
+
+
 RULES: dict[str, Callable[[float], bool]] = {
     "> 0": lambda v: v > 0,
     ">= 0": lambda v: v >= 0,

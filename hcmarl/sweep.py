@@ -10,7 +10,8 @@ back. Each run is ``python -m hcmarl.modules.cli fit ...`` in its own process wi
 (``OMP_NUM_THREADS=1``), ``--parallel`` at a time, its output appended to ``fit.log`` beside its
 versions. A run counts as trained only when its ``final_eval.json`` reports the requested frames; one that
 SIGTERM stopped (exit code ``STOPPED_BY_SIGTERM``) is reported as stopped, and the sweep ends with an error
-naming it. The sweep is resumable: a run whose ``final_eval.json`` (in any version) reports at least
+naming it. A SIGTERM to the sweep itself is passed on to the runs under way (each stops after its iteration and
+checkpoint), starts no further run, and ends the sweep with ``STOPPED_BY_SIGTERM``. The sweep is resumable: a run whose ``final_eval.json`` (in any version) reports at least
 the requested frames is skipped, a run with a ``last.ckpt`` continues from it in the same version
 (its ``metrics.csv`` continued after the checkpoint's iteration), and the others start afresh in a
 new version. The run folders need the CSV logger of recipes/base.yaml.
@@ -23,6 +24,7 @@ import itertools
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, SweepError
+from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, SweepError, SweepStopped
 from hcmarl.recipes import RECIPES_DIR
 from hcmarl.report.runs import read_final_eval, version_dirs
 
@@ -213,28 +215,66 @@ def expand_grid(config: str, seeds: Sequence[int], sets: Sequence[tuple[str, lis
 @dataclass(frozen=True)
 class Outcome:
     """What became of one run: ``skipped`` (already finished), ``finished``, ``stopped`` (by SIGTERM, to be
-    continued) or ``failed``."""
+    continued), ``not started`` (the sweep was stopped first) or ``failed``."""
 
     run: SweepRun
     status: str
     log: Path | None = None
 
 
-def run_one(run: SweepRun, extra: Sequence[str]) -> Outcome:
+class FitProcesses:
+    """The ``hcmarl fit`` processes a sweep has running, so that a SIGTERM to the sweep reaches them.
+
+    A scheduler or a user may signal the sweep's process alone (``kill <pid>``); its runs would then train on,
+    orphaned. :meth:`stop`, the sweep's SIGTERM handler, passes the signal on to every run under way (Lightning ends
+    each after its iteration and checkpoint, exit code ``STOPPED_BY_SIGTERM``) and lets no further run start.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopping = threading.Event()
+
+    def run(self, command: list[str], log: Path, env: dict[str, str]) -> int | None:
+        """Run ``command`` with its output appended to ``log``; its exit code, or None if the sweep is stopping."""
+        with self._lock:
+            if self.stopping.is_set():
+                return None
+            with open(log, "a") as f:
+                process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+            self._running.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self._lock:
+                self._running.discard(process)
+
+    def stop(self, signum: int, frame: object) -> None:
+        """The SIGTERM handler: start no run, and send SIGTERM to each one running."""
+        self.stopping.set()
+        with self._lock:
+            for process in self._running:
+                process.send_signal(signal.SIGTERM)
+
+
+def run_one(run: SweepRun, extra: Sequence[str], processes: FitProcesses) -> Outcome:
     """Train one grid point unless finished; its output goes to ``<folder>/fit.log``."""
     done = run.finished_frames()
     if done is not None and done >= run.frames:
         say(f"skip   {run.name}: finished, final_eval.json reports {done:,} frames >= {run.frames:,}")
         return Outcome(run, "skipped")
+    if processes.stopping.is_set():
+        return Outcome(run, "not started")
     checkpoint = run.last_checkpoint()
-    say(f"start  {run.name}" + (f" (resuming from {checkpoint})" if checkpoint else ""))
     run.folder.mkdir(parents=True, exist_ok=True)
     log = run.folder / "fit.log"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     started = time.monotonic()
-    with open(log, "a") as f:
-        code = subprocess.run(run.command(extra), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    say(f"start  {run.name}" + (f" (resuming from {checkpoint})" if checkpoint else ""))
+    code = processes.run(run.command(extra), log, env)
     elapsed = time.monotonic() - started
+    if code is None:
+        return Outcome(run, "not started")
     if code == STOPPED_BY_SIGTERM:
         say(f"STOPPED {run.name} by SIGTERM after {elapsed:.0f} s; its log says how far it got: {log}")
         return Outcome(run, "stopped", log)
@@ -250,7 +290,8 @@ def run_one(run: SweepRun, extra: Sequence[str]) -> Outcome:
 
 
 def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -> list[Outcome]:
-    """Run the grid ``parallel`` at a time; raises :class:`SweepError` naming the logs of failed and stopped runs."""
+    """Run the grid ``parallel`` at a time; raises :class:`SweepError` naming the logs of failed and stopped runs, or
+    :class:`SweepStopped` if the sweep itself received SIGTERM (from the main thread, where its handler is set)."""
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: give at least 1")
     cores = os.cpu_count() or 1
@@ -260,10 +301,25 @@ def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -
             "runs will share cores and each will be slower",
             file=sys.stderr,
         )
-    with ThreadPoolExecutor(parallel) as pool:
-        outcomes = list(pool.map(lambda r: run_one(r, extra), runs))
+    processes = FitProcesses()
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set a signal handler
+    previous = signal.signal(signal.SIGTERM, processes.stop) if in_main_thread else None
+    try:
+        with ThreadPoolExecutor(parallel) as pool:
+            outcomes = list(pool.map(lambda r: run_one(r, extra, processes), runs))
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     failed = [o for o in outcomes if o.status == "failed"]
     stopped = [o for o in outcomes if o.status == "stopped"]
+    if processes.stopping.is_set():
+        waiting = [o for o in outcomes if o.status == "not started"]
+        raise SweepStopped(
+            f"stopped by SIGTERM: {len(stopped)} of {len(runs)} runs stopped after their iteration under way "
+            f"({', '.join(o.run.name for o in stopped) or 'none'}), {len(waiting)} not started"
+            + (f", {len(failed)} failed ({', '.join(str(o.log) for o in failed)})" if failed else "")
+            + "; run the same hcmarl sweep again to continue from each run's last.ckpt"
+        )
     problems = []
     if failed:
         problems.append(f"{len(failed)} of {len(runs)} runs failed; see their logs: {', '.join(str(o.log) for o in failed)}")

@@ -32,7 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hcmarl.datamodules.onpolicy import OnPolicyDataModule, iterations_for
-from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, HcmarlError
+from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, HcmarlError, SweepStopped
 from hcmarl.evaluation import check_evaluation_actions
 from hcmarl.modules.base_config import config_files, with_base
 from hcmarl.modules.checkpoint_check import check_checkpoint
@@ -359,6 +359,9 @@ def main(args: list[str] | None = None) -> None:
         else:
             build_cli(args)
     except SIGTERMException:
+        sys.exit(STOPPED_BY_SIGTERM)
+    except SweepStopped as err:
+        print(f"hcmarl sweep: {err}", file=sys.stderr)
         sys.exit(STOPPED_BY_SIGTERM)
     except Exception as err:
         cause = user_error(err)

@@ -18,6 +18,28 @@ TINY_TRAINING = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--trainer
 TINY = [*TINY_TRAINING, "--data.eval_episodes", "2"]
 """Tiny runs under the hcmarl protocol; a preset (magpo, hcpo) fixes its evaluations' episodes and refuses others."""
 
+KILLER = '''
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAt(Callback):
+    """Send ``signal`` (kill -9 unless told) to the process (``target: parent``: to its parent) at the end of
+    iteration ``epoch``: after its rows are logged, before its checkpoint."""
+
+    def __init__(self, epoch: int, signal: str = "SIGKILL", target: str = "self") -> None:
+        self.epoch = epoch
+        self.signal = signal
+        self.target = target
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # ModelCheckpoint saves after the other callbacks
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getppid() if self.target == "parent" else os.getpid(), getattr(signal, self.signal))
+'''
+"""A Lightning callback module (write it to ``killer.py`` on the run's PYTHONPATH) that signals a run mid-training."""
+
 
 def recipe(name: str) -> str:
     return str(RECIPES_DIR / f"{name}.yaml")

@@ -12,33 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, final_eval, recipe
+from conftest import KILLER, TINY, final_eval, recipe
 
 from hcmarl.errors import STOPPED_BY_SIGTERM
 from hcmarl.modules.cli import main
 
 FRAMES_PER_ITERATION = 4 * 8  # TINY: 4 envs x 8 steps
 RUNS = Path("runs/mappo/coordsum/3x10")
-
-KILLER = '''
-import os
-import signal
-
-from lightning.pytorch.callbacks import Callback
-
-
-class KillAt(Callback):
-    """Send ``signal`` (kill -9 unless told) to the process at the end of iteration ``epoch``: after its rows are
-    logged, before its checkpoint."""
-
-    def __init__(self, epoch: int, signal: str = "SIGKILL") -> None:
-        self.epoch = epoch
-        self.signal = signal
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:  # ModelCheckpoint saves after the other callbacks
-        if trainer.current_epoch == self.epoch:
-            os.kill(os.getpid(), getattr(signal, self.signal))
-'''
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

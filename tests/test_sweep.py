@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import KILLER
 
 import hcmarl.sweep as sweep
 from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError
@@ -95,20 +100,39 @@ def _write_final_eval(cmd: list[str], frames: int) -> None:
     _finished(folder, int(_argument(cmd, logger + "version")), frames)
 
 
-@pytest.fixture
-def fake_fit(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Replace the training subprocess: record each command and succeed, writing the requested frames' final_eval.json."""
-    commands: list[list[str]] = []
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the sweep gives each run one thread whatever the caller has
+class EndedFit:
+    """What the fake ``subprocess.Popen`` returns: a fit that has already ended with ``code``."""
 
-    def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def wait(self) -> int:
+        return self.code
+
+    def send_signal(self, signum: int) -> None:
+        raise AssertionError("only a stopped sweep signals its runs")
+
+
+def fake_fits(monkeypatch: pytest.MonkeyPatch, fit: Callable[[list[str]], int]) -> list[list[str]]:
+    """Replace the training subprocess by ``fit(command)``, which does what the run would and gives its exit code;
+    return the list the commands are recorded in."""
+    commands: list[list[str]] = []
+
+    def popen(cmd: list[str], **kwargs) -> EndedFit:
         commands.append(cmd)
         assert kwargs["env"]["OMP_NUM_THREADS"] == "1"
-        _write_final_eval(cmd, int(_argument(cmd, "--data.total_frames")))
-        return subprocess.CompletedProcess(cmd, 0)
+        code = fit(cmd)
+        return EndedFit(code)
 
-    monkeypatch.setattr(sweep.subprocess, "run", run)
+    monkeypatch.setattr(sweep.subprocess, "Popen", popen)
     return commands
+
+
+@pytest.fixture
+def fake_fit(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every run succeeds, writing the requested frames' final_eval.json."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the sweep gives each run one thread whatever the caller has
+    return fake_fits(monkeypatch, lambda cmd: _write_final_eval(cmd, int(_argument(cmd, "--data.total_frames"))) or 0)
 
 
 def test_finished_runs_are_skipped_and_cut_runs_resume(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
@@ -152,7 +176,7 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, fake_fit: list
 
 
 def test_failed_run_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, **kwargs: subprocess.CompletedProcess(cmd, 1))
+    fake_fits(monkeypatch, lambda cmd: 1)
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: 1)
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0,1", "--frames", "64", "--out", str(tmp_path), "--parallel", "2"])
@@ -168,14 +192,14 @@ def test_a_run_stopped_by_sigterm_or_short_of_its_frames_is_not_done(
     """Seed 0 is stopped by SIGTERM (exit 143, no final_eval.json), seed 1 exits 0 but its final_eval.json is
     short of the frames, seed 2 finishes: the sweep names the first two and exits 2."""
 
-    def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    def fit(cmd: list[str]) -> int:
         seed = _argument(cmd, "--seed_everything")
         if seed == "0":
-            return subprocess.CompletedProcess(cmd, STOPPED_BY_SIGTERM)
+            return STOPPED_BY_SIGTERM
         _write_final_eval(cmd, 32 if seed == "1" else 64)
-        return subprocess.CompletedProcess(cmd, 0)
+        return 0
 
-    monkeypatch.setattr(sweep.subprocess, "run", run)
+    fake_fits(monkeypatch, fit)
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0-2", "--frames", "64", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
@@ -211,7 +235,7 @@ def test_a_real_sweep_trains_then_skips(tmp_path: Path, monkeypatch: pytest.Monk
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(sweep.subprocess, "run", no_training)
+    monkeypatch.setattr(sweep.subprocess, "Popen", no_training)
     main(argv)
     assert "skip   mappo/coordsum_3x10/seed0: finished" in capsys.readouterr().out
 
@@ -227,3 +251,30 @@ def test_a_real_sweep_trains_then_skips(tmp_path: Path, monkeypatch: pytest.Monk
     assert json.loads((folder / "final_eval.json").read_text())["frames"] == 96
     with open(folder / "metrics.csv") as f:
         assert [float(r["frames"]) for r in csv.DictReader(f) if r["frames"]] == [32, 64, 96]
+
+
+def test_a_sweep_stopped_by_sigterm_stops_its_runs_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM to the sweep's process alone (seed 0's fit sends it to its parent in iteration 3): the sweep passes it
+    on, seed 0 stops after that iteration with its checkpoint, seed 1 never starts, and the sweep exits 143 saying
+    so (a rerun continues from the checkpoint: test_a_real_sweep_trains_then_skips)."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    frames = 10 * 4 * 8  # 10 iterations of TINY_FIT's 4 envs x 8 steps
+    sweep_command = [sys.executable, "-m", "hcmarl.modules.cli", "sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0-1"]
+    sweep_command += ["--frames", str(frames), "--out", str(tmp_path / "sweep"), "--", *TINY_FIT]
+    killer = ["--trainer.callbacks+=killer.KillAt", "--trainer.callbacks.epoch=3", "--trainer.callbacks.signal=SIGTERM"]
+    stopped = subprocess.run(
+        [*sweep_command, *killer, "--trainer.callbacks.target=parent"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert stopped.returncode == STOPPED_BY_SIGTERM, stopped.stderr[-3000:]
+    assert "STOPPED mappo/coordsum_3x10/seed0 by SIGTERM" in stopped.stdout and "seed1" not in stopped.stdout
+    assert (
+        "hcmarl sweep: stopped by SIGTERM: 1 of 2 runs stopped after their iteration under way (mappo/coordsum_3x10/seed0), 1 not started"
+        in stopped.stderr
+    )
+    assert "Traceback" not in stopped.stderr
+    seed0 = tmp_path / "sweep/mappo/coordsum_3x10/seed0/version_0"
+    assert torch.load(seed0 / "checkpoints/last.ckpt", weights_only=False)["epoch"] == 3
+    log = (seed0.parent / "fit.log").read_text()
+    assert f"hcmarl: stopped by SIGTERM after {4 * 32} of {frames} frames" in log
+    assert not (tmp_path / "sweep/mappo/coordsum_3x10/seed1").exists()
