@@ -10,7 +10,8 @@ from typing import Any
 
 STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
 """``hcmarl fit``'s exit code when SIGTERM stopped it after a finished iteration and its checkpoint (the shell's
-128 + signal number); ``hcmarl sweep`` reads it as a run to continue, not a failure."""
+128 + signal number); ``hcmarl sweep`` reads it as a run to continue, not a failure, and exits with it when SIGTERM
+stops the sweep itself."""
 
 
 class HcmarlError(Exception):

@@ -340,7 +340,7 @@ def main(args: list[str] | None = None) -> None:
     """Console entry point: ``report`` and ``sweep`` go to their own parsers, the rest to the Lightning CLI.
 
     Errors a user can fix print one line and exit with code 2; a fit stopped by SIGTERM (``SigtermReport`` says
-    how far it got) exits with ``STOPPED_BY_SIGTERM``.
+    how far it got) exits with ``STOPPED_BY_SIGTERM``, as does a sweep stopped by SIGTERM (:class:`SweepStopped`).
     """
     torch.set_float32_matmul_precision("high")
     quiet_third_party()
