@@ -255,7 +255,7 @@ def test_a_real_sweep_trains_then_skips(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_a_sweep_stopped_by_sigterm_stops_its_runs_and_exits_143(tmp_path: Path) -> None:
     """SIGTERM to the sweep's process alone (seed 0's fit sends it to its parent in iteration 3): the sweep passes it
-    on, seed 0 stops after that iteration with its checkpoint, seed 1 never starts, and the sweep exits 143 saying
+    on, seed 0 stops after that iteration (or the next) with its checkpoint, seed 1 never starts, and the sweep exits 143 saying
     so (a rerun continues from the checkpoint: test_a_real_sweep_trains_then_skips)."""
     (tmp_path / "killer.py").write_text(KILLER)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
@@ -274,7 +274,8 @@ def test_a_sweep_stopped_by_sigterm_stops_its_runs_and_exits_143(tmp_path: Path)
     )
     assert "Traceback" not in stopped.stderr
     seed0 = tmp_path / "sweep/mappo/coordsum_3x10/seed0/version_0"
-    assert torch.load(seed0 / "checkpoints/last.ckpt", weights_only=False)["epoch"] == 3
     log = (seed0.parent / "fit.log").read_text()
-    assert f"hcmarl: stopped by SIGTERM after {4 * 32} of {frames} frames" in log
+    # the fit stops after iteration 3, or 4 if the forwarded signal came after Lightning's check at the end of 3
+    (reached,) = [f for f in (4 * 32, 5 * 32) if f"hcmarl: stopped by SIGTERM after {f} of {frames} frames" in log]
+    assert torch.load(seed0 / "checkpoints/last.ckpt", weights_only=False)["epoch"] == reached // 32 - 1
     assert not (tmp_path / "sweep/mappo/coordsum_3x10/seed1").exists()
