@@ -273,3 +273,19 @@ def test_a_trust_region_guider_steps_alone_then_sequential_learners_imitate_the_
             torch.testing.assert_close(value, getattr(reference, role).state_dict()[name], atol=1e-6, rtol=1e-5, msg=f"{role}.{name}")
     moved = {name for name, value in module.guider.state_dict().items() if not torch.equal(value, guider_before.state_dict()[name])}
     assert moved and not any(name.startswith("network.value_head") for name in moved)  # the critic role gives the values
+
+
+def test_a_checkpoint_whose_swiglu_trained_is_refused_by_the_papers_zero_swiglu(run_cli, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """The paper's Sable never computes its zero SwiGLU (``hcmarl.nn.layers.ZeroSwiGLU``), so a checkpoint whose SwiGLU
+    trained (``feed_forward_init: default``) must not load into it: exit 2, one message naming the setting."""
+    few = ["--model.guider.init_args.constraint.init_args.minibatches", "2", "--data.protocol", "hcmarl"]  # 2 evaluation episodes
+    trained = ["--model.guider.init_args.network.init_args.feed_forward_init", "default"]
+    run_cli("fit", "sable/coordsum_3x10", "--data.total_frames", "32", *few, *trained)
+    (ckpt,) = run_dirs(tmp_path)[0].rglob("last.ckpt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("validate", "sable/coordsum_3x10", "--ckpt_path", str(ckpt), *few)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and "Traceback" not in captured.err + captured.out
+    assert "holds a trained SwiGLU" in captured.err and "feed_forward_init: default" in captured.err
+    run_cli("validate", "sable/coordsum_3x10", "--ckpt_path", str(ckpt), *few, *trained)  # with its own setting it loads

@@ -3,6 +3,7 @@ and the paper's guider's training (chunkwise) form against its acting (recurrent
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from test_retention import CHUNKED_STARTS, act_rollout, reference_retention
 from torch import nn
 
 from hcmarl.envs.base import EnvInfo
+from hcmarl.errors import ConfigError
 from hcmarl.keys import ACTION, ACTION_MASK, IS_INIT, LOG_PROB, OBSERVATION
 from hcmarl.nn import SableGuider
 from hcmarl.nn.layers import RMSNorm, SwiGLU
@@ -49,14 +51,67 @@ def test_swiglu_is_the_gated_product_without_biases() -> None:
     assert torch.allclose(wide(x), expected, atol=1e-6)
 
 
-def test_zero_initialised_swiglu_outputs_zero_and_never_moves() -> None:
-    """Mava's initialisation: every matrix zero, hence every gradient zero too (why the paper's code's SwiGLU stays 0)."""
-    ff = SwiGLU(6, zero_init=True)
+def test_zero_matrices_make_a_swiglu_output_zero_with_zero_gradients() -> None:
+    """Mava's initialisation, computed out: every matrix zero gives a zero output and a zero gradient for every matrix
+    (why the paper's code's SwiGLU stays 0, and why ``zero_init`` may freeze it)."""
+    ff = SwiGLU(6)
+    with torch.no_grad():
+        for p in ff.parameters():
+            p.zero_()
     x = torch.randn(5, 6, requires_grad=True)
     out = ff(x)
     assert torch.equal(out, torch.zeros_like(out))
     (out.sum() + (out * x).sum()).backward()
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in ff.parameters())
+
+
+def test_a_zero_initialised_swiglu_is_frozen_at_zero_and_refuses_trained_weights() -> None:
+    """Its output and its matrices' gradients are zeros (as computed out above), no gradient reaches its input, and a
+    state dict with non-zero matrices is refused."""
+    ff = SwiGLU(6, zero_init=True)
+    x = torch.randn(5, 6, requires_grad=True)
+    out = ff(x)
+    assert torch.equal(out, torch.zeros(5, 6))
+    (x.sum() + (out * x).sum()).backward()
+    assert all(torch.equal(p, torch.zeros_like(p)) and torch.equal(p.grad, torch.zeros_like(p)) for p in ff.parameters())
+    assert torch.equal(x.grad, torch.ones(5, 6))
+    blocks = nn.Sequential(ff)
+    blocks.load_state_dict(blocks.state_dict())  # zeros load
+    trained = {key: torch.randn_like(value) for key, value in blocks.state_dict().items()}
+    with pytest.raises(ConfigError, match="feed_forward_init: default"):
+        blocks.load_state_dict(trained)
+
+
+def test_the_frozen_swiglu_trains_the_paper_guider_as_the_computed_one_bit_for_bit() -> None:
+    """The paper's guider with its zero SwiGLUs frozen (``ZeroSwiGLU``), against the same guider computing them: the same
+    log-probabilities, values and, after three fused-Adam steps with a gradient-norm clip that binds (the guider's
+    update), the same parameters and Adam moments, exactly."""
+    torch.manual_seed(6)
+    frozen = SableGuider.paper(embed_dim=16, n_blocks=2, n_heads=2)
+    frozen.build(DISCRETE)
+    computed = copy.deepcopy(frozen)
+    for module in computed.modules():
+        if isinstance(module, SwiGLU):
+            module.frozen_at_zero = False
+    rollout, _ = act_rollout(frozen, DISCRETE, CHUNKED_STARTS, None)
+    advantages = torch.randn(*CHUNKED_STARTS.shape, DISCRETE.n_agents)
+    moments = []
+    for guider in (frozen, computed):
+        optimizer = torch.optim.Adam(guider.parameters(), lr=1e-2, eps=1e-5, fused=True)
+        for _ in range(3):
+            dist, values = guider(rollout, None)
+            loss = -(dist.log_prob(rollout.get(ACTION)) * advantages).mean() + values.square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            assert nn.utils.clip_grad_norm_(guider.parameters(), 0.05) > 0.05  # the clip binds
+            optimizer.step()
+        moments.append([(state["exp_avg"], state["exp_avg_sq"]) for state in optimizer.state_dict()["state"].values()])
+    assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), computed.state_dict().values(), strict=True))
+    assert len(moments[0]) == len(list(frozen.parameters()))
+    assert all(torch.equal(a, b) for pair, other in zip(*moments, strict=True) for a, b in zip(pair, other, strict=True))
+    dist, values = frozen(rollout, None)
+    computed_dist, computed_values = computed(rollout, None)
+    assert torch.equal(dist.logits, computed_dist.logits) and torch.equal(values, computed_values)
 
 
 def test_timestep_encoding_values() -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from hcmarl.errors import ConfigError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
@@ -117,9 +120,12 @@ class SwiGLU(nn.Module):
     """The gated feed-forward block of Shazeer 2020: ``(silu(x W_gate) * (x W_linear)) W_out``, no biases.
 
     ``hidden_dim`` defaults to ``embed_dim``: Mava's Sable builds its SwiGLU with a hidden layer as wide as the token, not
-    the usual 8/3 expansion. ``zero_init`` starts all three matrices at zero, as Mava does; note that without biases the
-    block then outputs zeros and every gradient of its weights is zero too, so it stays zero through training (Adam
-    moves nothing whose gradient is always zero). Otherwise each matrix has ``nn.Linear``'s default initialisation.
+    the usual 8/3 expansion. ``zero_init`` starts all three matrices at zero, as Mava does. Without biases the block
+    then outputs zeros and every gradient of its weights is zero, so no optimiser ever moves them (Adam moves nothing
+    whose gradient is always zero): such a block is frozen at zero. It returns its zero output and its matrices' zero
+    gradients without computing them (``ZeroSwiGLU``), the same numbers bit for bit at less of the paper's Sable's update
+    time (docs/algorithms/magpo.md, "Cost"); loading non-zero matrices into it raises ``ConfigError``. Otherwise each
+    matrix has ``nn.Linear``'s default initialisation.
     """
 
     def __init__(self, embed_dim: int, hidden_dim: int | None = None, zero_init: bool = False) -> None:
@@ -128,9 +134,39 @@ class SwiGLU(nn.Module):
         self.gate = nn.Linear(embed_dim, hidden, bias=False)
         self.linear = nn.Linear(embed_dim, hidden, bias=False)
         self.out = nn.Linear(hidden, embed_dim, bias=False)
+        self.frozen_at_zero = zero_init
         if zero_init:
             for layer in (self.gate, self.linear, self.out):
                 nn.init.zeros_(layer.weight)
+            self.register_load_state_dict_post_hook(refuse_trained_frozen_swiglu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frozen_at_zero:
+            return ZeroSwiGLU.apply(x, self.gate.weight, self.linear.weight, self.out.weight)
         return self.out(nn.functional.silu(self.gate(x)) * self.linear(x))
+
+
+class ZeroSwiGLU(torch.autograd.Function):
+    """A SwiGLU whose three matrices are zero, without its arithmetic: the output ``(silu(x 0) * (x 0)) 0 = 0`` and the
+    gradients of the matrices, ``0`` each (every one is a product with a zero matrix or a zero activation), as zeros;
+    no gradient reaches ``x`` (the computed block would pass it ``g 0^T = 0``). The gradients are returned, not skipped,
+    so that the optimiser and the gradient-norm clip see the same parameters as for the computed block."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        ctx.weight_shapes = [(w.shape, w.dtype, w.device) for w in weights]
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, *(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.weight_shapes))
+
+
+def refuse_trained_frozen_swiglu(module: nn.Module, incompatible_keys: Any) -> None:
+    """``SwiGLU``'s check after loading a state dict: a frozen (zero-initialised) block must still hold zeros."""
+    assert isinstance(module, SwiGLU)
+    if any(layer.weight.any() for layer in (module.gate, module.linear, module.out)):
+        raise ConfigError(
+            "the checkpoint holds a trained SwiGLU feed-forward, but this recipe's feed_forward_init: zeros keeps it at zero "
+            "(Mava's); load it with model.guider.network.feed_forward_init: default, the setting it was trained with"
+        )
