@@ -42,6 +42,8 @@ from hcmarl.report.runs import read_final_eval, version_dirs
 
 RESERVED = ("seed_everything", "data.total_frames", "ckpt_path", "config", "trainer.logger")
 """Keys the sweep sets itself: ``--seeds``, ``--frames``, resumption, ``--config``, the run folders."""
+RESUME_HINT = "run the same hcmarl sweep again to continue from each run's last.ckpt"
+"""The fix for stopped runs: a sweep resumes every unfinished run from its last checkpoint."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _print_lock = threading.Lock()
 
@@ -131,10 +133,11 @@ class SweepRun:
     def folder(self) -> Path:
         return self.out / self.name
 
-    def finished_frames(self) -> int | None:
-        """The most frames any version's ``final_eval.json`` reports, None if none finished."""
-        done = [final.get("frames", 0) for v in version_dirs(self.folder) if (final := read_final_eval(v))]
-        return max(done) if done else None
+    def finished(self) -> str | None:
+        """Why the run needs no more training (a version's ``final_eval.json`` reports at least ``frames``), or None if
+        it does."""
+        done = max((final.get("frames", 0) for v in version_dirs(self.folder) if (final := read_final_eval(v))), default=None)
+        return f"finished, final_eval.json reports {done:,} frames >= {self.frames:,}" if done is not None and done >= self.frames else None
 
     def last_checkpoint(self) -> Path | None:
         """The newest version's ``checkpoints/last.ckpt``, if any."""
@@ -259,9 +262,8 @@ class FitProcesses:
 
 def run_one(run: SweepRun, extra: Sequence[str], processes: FitProcesses) -> Outcome:
     """Train one grid point unless finished; its output goes to ``<folder>/fit.log``."""
-    done = run.finished_frames()
-    if done is not None and done >= run.frames:
-        say(f"skip   {run.name}: finished, final_eval.json reports {done:,} frames >= {run.frames:,}")
+    if finished := run.finished():
+        say(f"skip   {run.name}: {finished}")
         return Outcome(run, "skipped")
     if processes.stopping.is_set():
         return Outcome(run, "not started")
@@ -281,8 +283,7 @@ def run_one(run: SweepRun, extra: Sequence[str], processes: FitProcesses) -> Out
     if code != 0:
         say(f"FAILED {run.name} (exit code {code} after {elapsed:.0f} s); log: {log}")
         return Outcome(run, "failed", log)
-    reached = run.finished_frames()
-    if reached is None or reached < run.frames:
+    if not run.finished():
         say(f"FAILED {run.name}: it exited 0 after {elapsed:.0f} s but no final_eval.json reports {run.frames:,} frames; log: {log}")
         return Outcome(run, "failed", log)
     say(f"done   {run.name} in {elapsed:.0f} s")
@@ -318,7 +319,7 @@ def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -
             f"stopped by SIGTERM: {len(stopped)} of {len(runs)} runs stopped after their iteration under way "
             f"({', '.join(o.run.name for o in stopped) or 'none'}), {len(waiting)} not started"
             + (f", {len(failed)} failed ({', '.join(str(o.log) for o in failed)})" if failed else "")
-            + "; run the same hcmarl sweep again to continue from each run's last.ckpt"
+            + f"; {RESUME_HINT}"
         )
     problems = []
     if failed:
@@ -326,7 +327,7 @@ def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -
     if stopped:
         problems.append(
             f"{len(stopped)} of {len(runs)} runs were stopped by SIGTERM before their last frame "
-            f"({', '.join(o.run.name for o in stopped)}); run the same hcmarl sweep again to continue them from their last.ckpt"
+            f"({', '.join(o.run.name for o in stopped)}); {RESUME_HINT}"
         )
     if problems:
         raise SweepError("; ".join(problems))
@@ -372,11 +373,8 @@ def main(argv: list[str]) -> None:
     print(f"hcmarl sweep: {len(runs)} runs of {runs[0].recipe} into {runs[0].out}")
     if args.dry_run:
         for run in runs:
-            done = run.finished_frames()
-            if done is not None and done >= run.frames:
-                print(f"# skip {run.name}: finished, final_eval.json reports {done:,} frames >= {run.frames:,}")
-            else:
-                print(shlex.join(run.command(extra)))
+            finished = run.finished()
+            print(f"# skip {run.name}: {finished}" if finished else shlex.join(run.command(extra)))
         return
     outcomes = execute(runs, extra, args.parallel)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped")}

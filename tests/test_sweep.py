@@ -154,6 +154,8 @@ def test_finished_runs_are_skipped_and_cut_runs_resume(tmp_path: Path, fake_fit:
 
 
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
+    finished = expand_grid("mappo/coordsum_3x10", [1], [parse_set("data.num_envs=8")], tmp_path, frames=64)[0]
+    _finished(finished.folder, 0, 64)
     main(
         [
             "sweep",
@@ -172,7 +174,8 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, fake_fit: list
     )
     printed = capsys.readouterr().out.splitlines()
     assert fake_fit == [] and printed[0].startswith("hcmarl sweep: 4 runs")
-    assert sum("-m hcmarl.modules.cli fit" in line for line in printed) == 4
+    assert sum("-m hcmarl.modules.cli fit" in line for line in printed) == 3
+    assert f"# skip {finished.name}: finished, final_eval.json reports 64 frames >= 64" in printed
 
 
 def test_failed_run_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
