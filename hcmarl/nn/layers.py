@@ -154,12 +154,12 @@ class ZeroSwiGLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-        ctx.weight_shapes = [(w.shape, w.dtype, w.device) for w in weights]
+        ctx.save_for_backward(*weights)
         return torch.zeros_like(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (None, *(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.weight_shapes))
+        return (None, *(torch.zeros_like(w) for w in ctx.saved_tensors))
 
 
 def refuse_trained_frozen_swiglu(module: nn.Module, incompatible_keys: Any) -> None:
