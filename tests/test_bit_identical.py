@@ -13,7 +13,7 @@ pins one thread, and no single tolerance would tell a reordered reduction from a
 a refactor must reorder a reduction, measure it with ``make.py --check --atol ...`` and say so in its review.
 
 For the same reason a kind of CPU other than the one a set was recorded on needs its own set (``make.py``'s
-docstring; on an AMD EPYC with AVX512 the default set differs by 2e-7 to 4e-4): a CPU kind with a folder under
+docstring; on AMD EPYCs with AVX512 or AVX2 the default set differs by up to 4e-4): a CPU kind with a folder under
 ``machines/`` is compared with its own set, any other with the default one.
 """
 
@@ -37,8 +37,11 @@ _spec.loader.exec_module(make)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(make.CASES))
 def test_two_iterations_reproduce_the_fixture(name: str) -> None:
-    """Same keys, shapes, dtypes and values, exactly, as the parameters saved before the refactor."""
+    """Same keys, shapes, dtypes and values, exactly, as the parameters saved before the refactor (a case added later:
+    as its recorded reference; one without a fixture for this CPU kind is skipped, saying so)."""
     case = make.CASES[name]
+    if not case.path.exists():
+        pytest.skip(f"{name} has no fixture for this CPU kind ({make.machine_kind()}); make.py's CASES says where it has one")
     problem = make.first_difference(make.run_case(case), make.load_fixture(case))
     where = f"fixture {case.path.relative_to(make.FIXTURES_DIR)}, this CPU kind {make.machine_kind()}"
     assert problem is None, f"{name} ({' '.join([case.recipe, *case.overrides])}; {where}): {problem}"
