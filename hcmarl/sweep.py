@@ -6,8 +6,8 @@
 The grid is the cartesian product of every ``--set`` key's values, times the seeds. Run
 ``(values, seed)`` logs into ``<out>/<recipe>[/<key>=<value>,...]/seed<seed>/version_K`` (``key`` is
 the last part of the dotted name unless two keys share it), which ``hcmarl report <out>`` reads
-back. Each run is ``python -m hcmarl.modules.cli fit ...`` in its own process with one torch thread
-(``OMP_NUM_THREADS=1``), ``--parallel`` at a time, its output appended to ``fit.log`` beside its
+back. Each run is ``python -m hcmarl.modules.cli fit ...`` in its own process with ``--threads`` torch
+threads (``OMP_NUM_THREADS``, default 1), ``--parallel`` at a time, its output appended to ``fit.log`` beside its
 versions. A run counts as trained only when its ``final_eval.json`` reports the requested frames; one that
 SIGTERM stopped (exit code ``STOPPED_BY_SIGTERM``) is reported as stopped, and the sweep ends with an error
 naming it. A SIGTERM to the sweep itself is passed on to the runs under way (each stops after its iteration and
@@ -260,8 +260,8 @@ class FitProcesses:
                 process.send_signal(signal.SIGTERM)
 
 
-def run_one(run: SweepRun, extra: Sequence[str], processes: FitProcesses) -> Outcome:
-    """Train one grid point unless finished; its output goes to ``<folder>/fit.log``."""
+def run_one(run: SweepRun, extra: Sequence[str], processes: FitProcesses, threads: int = 1) -> Outcome:
+    """Train one grid point unless finished, with ``threads`` torch threads; its output goes to ``<folder>/fit.log``."""
     if finished := run.finished():
         say(f"skip   {run.name}: {finished}")
         return Outcome(run, "skipped")
@@ -270,7 +270,7 @@ def run_one(run: SweepRun, extra: Sequence[str], processes: FitProcesses) -> Out
     checkpoint = run.last_checkpoint()
     run.folder.mkdir(parents=True, exist_ok=True)
     log = run.folder / "fit.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.monotonic()
     say(f"start  {run.name}" + (f" (resuming from {checkpoint})" if checkpoint else ""))
     code = processes.run(run.command(extra), log, env)
@@ -290,16 +290,18 @@ def run_one(run: SweepRun, extra: Sequence[str], processes: FitProcesses) -> Out
     return Outcome(run, "finished", log)
 
 
-def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -> list[Outcome]:
-    """Run the grid ``parallel`` at a time; raises :class:`SweepError` naming the logs of failed and stopped runs, or
+def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1, threads: int = 1) -> list[Outcome]:
+    """Run the grid ``parallel`` at a time, ``threads`` torch threads each; raises :class:`SweepError` naming the logs of failed and stopped runs, or
     :class:`SweepStopped` if the sweep itself received SIGTERM (from the main thread, where its handler is set)."""
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: give at least 1")
+    if threads < 1:
+        raise ConfigError(f"--threads {threads}: give at least 1")
     cores = os.cpu_count() or 1
-    if parallel > cores:
+    if parallel * threads > cores:
         print(
-            f"hcmarl sweep: warning: --parallel {parallel} exceeds the {cores} CPU cores (os.cpu_count()); "
-            "runs will share cores and each will be slower",
+            f"hcmarl sweep: warning: --parallel {parallel} x --threads {threads} exceeds the {cores} CPU cores "
+            "(os.cpu_count()); runs will share cores and each will be slower",
             file=sys.stderr,
         )
     processes = FitProcesses()
@@ -307,7 +309,7 @@ def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1) -
     previous = signal.signal(signal.SIGTERM, processes.stop) if in_main_thread else None
     try:
         with ThreadPoolExecutor(parallel) as pool:
-            outcomes = list(pool.map(lambda r: run_one(r, extra, processes), runs))
+            outcomes = list(pool.map(lambda r: run_one(r, extra, processes, threads), runs))
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
@@ -357,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2",
         help="values of a config key to sweep (repeatable: the grid is their product)",
     )
-    parser.add_argument("--parallel", type=int, default=1, help="runs at a time, one CPU thread each (default: 1)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (default: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default: 1; a lone long run may take more cores)")
     parser.add_argument("--out", type=Path, default=Path("sweeps"), help="root of the run folders (default: sweeps)")
     parser.add_argument("--frames", type=int, default=None, help="frames per run (default: the recipe's data.total_frames)")
     parser.add_argument("--dry-run", action="store_true", help="print each run's status and command, run nothing")
@@ -376,6 +379,6 @@ def main(argv: list[str]) -> None:
             finished = run.finished()
             print(f"# skip {run.name}: {finished}" if finished else shlex.join(run.command(extra)))
         return
-    outcomes = execute(runs, extra, args.parallel)
+    outcomes = execute(runs, extra, args.parallel, args.threads)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped")}
     print(f"hcmarl sweep: {counts['finished']} trained, {counts['skipped']} already finished. Report: hcmarl report {args.out}")

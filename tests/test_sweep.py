@@ -113,14 +113,14 @@ class EndedFit:
         raise AssertionError("only a stopped sweep signals its runs")
 
 
-def fake_fits(monkeypatch: pytest.MonkeyPatch, fit: Callable[[list[str]], int]) -> list[list[str]]:
+def fake_fits(monkeypatch: pytest.MonkeyPatch, fit: Callable[[list[str]], int], threads: int = 1) -> list[list[str]]:
     """Replace the training subprocess by ``fit(command)``, which does what the run would and gives its exit code;
-    return the list the commands are recorded in."""
+    return the list the commands are recorded in. Each run must be given ``threads`` torch threads."""
     commands: list[list[str]] = []
 
     def popen(cmd: list[str], **kwargs) -> EndedFit:
         commands.append(cmd)
-        assert kwargs["env"]["OMP_NUM_THREADS"] == "1"
+        assert kwargs["env"]["OMP_NUM_THREADS"] == kwargs["env"]["MKL_NUM_THREADS"] == str(threads)
         code = fit(cmd)
         return EndedFit(code)
 
@@ -185,8 +185,25 @@ def test_failed_run_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monke
         main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0,1", "--frames", "64", "--out", str(tmp_path), "--parallel", "2"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "exceeds the 1 CPU cores" in err
+    assert "--parallel 2 x --threads 1 exceeds the 1 CPU cores" in err
     assert "hcmarl: error: 2 of 2 runs failed" in err and str(tmp_path.resolve() / "mappo/coordsum_3x10/seed0/fit.log") in err
+
+
+def test_threads_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """--threads N gives every run N torch threads, warns when the runs at a time need more cores than there are,
+    and refuses fewer than one."""
+    commands = fake_fits(monkeypatch, lambda cmd: _write_final_eval(cmd, 64) or 0, threads=2)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
+    main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "0,1", "--frames", "64", "--out", str(tmp_path), "--threads", "2"])
+    assert len(commands) == 2 and "exceeds" not in capsys.readouterr().err
+    main(
+        ["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "2,3", "--frames", "64", "--out", str(tmp_path), "--threads", "2", "--parallel", "2"]
+    )
+    assert len(commands) == 4
+    assert "--parallel 2 x --threads 2 exceeds the 2 CPU cores" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", "mappo/coordsum_3x10", "--seeds", "4", "--out", str(tmp_path), "--threads", "0"])
+    assert exit_info.value.code == 2 and "--threads 0: give at least 1" in capsys.readouterr().err and len(commands) == 4
 
 
 def test_a_run_stopped_by_sigterm_or_short_of_its_frames_is_not_done(
