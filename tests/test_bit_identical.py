@@ -41,7 +41,7 @@ def test_two_iterations_reproduce_the_fixture(name: str) -> None:
     as its recorded reference; one without a fixture for this CPU kind is skipped, saying so)."""
     case = make.CASES[name]
     if not case.path.exists():
-        pytest.skip(f"{name} has no fixture for this CPU kind ({make.machine_kind()}); make.py's CASES says where it has one")
+        pytest.skip(f"{name} has no fixture for this CPU kind ({make.machine_kind()}); kinds with one: {make.kinds_holding(case)}")
     problem = make.first_difference(make.run_case(case), make.load_fixture(case))
     where = f"fixture {case.path.relative_to(make.FIXTURES_DIR)}, this CPU kind {make.machine_kind()}"
     assert problem is None, f"{name} ({' '.join([case.recipe, *case.overrides])}; {where}): {problem}"
