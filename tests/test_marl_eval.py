@@ -236,8 +236,8 @@ def test_export_names_algorithms_by_their_labels(tmp_path: Path) -> None:
 def test_round_trip_keeps_curves_and_absolute_metrics(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     folders = [make_run(tmp_path / "runs", rng, "magpo", "smax/3m", seed, wins=True) for seed in (0, 1)]
-    file, notes = write_marl_eval([tmp_path / "runs"], tmp_path / "results.json")
-    assert notes == []
+    file, software, notes = write_marl_eval([tmp_path / "runs"], tmp_path / "results.json")
+    assert notes == [] and software is None  # no run recorded its software
     runs = sorted(read_marl_eval(file), key=lambda r: r.seed)
     assert [(r.algorithm, r.task, r.seed) for r in runs] == [("magpo", "smax/3m", 0), ("magpo", "smax/3m", 1)]
     for run, folder in zip(runs, folders, strict=True):
@@ -324,7 +324,7 @@ def test_absolute_scores_of_folders_and_imports(tmp_path: Path) -> None:
 
 def test_a_run_read_from_a_folder_and_its_export_is_refused(tmp_path: Path) -> None:
     make_run(tmp_path / "runs", np.random.default_rng(7), "mappo", "mamujoco/HalfCheetah-2x3", 0, wins=False)
-    file, _ = write_marl_eval([tmp_path / "runs"], tmp_path / "ours.json")
+    file = write_marl_eval([tmp_path / "runs"], tmp_path / "ours.json").file
     (run,) = read_marl_eval(file)
     assert run.task == "mamujoco/halfcheetah-2x3"  # marl-eval lower-cases names...
     with pytest.raises(RunDataError, match=r"mappo on mamujoco/HalfCheetah-2x3, seed 0 is read twice"):
@@ -346,9 +346,8 @@ def test_the_runs_software_travels_in_a_file_beside_the_marl_eval_file(tmp_path:
     record = {"hcmarl": "0.1.0 (git 0123456789ab)", "python": "3.11.7", "torch": "2.13.0+cpu", "jaxmarl": "0.2.0"}
     final = folders[0] / "final_eval.json"
     final.write_text(json.dumps(json.loads(final.read_text()) | {"software": record}))  # seed 1: a run from before the record
-    file, _ = write_marl_eval([tmp_path / "runs"], tmp_path / "out" / "results.json")
-    beside = software_file(file)
-    assert beside == tmp_path / "out" / "results.software.json"
+    file, beside, _ = write_marl_eval([tmp_path / "runs"], tmp_path / "out" / "results.json")
+    assert beside == software_file(file) == tmp_path / "out" / "results.software.json"
     assert json.loads(beside.read_text()) == {"smax": {"3m": {"magpo": {"seed_0": record}}}}
     assert "software" not in json.dumps(json.loads(file.read_text()))  # the marl-eval file keeps marl-eval's layout
     runs = sorted(read_marl_eval(file), key=lambda r: r.seed)
@@ -363,7 +362,7 @@ def test_the_runs_software_travels_in_a_file_beside_the_marl_eval_file(tmp_path:
     assert len(runs) == 2 and notes == [f"{beside}: the software records of a marl-eval file, read with that file, not as runs"]
 
     final.write_text(json.dumps({k: v for k, v in json.loads(final.read_text()).items() if k != "software"}))
-    write_marl_eval([tmp_path / "runs"], file)
+    assert write_marl_eval([tmp_path / "runs"], file).software is None
     assert not beside.exists()  # no run recorded any: a stale file is removed, not left to mislabel the runs
 
     beside.write_text(json.dumps({"smax": {"3m": {"magpo": {"seed_0": {"torch": 2}}}}}))

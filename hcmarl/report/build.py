@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hcmarl.report.discovery import discover, resolve_metric, split_incomplete
-from hcmarl.report.marl_eval import software_file, write_marl_eval
+from hcmarl.report.marl_eval import write_marl_eval
 from hcmarl.report.page import report_page
 from hcmarl.report.plots import Band, iqm_plot, learning_curves
 from hcmarl.report.published import published_table, read_published, unmatched
@@ -80,7 +80,7 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     written = [write_export(runs, Path(export))] if export is not None else []
     exported = write_marl_eval(paths, marl_eval, labels) if marl_eval is not None else None
-    written += [f for f in (exported[0], software_file(exported[0])) if f.exists()] if exported is not None else []
+    written += [f for f in (exported.file, exported.software) if f is not None] if exported is not None else []
     runs, incomplete = split_incomplete(runs)
     notes = notes + [f"{r.label}: its last evaluation is at {r.last_frames:,.0f} frames, earlier than its other seeds' last" for r in incomplete]
     tasks = sorted({r.task for r in runs})

@@ -43,7 +43,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hcmarl.errors import RunDataError
 from hcmarl.report.json_text import parse_json
@@ -331,17 +331,25 @@ def marl_eval_export(paths: Sequence[str | Path], labels: Mapping[str, str] | No
     return data, notes
 
 
-def write_marl_eval(paths: Sequence[str | Path], file: str | Path, labels: Mapping[str, str] | None = None) -> tuple[Path, list[str]]:
+class MarlEvalFiles(NamedTuple):
+    """What :func:`write_marl_eval` wrote: the marl-eval file, its software records beside it (None when no run
+    recorded any) and the export's notes."""
+
+    file: Path
+    software: Path | None
+    notes: list[str]
+
+
+def write_marl_eval(paths: Sequence[str | Path], file: str | Path, labels: Mapping[str, str] | None = None) -> MarlEvalFiles:
     """Write :func:`marl_eval_export` of ``paths`` (algorithms renamed by ``labels``) to ``file`` (JSON), and the runs'
-    software records beside it (:func:`software_file`; a stale one removed when no run recorded any); returns the
-    file and the export's notes."""
+    software records beside it (:func:`software_file`; a stale one removed when no run recorded any)."""
     data, software, notes = _export(paths, labels or {})
     path = Path(file)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
     beside = software_file(path)
-    if software:
-        beside.write_text(json.dumps(software, indent=1) + "\n")
-    else:
+    if not software:
         beside.unlink(missing_ok=True)
-    return path, notes
+        return MarlEvalFiles(path, None, notes)
+    beside.write_text(json.dumps(software, indent=1) + "\n")
+    return MarlEvalFiles(path, beside, notes)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hcmarl.provenance import describe
-from hcmarl.report.marl_eval import software_file
+from hcmarl.report.marl_eval import MarlEvalFiles
 from hcmarl.report.runs import Run
 from hcmarl.report.tables import Aggregate, aggregate_tables, scored_by_absolute_metric
 
@@ -79,7 +79,7 @@ def report_page(
     curve_images: Mapping[str, Path],
     iqm_image: Path | None,
     score_rules: Mapping[str, str],
-    marl_eval: tuple[Path, Sequence[str]] | None = None,
+    marl_eval: MarlEvalFiles | None = None,
     published: tuple[str, Sequence[str]] | None = None,
 ) -> str:
     """The page's Markdown; images are given as paths in the page's folder and linked by file name.
@@ -87,7 +87,7 @@ def report_page(
     ``final_table``: per task, each seed's median of its last ``last`` evaluations, or its absolute metric where every
     task is scored by it (``scored_by_absolute_metric``);
     ``score_rules``: per task, ``absolute`` or ``final`` (the aggregate's per-seed score); ``marl_eval``: the
-    marl-eval file written and the export's notes; ``published``: the table of published values beside the runs'
+    marl-eval file written, its software file and the export's notes; ``published``: the table of published values beside the runs'
     scores (:func:`hcmarl.report.published.published_table`) and the published tasks no run has."""
     lines = [
         f"# {title}",
@@ -102,11 +102,9 @@ def report_page(
     if notes:
         lines += ["Left out:", "", *[f"- {n}" for n in notes], ""]
     if marl_eval is not None:
-        file, export_notes = marl_eval
-        beside = software_file(file)
-        kept = f" (the runs' software records beside it: `{beside}`)" if beside.exists() else ""
-        lines += [f"Raw results in marl-eval's JSON layout: `{file}`{kept}.", ""]
-        lines += [*[f"- {n}" for n in export_notes], ""] if export_notes else []
+        kept = f" (the runs' software records beside it: `{marl_eval.software}`)" if marl_eval.software is not None else ""
+        lines += [f"Raw results in marl-eval's JSON layout: `{marl_eval.file}`{kept}.", ""]
+        lines += [*[f"- {n}" for n in marl_eval.notes], ""] if marl_eval.notes else []
     lines += _software_lines(runs)
     protocol, score = (
         ("MAGPO", _score_sentence(score_rules, last))
