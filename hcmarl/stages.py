@@ -80,7 +80,8 @@ def _flatten(tensor: torch.Tensor | None) -> torch.Tensor | None:
 class ConductorStage:
     """HCPO iteration, steps 2 and 3 (ALGORITHMS.md section 3): move w_Psi by its constraint on the flat batch, then
     leave the agents' initial factor and KL weights (``Conductor.agent_weights``) and the updated w_new(.|s_t) in the
-    context (one forward pass, which the local conductors' distillation reuses)."""
+    context (one forward pass, which the local conductors' distillation and the ``conductor/entropy`` diagnostic
+    reuse)."""
 
     conductor: Conductor
 
@@ -90,6 +91,8 @@ class ConductorStage:
             updated = self.conductor.central(context.batch)
         context.factor, context.kl_weight = self.conductor.agent_weights(context.batch, updated)
         context.central_probs = updated.probs
+        if self.conductor.learns:
+            metrics["conductor/entropy"] = updated.entropy().mean()
         return metrics
 
 

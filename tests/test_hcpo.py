@@ -248,6 +248,20 @@ def test_hcpo_recipe_logs_conductor_diagnostics_and_both_evaluations(run_cli, tm
     assert "eval/return" in printed and "eval/central/return" in printed
 
 
+def test_conductor_entropy_is_that_of_the_conductor_after_its_step() -> None:
+    """``conductor/entropy`` is the mean entropy of the updated w_Psi(.|s_t) on the batch (the one forward pass the
+    stage also hands the agents and the local conductors), not the rollout's w_old."""
+    module = _module(4, make_env("coordsum/3x10", num_envs=1, seed=0).info)
+    batch = _rollout(module)
+    before = torch.distributions.Categorical(probs=batch.get(CONDUCTOR_PROBS)).entropy().mean()
+    metrics, _ = _update_in_context(module, batch, seed=0)
+    assert metrics["conductor/accepted"] == 1.0  # w_Psi moved, so its entropy changed
+    with torch.no_grad():
+        after = module.conductor.network(batch).entropy().mean()
+    torch.testing.assert_close(metrics["conductor/entropy"], after)
+    assert abs(float(after - before)) > 1e-6
+
+
 def test_random_conductor_ablation_samples_uniformly_and_trains_no_conductor() -> None:
     env_info = make_env("coordsum/3x10", num_envs=1, seed=0).info
     module = _module(5, env_info)

@@ -187,10 +187,7 @@ class Conductor(nn.Module):
             return Evaluation(dist.log_prob(take_rows(instruction, idx)), dist.entropy(), dist)
 
         data = SurrogateBatch(batch.get(CONDUCTOR_LOG_PROB).unsqueeze(-1), batch.get(CONDUCTOR_ADVANTAGE).unsqueeze(-1))
-        metrics = self.constraint.update(evaluate, data, step)
-        with torch.no_grad():
-            metrics["entropy"] = self.network(batch).entropy().mean()
-        return metrics
+        return self.constraint.update(evaluate, data, step)
 
     @torch.no_grad()
     def agent_weights(self, batch: TensorDictBase, updated: Categorical) -> tuple[torch.Tensor, torch.Tensor | None]:
