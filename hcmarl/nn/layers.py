@@ -42,18 +42,23 @@ class AgentLinear(nn.Module):
         for g in range(n_groups):
             nn.init.orthogonal_(self.weight.data[g].T, gain=gain)
 
+    def group_index(self, agent: int | None) -> int | None:
+        """The one group g(i) that ``forward(x, agent)`` reads, or None when it reads every group (one parameter set
+        per agent and ``agent`` None)."""
+        return 0 if self.n_groups == 1 else agent
+
     def forward(self, x: torch.Tensor, agent: int | None = None) -> torch.Tensor:
-        if self.n_groups == 1 or agent is not None:
-            group = 0 if self.n_groups == 1 else agent
-            return x @ self.weight[group] + self.bias[group]
-        return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
+        group = self.group_index(agent)
+        if group is None:
+            return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
+        return x @ self.weight[group] + self.bias[group]
 
     def group_parameters(self, agent: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight ``[Gw, in, out]`` and bias ``[Gw, out]`` that ``forward(x, agent)`` reads: every group's
         (Gw = n_groups) when each agent has its own and ``agent`` is None, else the one group's (Gw = 1)."""
-        if agent is None and self.n_groups > 1:
+        group = self.group_index(agent)
+        if group is None:
             return self.weight, self.bias
-        group = 0 if self.n_groups == 1 or agent is None else agent
         return self.weight[group : group + 1], self.bias[group : group + 1]
 
     def agent_major(self, x: torch.Tensor) -> torch.Tensor:
