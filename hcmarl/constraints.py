@@ -335,6 +335,14 @@ def soft_target_cross_entropy(target_probs: torch.Tensor, logits: torch.Tensor) 
     return -(target_probs * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
 
 
+class Distilled(NamedTuple):
+    """What :meth:`Distill.update` leaves: its metrics, and the policy's prediction on the whole batch after the last
+    step (no gradient), which callers reuse rather than predict again."""
+
+    metrics: dict[str, torch.Tensor]
+    policy: torch.distributions.Categorical
+
+
 class Distill:
     """Moves a categorical policy towards a fixed target distribution by Adam (ALGORITHMS.md section 1, ``Distill``).
 
@@ -358,12 +366,11 @@ class Distill:
         self.minibatches = minibatches
         self.max_grad_norm = max_grad_norm
 
-    def update(
-        self, predict: Callable[[torch.Tensor], torch.distributions.Categorical], target_probs: torch.Tensor, step: GradientStep
-    ) -> dict[str, torch.Tensor]:
+    def update(self, predict: Callable[[torch.Tensor], torch.distributions.Categorical], target_probs: torch.Tensor, step: GradientStep) -> Distilled:
         """Fit ``predict(indices)`` (a categorical, batch ``[b, ...]``) to ``target_probs`` ``[B, ..., K]``.
 
-        Returns the mean training cross-entropy and, after the last step, the gap KL(target || policy) on the whole batch.
+        Metrics: the mean training cross-entropy and, after the last step, the gap KL(target || policy) on the whole
+        batch, from the policy's prediction there (returned with them).
         """
 
         def minibatch_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -374,6 +381,7 @@ class Distill:
         metrics = run_minibatches(target_probs.shape[0], self.epochs, self.minibatches, target_probs.device, minibatch_step)
         with torch.no_grad():
             everything = torch.arange(target_probs.shape[0], device=target_probs.device)
-            cross_entropy = soft_target_cross_entropy(target_probs, predict(everything).logits).mean()
+            policy = predict(everything)
+            cross_entropy = soft_target_cross_entropy(target_probs, policy.logits).mean()
             gap = cross_entropy - torch.special.entr(target_probs).sum(dim=-1).mean()
-        return metrics | {"kl": gap}
+        return Distilled(metrics | {"kl": gap}, policy)

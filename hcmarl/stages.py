@@ -233,5 +233,7 @@ class LocalConductorStage:
         if context.central_probs is None:
             raise RuntimeError("LocalConductorStage distils the updated central conductor: a ConductorStage must run before it")
         central_probs = context.central_probs.reshape(-1, context.central_probs.shape[-1])
-        metrics = prefixed("local", self.conductor.update_local(context.flat, context.steps["local"], central_probs))
-        return metrics | self.conductor.diagnostics(context.flat, central_probs)
+        distilled = self.conductor.update_local(context.flat, context.steps["local"], central_probs)
+        if distilled is None:  # the conductors do not learn
+            return self.conductor.diagnostics(context.flat, central_probs, None)
+        return prefixed("local", distilled.metrics) | self.conductor.diagnostics(context.flat, central_probs, distilled.policy)

@@ -139,10 +139,12 @@ def test_local_conductors_distil_the_central_one() -> None:
 
     initial = gap()
     optimizer = torch.optim.Adam(local.parameters(), lr=3e-3)
-    metrics = Distill(epochs=300, minibatches=4).update(lambda idx: local(td[idx]), target, GradientStep(optimizer))
+    metrics, policy = Distill(epochs=300, minibatches=4).update(lambda idx: local(td[idx]), target, GradientStep(optimizer))
     assert initial > 0.3
     assert gap() < 0.05 * initial, f"cross-entropy gap {float(gap()):.4f} (initially {float(initial):.4f})"
     torch.testing.assert_close(metrics["kl"], gap())
+    with torch.no_grad():
+        torch.testing.assert_close(policy.logits, local(td).logits)  # the prediction after the last step
 
 
 def _toy_td(batch: int, with_state: bool = True) -> TensorDict:
@@ -248,18 +250,25 @@ def test_hcpo_recipe_logs_conductor_diagnostics_and_both_evaluations(run_cli, tm
     assert "eval/return" in printed and "eval/central/return" in printed
 
 
-def test_conductor_entropy_is_that_of_the_conductor_after_its_step() -> None:
+def test_conductor_diagnostics_are_those_of_the_conductors_after_their_steps() -> None:
     """``conductor/entropy`` is the mean entropy of the updated w_Psi(.|s_t) on the batch (the one forward pass the
-    stage also hands the agents and the local conductors), not the rollout's w_old."""
+    stage also hands the agents and the local conductors), not the rollout's w_old; ``local/agreement`` compares its
+    argmax with the local conductors' after their distillation (the prediction the distillation ends with)."""
     module = _module(4, make_env("coordsum/3x10", num_envs=1, seed=0).info)
     batch = _rollout(module)
+    with torch.no_grad():
+        local_before = module.conductor.local(batch).probs.argmax(dim=-1)
     before = torch.distributions.Categorical(probs=batch.get(CONDUCTOR_PROBS)).entropy().mean()
     metrics, _ = _update_in_context(module, batch, seed=0)
     assert metrics["conductor/accepted"] == 1.0  # w_Psi moved, so its entropy changed
     with torch.no_grad():
-        after = module.conductor.network(batch).entropy().mean()
-    torch.testing.assert_close(metrics["conductor/entropy"], after)
-    assert abs(float(after - before)) > 1e-6
+        central = module.conductor.network(batch)
+        local_after = module.conductor.local(batch).probs.argmax(dim=-1)
+    torch.testing.assert_close(metrics["conductor/entropy"], central.entropy().mean())
+    assert abs(float(central.entropy().mean() - before)) > 1e-6
+    agreement = lambda local: (local == central.probs.argmax(dim=-1).unsqueeze(-1)).float().mean()  # noqa: E731
+    torch.testing.assert_close(metrics["local/agreement"], agreement(local_after))
+    assert agreement(local_after) != agreement(local_before)  # the distillation moved the local conductors' argmax
 
 
 def test_random_conductor_ablation_samples_uniformly_and_trains_no_conductor() -> None:

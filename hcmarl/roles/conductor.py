@@ -17,7 +17,7 @@ from tensordict import TensorDictBase
 from torch import nn
 from torch.distributions import Categorical
 
-from hcmarl.constraints import Constraint, Distill, Evaluation, SurrogateBatch
+from hcmarl.constraints import Constraint, Distill, Distilled, Evaluation, SurrogateBatch
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError, check_init_args
 from hcmarl.keys import (
@@ -207,26 +207,27 @@ class Conductor(nn.Module):
         index = instruction.unsqueeze(-1).unsqueeze(-1).expand(*local_probs.shape[:-1], 1)
         return new_log_prob.exp().unsqueeze(-1), local_probs.gather(-1, index).squeeze(-1)
 
-    def update_local(self, batch: TensorDictBase, step: GradientStep, central_probs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Distil each w_psi_i(.|o_i) from the updated w_Psi(.|s_t) by soft-target cross-entropy (HCPO iteration, step 5).
+    def update_local(self, batch: TensorDictBase, step: GradientStep, central_probs: torch.Tensor) -> Distilled | None:
+        """Distil each w_psi_i(.|o_i) from the updated w_Psi(.|s_t) by soft-target cross-entropy (HCPO iteration, step 5);
+        None when the conductors do not learn.
 
         ``central_probs`` ``[B, K]``: the updated w_Psi(.|s_t) on the flat ``batch`` (the target).
         """
         if not self.learns:
-            return {}
+            return None
         batch = batch.select(*self.local.in_keys)  # what the distillation indexes
         n_agents = batch.get(OBSERVATION).shape[-2]
         target = central_probs.unsqueeze(-2).expand(-1, n_agents, -1)  # [B, N, K]
         return self.distill.update(lambda idx: self.local(take_rows(batch, idx)), target, step)
 
     @torch.no_grad()
-    def diagnostics(self, batch: TensorDictBase, central_probs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Instruction usage (fraction of steps with M_t = k) and the local-central argmax agreement on the flat ``batch``
-        (``central_probs`` ``[B, K]``: the updated w_Psi(.|s_t) on it)."""
+    def diagnostics(self, batch: TensorDictBase, central_probs: torch.Tensor, local: Categorical | None) -> dict[str, torch.Tensor]:
+        """Instruction usage (fraction of steps with M_t = k) on the flat ``batch`` and, given the distilled local
+        conductors ``local`` on it (batch ``[B, N]``), their argmax agreement with the updated w_Psi(.|s_t)
+        (``central_probs`` ``[B, K]``)."""
         usage = torch.bincount(batch.get(INSTRUCTION).reshape(-1), minlength=self.n_instructions).float()
         metrics = {f"conductor/usage_{k}": share for k, share in enumerate(usage / usage.sum())}
-        if self.learns:
+        if local is not None:
             central = central_probs.argmax(dim=-1).unsqueeze(-1)  # [B, 1]
-            local = self.local(batch).probs.argmax(dim=-1)  # [B, N]
-            metrics["local/agreement"] = (local == central).float().mean()
+            metrics["local/agreement"] = (local.probs.argmax(dim=-1) == central).float().mean()
         return metrics
