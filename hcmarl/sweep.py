@@ -20,6 +20,7 @@ new version. The run folders need the CSV logger of recipes/base.yaml.
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import os
 import re
@@ -38,7 +39,7 @@ import yaml
 
 from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, SweepError, SweepStopped
 from hcmarl.recipes import RECIPES_DIR
-from hcmarl.report.runs import read_final_eval, version_dirs
+from hcmarl.report.runs import RETURN, curves_from_rows, read_final_eval, version_dirs
 
 RESERVED = ("seed_everything", "data.total_frames", "ckpt_path", "config", "trainer.logger")
 """Keys the sweep sets itself: ``--seeds``, ``--frames``, resumption, ``--config``, the run folders."""
@@ -138,6 +139,21 @@ class SweepRun:
         it does."""
         done = max((final.get("frames", 0) for v in version_dirs(self.folder) if (final := read_final_eval(v))), default=None)
         return f"finished, final_eval.json reports {done:,} frames >= {self.frames:,}" if done is not None and done >= self.frames else None
+
+    def progress(self) -> str | None:
+        """Where an unfinished run stands, from its newest ``metrics.csv``: the frames reached, its evaluations (the
+        last one's return) and what the next start resumes from; None when nothing was logged yet."""
+        logged = [v for v in version_dirs(self.folder) if (v / "metrics.csv").exists()]
+        if not logged:
+            return None
+        with open(logged[-1] / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        frames = max((float(r["frames"]) for r in rows if r.get("frames")), default=0.0)
+        returns = curves_from_rows(rows, str(logged[-1] / "metrics.csv")).get(RETURN, {})
+        evaluations = f"{len(returns)} evaluations, the last {RETURN} {returns[max(returns)]:.2f}" if returns else "no evaluation"
+        checkpoint = self.last_checkpoint()
+        resumes = f"resumes from {checkpoint}" if checkpoint else "no checkpoint, starts again"
+        return f"at {frames:,.0f} of {self.frames:,} frames ({evaluations}); {resumes}"
 
     def last_checkpoint(self) -> Path | None:
         """The newest version's ``checkpoints/last.ckpt``, if any."""
@@ -363,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default: 1; a lone long run may take more cores)")
     parser.add_argument("--out", type=Path, default=Path("sweeps"), help="root of the run folders (default: sweeps)")
     parser.add_argument("--frames", type=int, default=None, help="frames per run (default: the recipe's data.total_frames)")
-    parser.add_argument("--dry-run", action="store_true", help="print each run's status and command, run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print each run's status (finished, or the frames and evaluations it reached) and command, run nothing"
+    )
     return parser
 
 
@@ -377,7 +395,11 @@ def main(argv: list[str]) -> None:
     if args.dry_run:
         for run in runs:
             finished = run.finished()
-            print(f"# skip {run.name}: {finished}" if finished else shlex.join(run.command(extra)))
+            if finished:
+                print(f"# skip {run.name}: {finished}")
+                continue
+            progress = run.progress()
+            print(*([f"# {run.name}: {progress}"] if progress else []), shlex.join(run.command(extra)), sep="\n")
         return
     outcomes = execute(runs, extra, args.parallel, args.threads)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("finished", "skipped")}

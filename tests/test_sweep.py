@@ -153,29 +153,56 @@ def test_finished_runs_are_skipped_and_cut_runs_resume(tmp_path: Path, fake_fit:
     assert by_seed["3"][-2:] == ["--data.num_envs", "4"]
 
 
-def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
-    finished = expand_grid("mappo/coordsum_3x10", [1], [parse_set("data.num_envs=8")], tmp_path, frames=64)[0]
-    _finished(finished.folder, 0, 64)
+def _logged(folder: Path, version: int, returns: list[float | None], frames_per_iteration: int) -> None:
+    """A metrics.csv as the CSV logger writes it: per iteration a training row with the frames, then an evaluation row
+    without them (Lightning logs validation as its own row), none where the return is None."""
+    (folder / f"version_{version}").mkdir(parents=True, exist_ok=True)
+    with open(folder / f"version_{version}" / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["epoch", "eval/return", "frames", "train/return"])
+        writer.writeheader()
+        for epoch, value in enumerate(returns):
+            writer.writerow({"epoch": epoch, "frames": (epoch + 1) * frames_per_iteration, "train/return": 0.5})
+            if value is not None:
+                writer.writerow({"epoch": epoch, "eval/return": value})
+
+
+def _dry_run(out: Path, seeds: str, num_envs: str, capsys: pytest.CaptureFixture) -> list[str]:
+    """The lines ``hcmarl sweep --dry-run`` prints for mappo/coordsum_3x10 at 64 frames over ``seeds`` x ``num_envs``."""
     main(
         [
             "sweep",
             "--config",
             "mappo/coordsum_3x10",
             "--seeds",
-            "0-1",
+            seeds,
             "--set",
-            "data.num_envs=4,8",
+            f"data.num_envs={num_envs}",
             "--frames",
             "64",
             "--out",
-            str(tmp_path),
+            str(out),
             "--dry-run",
         ]
     )
-    printed = capsys.readouterr().out.splitlines()
+    return capsys.readouterr().out.splitlines()
+
+
+def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path, fake_fit: list[list[str]], capsys: pytest.CaptureFixture) -> None:
+    finished, cut, logged_only = expand_grid("mappo/coordsum_3x10", [1, 2, 3], [parse_set("data.num_envs=8")], tmp_path, frames=64)
+    _finished(finished.folder, 0, 64)
+    _logged(cut.folder, 0, [1.5, 4.25], 16)
+    ckpt = _checkpoint(cut.folder, 0)
+    _logged(logged_only.folder, 0, [None], 16)  # stopped before its first evaluation and checkpoint
+    printed = _dry_run(tmp_path, "0-1", "4,8", capsys)
     assert fake_fit == [] and printed[0].startswith("hcmarl sweep: 4 runs")
     assert sum("-m hcmarl.modules.cli fit" in line for line in printed) == 3
     assert f"# skip {finished.name}: finished, final_eval.json reports 64 frames >= 64" in printed
+    # where an unfinished run stands, above its command
+    printed = _dry_run(tmp_path, "2-3", "8", capsys)
+    assert printed[1] == f"# {cut.name}: at 32 of 64 frames (2 evaluations, the last eval/return 4.25); resumes from {ckpt}"
+    assert "--ckpt_path" in printed[2]
+    assert printed[3] == f"# {logged_only.name}: at 16 of 64 frames (no evaluation); no checkpoint, starts again"
+    assert "--ckpt_path" not in printed[4] and len(printed) == 5
 
 
 def test_failed_run_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
