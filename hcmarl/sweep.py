@@ -20,7 +20,6 @@ new version. The run folders need the CSV logger of recipes/base.yaml.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import os
 import re
@@ -39,7 +38,7 @@ import yaml
 
 from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, SweepError, SweepStopped
 from hcmarl.recipes import RECIPES_DIR
-from hcmarl.report.runs import RETURN, curves_from_rows, read_final_eval, version_dirs
+from hcmarl.report.runs import RETURN, curves_from_rows, read_final_eval, read_metrics, version_dirs
 
 RESERVED = ("seed_everything", "data.total_frames", "ckpt_path", "config", "trainer.logger")
 """Keys the sweep sets itself: ``--seeds``, ``--frames``, resumption, ``--config``, the run folders."""
@@ -146,8 +145,7 @@ class SweepRun:
         logged = [v for v in version_dirs(self.folder) if (v / "metrics.csv").exists()]
         if not logged:
             return None
-        with open(logged[-1] / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_metrics(logged[-1])
         frames = max((float(r["frames"]) for r in rows if r.get("frames")), default=0.0)
         returns = curves_from_rows(rows, str(logged[-1] / "metrics.csv")).get(RETURN, {})
         evaluations = f"{len(returns)} evaluations, the last {RETURN} {returns[max(returns)]:.2f}" if returns else "no evaluation"

@@ -290,10 +290,15 @@ def read_software(record: Any, where: str) -> dict[str, str]:
     return record
 
 
+def read_metrics(folder: Path) -> list[dict[str, str]]:
+    """The rows of a version folder's ``metrics.csv``, as the CSV logger wrote them."""
+    with open(folder / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def read_folder(folder: Path, root: Path) -> RunPart:
     """One version folder of a run (its ``metrics.csv`` curves, identity, absolute metric and software), unmerged."""
-    with open(folder / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(folder)
     key, order = folder_identity(folder, root, read_config(folder))
     final = read_final_eval(folder)
     points = curves_from_rows(rows, str(folder / "metrics.csv"))
