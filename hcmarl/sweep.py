@@ -14,12 +14,12 @@ naming it. A SIGTERM to the sweep itself is passed on to the runs under way (eac
 checkpoint), starts no further run, and ends the sweep with ``STOPPED_BY_SIGTERM``. The sweep is resumable: a run whose ``final_eval.json`` (in any version) reports at least
 the requested frames is skipped, a run with a ``last.ckpt`` continues from it in the same version
 (its ``metrics.csv`` continued after the checkpoint's iteration), and the others start afresh in a
-new version. The run folders need the CSV logger of recipes/base.yaml.
+new version. The run folders need the CSV logger of recipes/base.yaml. The command line is read by
+:mod:`hcmarl.sweep_arguments`.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import re
@@ -39,9 +39,8 @@ import yaml
 from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError, SweepError, SweepStopped
 from hcmarl.recipes import RECIPES_DIR
 from hcmarl.report.runs import RETURN, curves_from_rows, read_final_eval, read_metrics, version_dirs
+from hcmarl.sweep_arguments import build_parser, check_extra, parse_seeds, parse_set
 
-RESERVED = ("seed_everything", "data.total_frames", "ckpt_path", "config", "trainer.logger")
-"""Keys the sweep sets itself: ``--seeds``, ``--frames``, resumption, ``--config``, the run folders."""
 RESUME_HINT = "run the same hcmarl sweep again to continue from each run's last.ckpt"
 """The fix for stopped runs: a sweep resumes every unfinished run from its last checkpoint."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -52,46 +51,6 @@ def say(message: str) -> None:
     """Print one line whole, also when runs finish at once in several threads."""
     with _print_lock:
         print(message, flush=True)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0-4"`` -> 0..4, ``"0,2,5"`` -> [0, 2, 5], ``"3"`` -> [3]; ranges and lists mix (``"0-2,7"``); repeats are dropped."""
-    seeds: list[int] = []
-    for item in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
-        if match is None:
-            raise ConfigError(f"--seeds '{text}': '{item}' is not a seed or a range; write e.g. 0-4, 0,2,5 or 3")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        if last < first:
-            raise ConfigError(f"--seeds '{text}': the range {item} ends before it starts; write it as {last}-{first}")
-        seeds += [s for s in range(first, last + 1) if s not in seeds]
-    return seeds
-
-
-def _split_values(text: str) -> list[str]:
-    """Split at commas outside brackets, so that list values such as ``[64,64]`` stay whole."""
-    values, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "[{("
-        depth -= char in "]})"
-        if char == "," and depth == 0:
-            values.append(current)
-            current = ""
-        else:
-            current += char
-    return [*values, current]
-
-
-def parse_set(text: str) -> tuple[str, list[str]]:
-    """``"model.learner.init_args.lr=1e-3,5e-4"`` -> ``("model.learner.init_args.lr", ["1e-3", "5e-4"])``."""
-    key, sep, values = text.partition("=")
-    key = key.strip().removeprefix("--")
-    items = [v.strip() for v in _split_values(values)]
-    if not sep or not key or not all(items):
-        raise ConfigError(f"--set '{text}' is not KEY=VALUE[,VALUE...]; e.g. --set model.learner.init_args.lr=1e-3,5e-4")
-    if key != "data.total_frames" and any(key == r or key.startswith(r + ".") for r in RESERVED):
-        raise ConfigError(f"--set {key}: the sweep sets this key itself; use --seeds, --frames or --out instead")
-    return key, items
 
 
 def resolve_recipe(config: str) -> tuple[str, Path]:
@@ -348,39 +307,6 @@ def execute(runs: Sequence[SweepRun], extra: Sequence[str], parallel: int = 1, t
     if problems:
         raise SweepError("; ".join(problems))
     return outcomes
-
-
-def check_extra(extra: Sequence[str]) -> None:
-    """Refuse extra ``hcmarl fit`` arguments that would fight the sweep's own."""
-    for arg in extra:
-        key = arg.removeprefix("--").split("=", 1)[0]
-        if arg.startswith("--") and any(key == r or key.startswith(r + ".") for r in RESERVED):
-            raise ConfigError(f"'{arg}' after -- is set by the sweep itself; use --seeds, --frames, --set or --out instead")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hcmarl sweep",
-        description="Train a recipe over seeds x override values, each run in its own folder; resumable. Arguments after -- go to every hcmarl fit.",
-    )
-    parser.add_argument("--config", required=True, help="a recipe: a YAML path or a shipped name such as mappo/coordsum_3x10")
-    parser.add_argument("--seeds", required=True, help="seeds: 0-4, 0,2,5 or 3")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="values of a config key to sweep (repeatable: the grid is their product)",
-    )
-    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (default: 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default: 1; a lone long run may take more cores)")
-    parser.add_argument("--out", type=Path, default=Path("sweeps"), help="root of the run folders (default: sweeps)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per run (default: the recipe's data.total_frames)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print each run's status (finished, or the frames and evaluations it reached) and command, run nothing"
-    )
-    return parser
 
 
 def main(argv: list[str]) -> None:

@@ -13,8 +13,9 @@ import torch
 from conftest import final_eval, run_dirs
 from tensordict import TensorDict
 from torchrl.collectors import Collector
-from torchrl.envs import TransformedEnv
+from torchrl.envs import Compose, TransformedEnv
 
+from hcmarl.datamodules.episodes import rollout_first_episodes
 from hcmarl.envs import make_env
 from hcmarl.envs.base import EnvInfo
 from hcmarl.errors import ConfigError
@@ -98,6 +99,31 @@ def test_the_recurrent_learner_is_trained_on_the_rollouts_sequences_from_its_sto
     stage = JointGuidedStage(module.guider, module.learner, train_value=True)
     metrics = stage.run(IterationContext(batch, {name: GradientStep(opt) for name, opt in optimizers.items()}))
     torch.testing.assert_close(metrics["learner/imitation_kl"], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_the_recurrent_learner_is_evaluated_recurrently() -> None:
+    """Evaluation (the deployment policy on the evaluation env, ``rollout_first_episodes`` cut into chunks) carries the
+    learner's hidden state from step to step and across chunks, zeroed at each episode start: the state each step
+    reads is the GRU run by hand over the episode's observations, and each greedy action is the argmax of the head on
+    the state after it."""
+    torch.manual_seed(0)
+    module = MARLModule(learner=_gru_learner(), guider=Guider(MATGuider(embed_dim=16), GuidedClip(epochs=1, minibatches=1)))
+    env = make_env(ENV, num_envs=3, seed=2, episode_length=3)
+    module.build(env.info)
+    env = TransformedEnv(env, Compose(*module.env_transforms()))
+    with torch.no_grad():
+        rollout = rollout_first_episodes(env, module.deployment_policy(deterministic=True), max_steps=8, chunk=2)
+    assert rollout.shape[1] == 4 and bool(rollout.get(IS_INIT)[:, 3].all())  # a chunk ends at step 1, an episode at step 2
+    actor = module.learner.actor
+    h = torch.zeros_like(rollout.get(RNN_STATE)[:, 0])
+    with torch.no_grad():
+        for t in range(rollout.shape[1]):
+            step = rollout[:, t]
+            h = torch.where(step.get(IS_INIT).unsqueeze(-1), torch.zeros_like(h), h)
+            torch.testing.assert_close(step.get(RNN_STATE), h, atol=1e-6, rtol=1e-5)
+            h = actor.cell(actor.encode(step), h)
+            assert torch.equal(step.get(ACTION), actor.head(h).argmax(-1))
+    assert bool((rollout.get(RNN_STATE)[:, 1:3].abs().sum(-1) > 0).all())
 
 
 def test_magpo_fits_with_a_gru_learner(run_cli, tmp_path) -> None:

@@ -17,7 +17,8 @@ from conftest import KILLER
 import hcmarl.sweep as sweep
 from hcmarl.errors import STOPPED_BY_SIGTERM, ConfigError
 from hcmarl.modules.cli import main
-from hcmarl.sweep import check_extra, expand_grid, parse_seeds, parse_set
+from hcmarl.sweep import expand_grid
+from hcmarl.sweep_arguments import check_extra, parse_seeds, parse_set
 
 TINY_FIT = ["--data.num_envs", "4", "--data.rollout_steps", "8", "--data.eval_episodes", "2"]
 
