@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import final_eval, run_dirs
-from torchrl.envs import TransformedEnv
+from torchrl.envs import TransformedEnv, step_mdp
 
 from hcmarl.envs import make_env
-from hcmarl.keys import ACTION, LOG_PROB, OBSERVATION, RNN_STATE
+from hcmarl.keys import ACTION, IS_INIT, LOG_PROB, OBSERVATION, RNN_STATE
 from hcmarl.nn import GRUActor
 from hcmarl.nn.recurrent import AgentGRUCell
 
@@ -33,7 +33,9 @@ def test_agent_gru_cell_matches_torch_gru_cell_per_agent() -> None:
 
 
 @pytest.mark.parametrize(("share_params", "post_hidden_sizes"), [(True, []), (False, []), (True, [8])])
-def test_replay_reproduces_behaviour_log_probs_across_resets(share_params: bool, post_hidden_sizes: list[int]) -> None:
+def test_replay_reproduces_behaviour_log_probs_from_the_stored_state_and_across_resets(share_params: bool, post_hidden_sizes: list[int]) -> None:
+    """Training replays a rollout from the state stored at its first step, zeroing it at each episode start: the first
+    rollout starts at a reset, the second in the middle of episodes, from the state the first left."""
     torch.manual_seed(0)
     base = make_env("coordsum/3x10", num_envs=4, seed=1, episode_length=5)
     actor = GRUActor(hidden_size=16, post_hidden_sizes=post_hidden_sizes, share_params=share_params, agent_id=True)
@@ -57,6 +59,10 @@ def test_replay_reproduces_behaviour_log_probs_across_resets(share_params: bool,
     no_reset = rollout.clone()
     no_reset["is_init"] = torch.zeros_like(no_reset["is_init"])
     assert not torch.allclose(actor(no_reset).log_prob(rollout.get(ACTION)), rollout.get(LOG_PROB), atol=1e-4)
+    # the next rollout starts 3 steps into episodes, from the state the first one left
+    second = env.rollout(13, act, auto_reset=False, tensordict=step_mdp(rollout[:, -1]), break_when_any_done=False)
+    assert not bool(second.get(IS_INIT)[:, 0].any()) and bool((second.get(RNN_STATE)[:, 0].abs().sum(-1) > 0).all())
+    torch.testing.assert_close(actor(second).log_prob(second.get(ACTION)), second.get(LOG_PROB), atol=1e-5, rtol=1e-5)
 
 
 def test_post_torso_is_relu_layers_between_the_gru_state_and_the_head() -> None:
