@@ -93,6 +93,8 @@ def test_minibatch_advantage_normalisation_by_hand() -> None:
 
 
 def test_the_joint_loop_normalises_each_minibatchs_advantages(monkeypatch) -> None:
+    """With ``advantage_norm: minibatch`` both losses see each minibatch's advantages normalised, each lane's rows on
+    their own; with ``batch`` they see them as the batch left them."""
     seen: list[tuple[str, torch.Tensor]] = []
     guided_loss, imitation_loss = GuidedClip.loss, GuidedImitation.loss
 
@@ -116,11 +118,16 @@ def test_the_joint_loop_normalises_each_minibatchs_advantages(monkeypatch) -> No
     import hcmarl.optim as optim
 
     monkeypatch.setattr(optim, "minibatch_indices", recording_indices)
-    for norm in ("batch", "minibatch"):
+
+    def normalised(a: torch.Tensor) -> torch.Tensor:
+        return (a - a.mean()) / (a.std(correction=0) + 1e-8)
+
+    for norm, lanes in (("batch", 1), ("minibatch", 1), ("minibatch", 2)):
         seen.clear()
         indices.clear()
         torch.manual_seed(0)
-        module = MARLModule(learner=_mlp_learner(), guider=Guider(MATGuider(embed_dim=16), GuidedClip(epochs=1, minibatches=4, advantage_norm=norm)))
+        constraint = GuidedClip(epochs=1, minibatches=4, advantage_norm=norm, lanes=lanes)
+        module = MARLModule(learner=_mlp_learner(), guider=Guider(MATGuider(embed_dim=16), constraint))
         module.build(make_env(ENV, num_envs=1, seed=0).info)
         batch = _rollout(module)
         module.compute_advantages(batch)
@@ -129,7 +136,7 @@ def test_the_joint_loop_normalises_each_minibatchs_advantages(monkeypatch) -> No
         assert len(indices) == 4 and len(seen) == 8
         for k, idx in enumerate(indices):
             a = flat_advantage[idx]
-            expected = a if norm == "batch" else (a - a.mean()) / (a.std(correction=0) + 1e-8)
+            expected = a if norm == "batch" else torch.cat([normalised(lane) for lane in a.chunk(lanes)])  # each lane's rows alone
             for name, advantage in seen[2 * k : 2 * k + 2]:
                 torch.testing.assert_close(advantage, expected, atol=1e-6, rtol=1e-6, msg=name)
 
