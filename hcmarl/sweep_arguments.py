@@ -14,6 +14,11 @@ RESERVED = ("seed_everything", "data.total_frames", "ckpt_path", "config", "trai
 """Keys the sweep sets itself: ``--seeds``, ``--frames``, resumption, ``--config``, the run folders."""
 
 
+def is_reserved(key: str) -> bool:
+    """Whether the dotted config ``key`` is one of ``RESERVED`` or lies below one."""
+    return any(key == r or key.startswith(r + ".") for r in RESERVED)
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-4"`` -> 0..4, ``"0,2,5"`` -> [0, 2, 5], ``"3"`` -> [3]; ranges and lists mix (``"0-2,7"``); repeats are dropped."""
     seeds: list[int] = []
@@ -49,7 +54,7 @@ def parse_set(text: str) -> tuple[str, list[str]]:
     items = [v.strip() for v in _split_values(values)]
     if not sep or not key or not all(items):
         raise ConfigError(f"--set '{text}' is not KEY=VALUE[,VALUE...]; e.g. --set model.learner.init_args.lr=1e-3,5e-4")
-    if key != "data.total_frames" and any(key == r or key.startswith(r + ".") for r in RESERVED):
+    if key != "data.total_frames" and is_reserved(key):
         raise ConfigError(f"--set {key}: the sweep sets this key itself; use --seeds, --frames or --out instead")
     return key, items
 
@@ -58,7 +63,7 @@ def check_extra(extra: Sequence[str]) -> None:
     """Refuse extra ``hcmarl fit`` arguments that would fight the sweep's own."""
     for arg in extra:
         key = arg.removeprefix("--").split("=", 1)[0]
-        if arg.startswith("--") and any(key == r or key.startswith(r + ".") for r in RESERVED):
+        if arg.startswith("--") and is_reserved(key):
             raise ConfigError(f"'{arg}' after -- is set by the sweep itself; use --seeds, --frames, --set or --out instead")
 
 
